@@ -1,0 +1,279 @@
+"""Settings of the whole service, every value read from the environment in this one module.
+
+The README lists every variable. Defaults give the embedded set-up: SQLite, local Redis, files
+under media/, offline providers, the `lite` renderer.
+"""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+
+import environ
+
+from echoproject.env import (
+    SettingsError,
+    env_bool,
+    env_choice,
+    env_float,
+    env_int,
+    env_json,
+    env_list,
+    env_str,
+    env_url,
+)
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = Path(env_str("VAR_DIR", str(BASE_DIR / "var")))
+VAR_DIR.mkdir(parents=True, exist_ok=True)
+
+# --- core -------------------------------------------------------------------------------------
+DEBUG = env_bool("DEBUG", False)
+
+
+def _secret_key() -> str:
+    """SECRET_KEY, or one generated once and kept in VAR_DIR (fine for a single machine)."""
+    key = env_str("SECRET_KEY")
+    if key:
+        if len(key) < 32:
+            raise SettingsError("SECRET_KEY must be at least 32 characters long")
+        return key
+    path = VAR_DIR / "secret_key"
+    if not path.exists():
+        path.write_text(secrets.token_urlsafe(50))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+SECRET_KEY = _secret_key()
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
+LOG_LEVEL = env_choice("LOG_LEVEL", ["debug", "info", "warning", "error"], "info").upper()
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "whitenoise.runserver_nostatic",
+    "django.contrib.staticfiles",
+    "channels",
+    "echoproject",
+    "avatars",
+    "chat",
+    "rendering",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "echoproject.urls"
+ASGI_APPLICATION = "echoproject.asgi.application"
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- database ---------------------------------------------------------------------------------
+DATABASE_URL = env_url(
+    "DATABASE_URL",
+    f"sqlite:///{VAR_DIR / 'db.sqlite3'}",
+    ["sqlite", "postgres", "postgresql", "pgsql"],
+)
+_db = environ.Env.db_url_config(DATABASE_URL)
+if _db["ENGINE"] == "django.db.backends.sqlite3":
+    # Several processes (web, workers, beat) share the file: WAL and immediate transactions
+    # keep writers from failing with "database is locked".
+    _db["OPTIONS"] = {
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        "transaction_mode": "IMMEDIATE",
+        "timeout": 20,
+    }
+    _db["TEST"] = {"NAME": env_str("TEST_SQLITE_PATH", str(VAR_DIR / "test.sqlite3"))}
+else:
+    _db["CONN_MAX_AGE"] = env_int("DATABASE_CONN_MAX_AGE", 60, minimum=0)
+    _db["CONN_HEALTH_CHECKS"] = True
+DATABASES = {"default": _db}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- redis: broker, results, channel layer -----------------------------------------------------
+REDIS_URL = env_url("REDIS_URL", "redis://127.0.0.1:6379/0", ["redis", "rediss", "unix"])
+CHANNEL_LAYERS = {
+    "default": {
+        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "CONFIG": {"hosts": [REDIS_URL], "capacity": 500, "expiry": 60},
+    }
+}
+
+# --- storage ----------------------------------------------------------------------------------
+MEDIA_ROOT = Path(env_str("MEDIA_ROOT", str(BASE_DIR / "media")))
+MEDIA_URL = "/media/"
+STATIC_URL = "/static/"
+STATIC_ROOT = VAR_DIR / "static"
+STATIC_ROOT.mkdir(exist_ok=True)
+STATICFILES_DIRS = [BASE_DIR / "static"]
+# Absolute origin under which this service is reachable from outside (e.g. https://avatar.example),
+# used to turn local media paths into URLs a cloud service can fetch.
+PUBLIC_BASE_URL = env_str("PUBLIC_BASE_URL").rstrip("/")
+SERVE_MEDIA = env_bool("SERVE_MEDIA", True)
+
+S3_BUCKET = env_str("S3_BUCKET")
+S3_URL_EXPIRY_S = env_int("S3_URL_EXPIRY_S", 3600, minimum=60, maximum=7 * 24 * 3600)
+if S3_BUCKET:
+    _media_storage = {
+        "BACKEND": "storages.backends.s3.S3Storage",
+        "OPTIONS": {
+            "bucket_name": S3_BUCKET,
+            "endpoint_url": env_str("S3_ENDPOINT_URL") or None,
+            "region_name": env_str("S3_REGION") or None,
+            "access_key": env_str("S3_ACCESS_KEY_ID") or None,
+            "secret_key": env_str("S3_SECRET_ACCESS_KEY") or None,
+            "location": env_str("S3_PREFIX"),
+            "addressing_style": env_choice(
+                "S3_ADDRESSING_STYLE", ["auto", "path", "virtual"], "auto"
+            ),
+            "signature_version": "s3v4",
+            "querystring_auth": True,
+            "querystring_expire": S3_URL_EXPIRY_S,
+            "file_overwrite": True,
+            "default_acl": None,
+        },
+    }
+else:
+    _media_storage = {"BACKEND": "django.core.files.storage.FileSystemStorage"}
+STORAGES = {
+    "default": _media_storage,
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+}
+
+# --- sessions and protocol --------------------------------------------------------------------
+SESSION_TIMEOUT_S = env_int("SESSION_TIMEOUT_S", 600, minimum=1)
+HEARTBEAT_INTERVAL_S = env_int("HEARTBEAT_INTERVAL_S", 30, minimum=1)
+SESSION_RETENTION_DAYS = env_int("SESSION_RETENTION_DAYS", 30, minimum=0)
+MAX_UPLOAD_BYTES = env_int("MAX_UPLOAD_BYTES", 10 * 1024 * 1024, minimum=1024)
+DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_UPLOAD_BYTES + 64 * 1024
+MAX_AUDIO_SECONDS = env_float("MAX_AUDIO_SECONDS", 60.0, minimum=1.0)
+MAX_TEXT_CHARS = 2000
+RATE_LIMIT_MESSAGES = env_int("RATE_LIMIT_MESSAGES", 30, minimum=1)
+RATE_LIMIT_WINDOW_S = env_float("RATE_LIMIT_WINDOW_S", 1.0, minimum=0.01)
+CHAT_REQUIRE_TOKEN = env_bool("CHAT_REQUIRE_TOKEN", False)
+CHAT_TOKENS = env_list("CHAT_TOKENS", [])
+if CHAT_REQUIRE_TOKEN and not CHAT_TOKENS:
+    raise SettingsError("CHAT_TOKENS must list at least one token when CHAT_REQUIRE_TOKEN is true")
+DEFAULT_AVATAR = env_str("DEFAULT_AVATAR", "aria")
+ICE_SERVERS = env_json("ICE_SERVERS", [])
+if not isinstance(ICE_SERVERS, list) or not all(
+    isinstance(s, dict) and "urls" in s for s in ICE_SERVERS
+):
+    raise SettingsError('ICE_SERVERS must be a JSON list like [{"urls": "stun:host:3478"}]')
+WEBRTC_TIMEOUT_S = env_float("WEBRTC_TIMEOUT_S", 15.0, minimum=1.0)
+
+# --- providers --------------------------------------------------------------------------------
+DASHSCOPE_API_KEY = env_str("DASHSCOPE_API_KEY")
+_cloud = bool(DASHSCOPE_API_KEY)
+ASR_BACKEND = env_choice(
+    "ASR_BACKEND", ["pocketsphinx", "dashscope"], "dashscope" if _cloud else "pocketsphinx"
+)
+LLM_BACKEND = env_choice(
+    "LLM_BACKEND", ["persona", "dashscope", "openai"], "dashscope" if _cloud else "persona"
+)
+TTS_BACKEND = env_choice(
+    "TTS_BACKEND", ["espeak", "dashscope"], "dashscope" if _cloud else "espeak"
+)
+if "dashscope" in (ASR_BACKEND, LLM_BACKEND, TTS_BACKEND) and not _cloud:
+    raise SettingsError("DASHSCOPE_API_KEY must be set when a provider backend is dashscope")
+DASHSCOPE_HTTP_BASE_URL = env_str("DASHSCOPE_HTTP_BASE_URL")
+DASHSCOPE_WEBSOCKET_BASE_URL = env_str("DASHSCOPE_WEBSOCKET_BASE_URL")
+DASHSCOPE_ASR_MODEL = env_str("DASHSCOPE_ASR_MODEL", "paraformer-realtime-v2")
+DASHSCOPE_FILE_ASR_MODEL = env_str("DASHSCOPE_FILE_ASR_MODEL", "qwen3-asr-flash")
+DASHSCOPE_LLM_MODEL = env_str("DASHSCOPE_LLM_MODEL", "qwen-plus")
+DASHSCOPE_TTS_MODEL = env_str("DASHSCOPE_TTS_MODEL", "cosyvoice-v2")
+DASHSCOPE_TTS_VOICE = env_str("DASHSCOPE_TTS_VOICE", "longxiaochun_v2")
+LLM_BASE_URL = env_str("LLM_BASE_URL")
+LLM_MODEL = env_str("LLM_MODEL")
+LLM_API_KEY = env_str("LLM_API_KEY")
+if LLM_BACKEND == "openai" and not (LLM_BASE_URL and LLM_MODEL):
+    raise SettingsError("LLM_BASE_URL and LLM_MODEL must be set when LLM_BACKEND is openai")
+LLM_MAX_HISTORY = env_int("LLM_MAX_HISTORY", 20, minimum=0)
+PROVIDER_TIMEOUT_S = env_float("PROVIDER_TIMEOUT_S", 30.0, minimum=0.1)
+PROVIDER_CONNECT_TIMEOUT_S = env_float("PROVIDER_CONNECT_TIMEOUT_S", 5.0, minimum=0.1)
+
+# --- rendering --------------------------------------------------------------------------------
+RENDER_BACKEND = env_choice("RENDER_BACKEND", ["lite", "echomimic"], "lite")
+RENDER_DEVICE = env_choice("RENDER_DEVICE", ["auto", "cpu", "cuda"], "auto")
+RENDER_FPS = 25
+RENDER_MAX_SIZE = env_int("RENDER_MAX_SIZE", 512, minimum=64, maximum=2048)
+RENDER_SEGMENT_S = env_float("RENDER_SEGMENT_S", 2.0, minimum=0.5)
+RENDER_MAX_BACKLOG = env_int("RENDER_MAX_BACKLOG", 8, minimum=1)
+RENDER_HEARTBEAT_S = env_float("RENDER_HEARTBEAT_S", 2.0, minimum=0.1)
+ECHOMIMIC_DIR = env_str("ECHOMIMIC_DIR")
+ECHOMIMIC_WEIGHTS_DIR = env_str("ECHOMIMIC_WEIGHTS_DIR")
+
+# --- celery -----------------------------------------------------------------------------------
+CELERY_BROKER_URL = REDIS_URL
+CELERY_RESULT_BACKEND = REDIS_URL
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TASK_SERIALIZER = "json"
+CELERY_RESULT_SERIALIZER = "json"
+CELERY_RESULT_EXPIRES = 3600
+CELERY_TASK_DEFAULT_QUEUE = "speech"
+CELERY_TASK_ROUTES = {
+    "chat.tasks.*": {"queue": "speech"},
+    "rendering.tasks.*": {"queue": "render"},
+}
+CELERY_TASK_SOFT_TIME_LIMIT = env_int("CELERY_TASK_SOFT_TIME_LIMIT", 120, minimum=1)
+CELERY_TASK_TIME_LIMIT = env_int("CELERY_TASK_TIME_LIMIT", 180, minimum=1)
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_TRACK_STARTED = True
+CELERY_TASK_SEND_SENT_EVENT = True
+CELERY_WORKER_SEND_TASK_EVENTS = True
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# A render task whose worker died unacknowledged goes back to the queue after this long.
+CELERY_VISIBILITY_TIMEOUT_S = env_int("CELERY_VISIBILITY_TIMEOUT_S", 900, minimum=1)
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": CELERY_VISIBILITY_TIMEOUT_S}
+CLEANUP_INTERVAL_S = env_int("CLEANUP_INTERVAL_S", 60, minimum=1)
+CELERY_BEAT_SCHEDULE: dict[str, dict] = {
+    "cleanup-sessions": {"task": "chat.tasks.cleanup_sessions", "schedule": CLEANUP_INTERVAL_S},
+}
+
+# --- admin and auth ---------------------------------------------------------------------------
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+]
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {"daphne": {"level": "WARNING"}},
+}
+
+ADMIN_USERNAME = env_str("ADMIN_USERNAME", "admin")
+ADMIN_PASSWORD = env_str("ADMIN_PASSWORD")
+ADMIN_EMAIL = env_str("ADMIN_EMAIL", "admin@localhost")

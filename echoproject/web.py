@@ -1,0 +1,58 @@
+"""The web process: daphne serving echoproject.asgi with the service's own settings.
+
+`python -m echoproject.web [daphne options]` listens on HOST:PORT and lets WebSocket messages
+through up to twice MAX_UPLOAD_BYTES, so an oversized upload is answered with ERR_TOO_LARGE
+instead of a dropped connection (daphne's own default cap is 1 MiB).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+
+def main(argv: list[str]) -> None:
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "echoproject.settings")
+    from echoproject.env import exit_on_settings_error
+
+    exit_on_settings_error()
+    from daphne.cli import CommandLineInterface
+    from django.conf import settings
+
+    args = [
+        "--bind",
+        os.environ.get("HOST", "127.0.0.1"),
+        "--port",
+        os.environ.get("PORT", "8000"),
+        "--websocket-max-message-size",
+        str(2 * settings.MAX_UPLOAD_BYTES),
+        "--websocket-max-frame-size",
+        str(2 * settings.MAX_UPLOAD_BYTES),
+        *argv,
+        "echoproject.asgi:application",
+    ]
+    tune_gc()
+    CommandLineInterface().run(args)
+
+
+def tune_gc() -> None:
+    """Keep the cyclic collector's full passes off the message path (PERFORMANCE.md: at 1000
+    sessions the tail latency is gen-2 collections over long-lived objects, not CPU).
+
+    Everything loaded at start-up is frozen out of the collector's sight, and the young
+    generation is collected less often, so each pass is rarer and scans only new objects."""
+    import gc
+
+    mode = os.environ.get("WEB_GC", "tuned")
+    if mode == "default":
+        return
+    gc.collect()
+    gc.freeze()
+    if mode == "tuned":
+        gc.set_threshold(50_000, 50, 1000)
+    elif mode == "off":  # diagnostic only: no cyclic collection at all
+        gc.disable()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

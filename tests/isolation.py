@@ -1,0 +1,58 @@
+"""Gives each test run its own Redis database, files and SQLite database.
+
+Loaded as a pytest plugin (`-p tests.isolation`) so it runs before Django reads its settings.
+Several runs on one machine (developers, CI) then never share queues, groups or files, and the
+developer's own provider keys never leak into the tests.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import tempfile
+
+import redis
+
+from tests.procs import claim_redis_db
+
+REDIS_BASE = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379").rstrip("/")
+
+
+def claim_redis_url() -> str:
+    """Another Redis database of this run's own, for a second, separate stack of processes."""
+    url = f"{REDIS_BASE}/{claim_redis_db()}"
+    redis.Redis.from_url(url).flushdb()
+    return url
+
+
+def _isolate() -> None:
+    for name in list(os.environ):
+        if name.startswith(("DASHSCOPE_", "LLM_", "S3_", "CHAT_")) or name in {
+            "DATABASE_URL",
+            "ASR_BACKEND",
+            "TTS_BACKEND",
+            "RENDER_BACKEND",
+            "ALLOWED_HOSTS",
+            "DEBUG",
+            "SECRET_KEY",
+        }:
+            del os.environ[name]
+    work = tempfile.mkdtemp(prefix="echoproject-test-")
+    if not os.environ.get("TEST_KEEP_WORK"):  # keep logs and files for a post-mortem
+        atexit.register(shutil.rmtree, work, ignore_errors=True)
+    url = claim_redis_url()
+    os.environ.update(
+        {
+            "REDIS_URL": url,
+            "VAR_DIR": f"{work}/var",
+            "MEDIA_ROOT": f"{work}/media",
+            "TEST_SQLITE_PATH": f"{work}/test.sqlite3",
+            "NO_PROXY": "127.0.0.1,localhost",
+            "no_proxy": "127.0.0.1,localhost",
+        }
+    )
+    os.environ["TEST_WORK_DIR"] = work
+
+
+_isolate()

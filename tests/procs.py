@@ -1,0 +1,174 @@
+"""Real processes for tests: start, wait until ready, and always stop (with their children)."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+_locks: list[IO[str]] = []
+
+
+def claim_redis_db() -> int:
+    """Lock one of Redis's databases 1–15 for this process (0 is left to the running service),
+    so that test runs and benchmarks on one machine never share queues or groups."""
+    for number in range(1, 16):
+        handle = open(f"{tempfile.gettempdir()}/echoproject-test-redis-{number}.lock", "w")  # noqa: SIM115
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            continue
+        _locks.append(handle)
+        return number
+    raise RuntimeError("every Redis database 1-15 is in use by test runs or benchmarks")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex((host, port)) == 0
+
+
+class Proc:
+    """A child process in its own process group, its output kept in a log file."""
+
+    def __init__(self, name: str, args: list[str], env: dict[str, str], log_dir: Path) -> None:
+        self.name = name
+        self.log_path = log_dir / f"{name}.log"
+        self._log = self.log_path.open("wb")
+        self.popen = subprocess.Popen(
+            args,
+            cwd=ROOT,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def wait_until(
+        self, ready: Callable[[], bool], timeout: float = 60.0, what: str = "ready"
+    ) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.popen.poll() is not None:
+                raise RuntimeError(
+                    f"{self.name} exited ({self.popen.returncode}):\n{self.log_tail()}"
+                )
+            if ready():
+                return
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"{self.name} not {what} after {timeout}s:\n{self.log_tail()}")
+
+    def log_tail(self, chars: int = 4000) -> str:
+        return self.log_path.read_text(errors="replace")[-chars:]
+
+    def signal(self, sig: int) -> None:
+        try:
+            os.killpg(self.popen.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        if self.popen.poll() is None:
+            self.signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.signal(signal.SIGKILL)
+                self.popen.wait(5)
+        self.signal(signal.SIGKILL)  # children left behind in the group
+        self._log.close()
+        return self.popen.returncode
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """The environment of a service process: the test run's settings and the test database."""
+    env = dict(os.environ)
+    env["PATH"] = f"{BIN}:{env.get('PATH', '')}"
+    env["PYTHONUNBUFFERED"] = "1"
+    env.setdefault("DATABASE_URL", f"sqlite:///{os.environ['TEST_SQLITE_PATH']}")
+    env.update(extra)
+    return env
+
+
+def start_celery_worker(
+    log_dir: Path,
+    queues: str,
+    name: str,
+    env: dict[str, str] | None = None,
+    concurrency: int = 2,
+    app_env: dict[str, str] | None = None,
+) -> Proc:
+    """A worker; `app_env` when it uses another broker than this process (another Redis db)."""
+    from celery_app import app
+
+    if app_env is not None:
+        from celery import Celery
+
+        # not the current app: shared tasks sent later by this process must keep using the
+        # test run's own broker
+        app = Celery(
+            broker=app_env["REDIS_URL"], backend=app_env["REDIS_URL"], set_as_current=False
+        )
+
+    nodename = f"{name}@{socket.gethostname()}"
+    proc = Proc(
+        name,
+        [
+            str(BIN / "celery"),
+            "-A",
+            "celery_app",
+            "worker",
+            "-Q",
+            queues,
+            "-n",
+            nodename,
+            "--concurrency",
+            str(concurrency),
+            "--loglevel",
+            "info",
+            "--without-gossip",
+            "--without-mingle",
+        ],
+        env or child_env(),
+        log_dir,
+    )
+    proc.nodename = nodename  # type: ignore[attr-defined]
+    proc.wait_until(
+        lambda: bool(app.control.ping(destination=[nodename], timeout=0.5)), what="answering pings"
+    )
+    return proc
+
+
+def start_daphne(
+    log_dir: Path, env: dict[str, str] | None = None, name: str = "daphne"
+) -> tuple[Proc, int]:
+    port = free_port()
+    proc = Proc(
+        name,
+        [sys.executable, "-m", "echoproject.web"],
+        {**(env or child_env()), "HOST": "127.0.0.1", "PORT": str(port)},
+        log_dir,
+    )
+    proc.wait_until(lambda: port_open(port), what="listening")
+    return proc, port
