@@ -1,0 +1,60 @@
+"""Chat history in the admin, read-only: it is a record, not something to edit."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin
+from django.http import HttpRequest
+
+from chat.models import ChatSession, Message
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+class MessageInline(admin.TabularInline):
+    model = Message
+    extra = 0
+    can_delete = False
+    fields = ["created_at", "role", "text", "audio", "video", "timings", "error_code"]
+    readonly_fields = fields
+    show_change_link = True
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(ChatSession)
+class ChatSessionAdmin(ReadOnlyAdmin):
+    list_display = [
+        "id",
+        "avatar",
+        "mode",
+        "language",
+        "started_at",
+        "last_activity_at",
+        "ended_at",
+        "end_reason",
+    ]
+    list_filter = ["mode", "end_reason", "avatar"]
+    search_fields = ["id", "messages__text"]
+    date_hierarchy = "started_at"
+    inlines = [MessageInline]
+    exclude = ["token"]
+
+
+@admin.register(Message)
+class MessageAdmin(ReadOnlyAdmin):
+    list_display = ["created_at", "session", "role", "short_text", "error_code"]
+    list_filter = ["role", "error_code"]
+    search_fields = ["text", "session__id"]
+
+    @admin.display(description="Text")
+    def short_text(self, message: Message) -> str:
+        return message.text[:80]

@@ -1,0 +1,382 @@
+"""The session WebSocket `/ws/chat/` of PROTOCOL.md.
+
+`receive` only decodes and dispatches on `type`; anything slow (a reply, an upload turn, WebRTC
+negotiation) runs in a task of the session, and every such task is cancelled when the session
+ends. Events from workers (progress, results of upload turns) arrive through the channel-layer
+group of the session and are forwarded unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import time
+from typing import Any
+from urllib.parse import parse_qs
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
+
+from avatars.models import Avatar
+from chat import sessions
+from chat.models import ChatSession, EndReason
+from chat.protocol import (
+    AUDIO_FORMATS,
+    PROTOCOL_VERSION,
+    Close,
+    Err,
+    ProtocolError,
+    RateLimiter,
+    error,
+    now_ms,
+    parse,
+)
+from chat.reply import Reply, ReplyRequest, WebRTCSink, WebSocketSink
+
+log = logging.getLogger(__name__)
+REALTIME_TYPES = {"offer", "ice_candidate", "ready", "asr_start", "asr_stop"}
+URL_FIELDS = {"tts_complete": "audio_url", "video_segment": "url", "video_ready": "video_url"}
+LANGUAGE_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ-")
+
+
+def _find_avatar(slug: str | None) -> Avatar | None:
+    avatars = Avatar.objects.enabled()
+    return avatars.filter(slug=slug).first() if slug else avatars.default()
+
+
+class ChatConsumer(AsyncWebsocketConsumer):
+    session: ChatSession | None = None
+
+    # --- connection ---------------------------------------------------------------------------
+    async def connect(self) -> None:
+        self.ended = False
+        self.tasks: set[asyncio.Task[Any]] = set()
+        self.reply: Reply | None = None
+        self.reply_task: asyncio.Task[None] | None = None
+        self.realtime: Any = None
+        self.progress: dict[str, int] = {}
+        self.limiter = RateLimiter(settings.RATE_LIMIT_MESSAGES, settings.RATE_LIMIT_WINDOW_S)
+        self.last_seen = time.monotonic()
+        self.last_touch = self.last_seen
+        params = {k: v[-1] for k, v in parse_qs(self.scope["query_string"].decode()).items()}
+        await self.accept()
+        if settings.CHAT_REQUIRE_TOKEN and not self._token_ok(params.get("token", "")):
+            await self._refuse(Err.AUTH, "a valid token is required", Close.AUTH)
+            return
+        mode = params.get("mode", "voice")
+        if mode not in ("voice", "video"):
+            await self._refuse(Err.MODE_INVALID, "mode must be voice or video", Close.BAD_REQUEST)
+            return
+        avatar = await database_sync_to_async(_find_avatar)(params.get("avatar"))
+        if avatar is None:
+            await self._refuse(Err.AVATAR_NOT_FOUND, "no such avatar", Close.NOT_FOUND)
+            return
+        language = params.get("lang") or avatar.language
+        if len(language) > 16 or not set(language) <= LANGUAGE_CHARS:
+            await self._refuse(
+                Err.BAD_MESSAGE, "lang must be a language tag like en-US", Close.BAD_REQUEST
+            )
+            return
+        self.avatar = avatar
+        self.session = await database_sync_to_async(sessions.open_session)(
+            avatar, mode, language, self._client_info()
+        )
+        self.session_id = str(self.session.id)
+        self.language = language
+        await self.channel_layer.group_add(self.session.group, self.channel_name)
+        await self.send_event(self._init_frame())
+        self._spawn(self._watch_idle())
+
+    def _token_ok(self, token: str) -> bool:
+        return any(hmac.compare_digest(token.encode(), t.encode()) for t in settings.CHAT_TOKENS)
+
+    async def _refuse(self, code: Err, message: str, close_code: int) -> None:
+        self.ended = True
+        await self.send_event(error(code, message))
+        await self.close(code=close_code)
+
+    def _client_info(self) -> dict[str, Any]:
+        headers = {
+            k.decode("latin-1"): v.decode("latin-1") for k, v in self.scope.get("headers", [])
+        }
+        client = self.scope.get("client") or ["", 0]
+        return {
+            "ip": client[0],
+            "user_agent": headers.get("user-agent", "")[:300],
+            "origin": headers.get("origin", ""),
+        }
+
+    def _absolute(self, url: str) -> str:
+        if not url.startswith("/"):
+            return url
+        if settings.PUBLIC_BASE_URL:
+            return settings.PUBLIC_BASE_URL + url
+        headers = dict(self.scope.get("headers", []))
+        host = headers.get(b"host", b"localhost").decode("latin-1")
+        scheme = "https" if self.scope.get("scheme") == "wss" else "http"
+        return f"{scheme}://{host}{url}"
+
+    def _init_frame(self) -> dict[str, Any]:
+        avatar = self.avatar
+        return {
+            "type": "init",
+            "session_id": self.session_id,
+            "session_token": self.session.token,
+            "mode": self.session.mode,
+            "language": self.language,
+            "avatar": {
+                "id": avatar.id,
+                "slug": avatar.slug,
+                "name": avatar.name,
+                "persona": avatar.persona,
+                "greeting": avatar.greeting,
+                "image_url": self._absolute(avatar.image_url()),
+                "voice": avatar.voice,
+                "language": avatar.language,
+            },
+            "server_info": {
+                "version": PROTOCOL_VERSION,
+                "heartbeat_interval_s": settings.HEARTBEAT_INTERVAL_S,
+                "session_timeout_s": settings.SESSION_TIMEOUT_S,
+                "ice_servers": settings.ICE_SERVERS,
+                "max_upload_bytes": settings.MAX_UPLOAD_BYTES,
+                "max_audio_seconds": settings.MAX_AUDIO_SECONDS,
+                "audio_formats": AUDIO_FORMATS,
+                "providers": {
+                    "asr": settings.ASR_BACKEND,
+                    "llm": settings.LLM_BACKEND,
+                    "tts": settings.TTS_BACKEND,
+                    "renderer": settings.RENDER_BACKEND,
+                },
+            },
+        }
+
+    async def disconnect(self, code: int) -> None:
+        if self.session is not None and not self.ended:
+            await self._end(EndReason.DISCONNECTED, notify=False)
+
+    # --- sending ------------------------------------------------------------------------------
+    async def send_event(self, event: dict[str, Any]) -> None:
+        field = URL_FIELDS.get(event["type"])
+        if field and isinstance(event.get(field), str):  # site-relative media URLs made absolute
+            event[field] = self._absolute(event[field])
+        await self.send(text_data=json.dumps(event, ensure_ascii=False))
+
+    async def send_error(
+        self, code: str, message: str, *, retryable: bool = False, ref: str | None = None
+    ) -> None:
+        await self.send_event(error(code, message, retryable=retryable, ref=ref))
+
+    async def session_event(self, message: dict[str, Any]) -> None:
+        """An event published to the session's group by a task or worker."""
+        event = message["event"]
+        if event.get("type") == "video_progress":  # never let a redelivered task go backwards
+            task_id, progress = event.get("task_id", ""), event.get("progress", 0)
+            if progress < self.progress.get(task_id, -1):
+                return
+            self.progress[task_id] = progress
+        if not self.ended:
+            await self.send_event(event)
+
+    # --- receiving ----------------------------------------------------------------------------
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if self.ended or self.session is None:
+            return
+        self.last_seen = time.monotonic()
+        if self.last_seen - self.last_touch > sessions.touch_interval_s():
+            self.last_touch = self.last_seen
+            self._spawn(database_sync_to_async(sessions.touch)(self.session_id))
+        if bytes_data is not None:
+            await self._receive_audio(bytes_data)
+            return
+        if not self.limiter.allow():
+            await self._rate_limited()
+            return
+        try:
+            kind, message, ref = parse(text_data or "")
+        except ProtocolError as exc:
+            await self.send_error(exc.code, exc.message, ref=exc.ref)
+            return
+        if kind in REALTIME_TYPES:
+            await self._realtime_handler().handle(kind, message, ref)
+        else:
+            await getattr(self, f"on_{kind}")(message, ref)
+
+    async def _rate_limited(self) -> None:
+        if self.limiter.should_warn():
+            await self.send_error(
+                Err.RATE_LIMITED,
+                f"more than {settings.RATE_LIMIT_MESSAGES} messages in {settings.RATE_LIMIT_WINDOW_S:g} s",
+                retryable=True,
+            )
+
+    async def on_ping(self, message: dict[str, Any], ref: str | None) -> None:
+        pong = {"type": "pong", "timestamp": message.get("timestamp"), "server_time": now_ms()}
+        if ref is not None:
+            pong["ref"] = ref
+        await self.send_event(pong)
+
+    async def on_text_message(self, message: dict[str, Any], ref: str | None) -> None:
+        text = message["text"].strip()
+        if not 1 <= len(text) <= settings.MAX_TEXT_CHARS:
+            await self.send_error(
+                Err.BAD_MESSAGE,
+                f"text must have 1 to {settings.MAX_TEXT_CHARS} characters",
+                ref=ref,
+            )
+            return
+        user = await database_sync_to_async(sessions.add_message)(
+            self.session_id, sessions.USER, text
+        )
+        await self.start_reply(user.id, ref)
+
+    async def on_interrupt(self, message: dict[str, Any], ref: str | None) -> None:
+        if not await self.interrupt():
+            await self.send_error(
+                Err.STATE, "nothing to interrupt: no reply is being produced", ref=ref
+            )
+
+    async def on_stop_session(self, message: dict[str, Any], ref: str | None) -> None:
+        await self._end(EndReason.STOPPED, notify=True)
+
+    async def _receive_audio(self, data: bytes) -> None:
+        if self.realtime is not None and await self.realtime.feed_pcm(data):
+            return
+        if not self.limiter.allow():
+            await self._rate_limited()
+            return
+        await self.upload(data, ref=None)
+
+    async def upload(self, data: bytes, ref: str | None) -> None:
+        """One recorded utterance as a binary frame: the upload turn (speech worker)."""
+        from chat.uploads import start_upload_turn
+
+        await start_upload_turn(self, data, ref)
+
+    # --- replies ------------------------------------------------------------------------------
+    def reply_sink(self) -> Any:
+        if self.session.mode != "voice" or self.realtime is None:
+            return None
+        speaker = self.realtime.speaker()
+        if speaker is not None:
+            return WebRTCSink(speaker)
+        if self.realtime.ws_audio_span:
+            return WebSocketSink(lambda pcm: self.send(bytes_data=pcm))
+        return None
+
+    async def start_reply(self, user_message_id: int, ref: str | None) -> None:
+        """Answer a user message; a reply still running is superseded (cancelled) first."""
+        await self.interrupt()
+        avatar = self.avatar
+        request = ReplyRequest(
+            session_id=self.session_id,
+            mode=self.session.mode,
+            language=self.language,
+            voice=avatar.voice,
+            persona=avatar.persona,
+            avatar_name=avatar.name,
+            greeting=avatar.greeting,
+            user_message_id=user_message_id,
+            ref=ref,
+        )
+        self.reply = Reply(request, self.send_event, self.reply_sink())
+        self.reply_task = self._spawn(self._run_reply(self.reply))
+
+    async def _run_reply(self, reply: Reply) -> None:
+        try:
+            await reply.run()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("reply failed in session %s", self.session_id)
+            await self.send_error(
+                Err.INTERNAL, "the reply failed", retryable=True, ref=reply.request.ref
+            )
+
+    async def interrupt(self) -> bool:
+        """Stop the reply being produced (speech at once), and its render. True if one was."""
+        reply, task = self.reply, self.reply_task
+        self.reply = self.reply_task = None
+        stopped = False
+        if task is not None and not task.done():
+            if reply is not None and reply.sink is not None:
+                reply.sink.clear()
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            stopped = True
+        from chat.uploads import cancel_running_turns
+
+        return await cancel_running_turns(self) or stopped
+
+    # --- realtime (SessionContext for chat.realtime.handler) ----------------------------------
+    def _realtime_handler(self) -> Any:
+        if self.realtime is None:
+            from chat.realtime.handler import RealtimeHandler
+
+            self.realtime = RealtimeHandler(self)
+        return self.realtime
+
+    async def user_utterance(self, text: str, utterance_id: str) -> None:
+        user = await database_sync_to_async(sessions.add_message)(
+            self.session_id, sessions.USER, text
+        )
+        await self.send_event(
+            {
+                "type": "asr_result",
+                "text": text,
+                "utterance_id": utterance_id,
+                "message_id": user.id,
+            }
+        )
+        await self.start_reply(user.id, None)
+
+    async def barge_in(self) -> None:
+        if self.reply_task is not None and not self.reply_task.done():
+            await self.interrupt()
+
+    # --- life cycle ---------------------------------------------------------------------------
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.ensure_future(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return task
+
+    async def _watch_idle(self) -> None:
+        timeout = settings.SESSION_TIMEOUT_S
+        while not self.ended:
+            left = self.last_seen + timeout - time.monotonic()
+            if left <= 0:
+                await self.send_error(Err.SESSION_TIMEOUT, f"no message for {timeout} s")
+                await self._end(EndReason.TIMEOUT, notify=True, close_code=Close.TIMEOUT)
+                return
+            await asyncio.sleep(min(left, 5.0))
+
+    async def _end(self, reason: str, *, notify: bool, close_code: int = Close.NORMAL) -> None:
+        """End the session: stop its work, delete its files, tell the client, close."""
+        if self.ended:
+            return
+        self.ended = True
+        current = asyncio.current_task()
+        if self.reply is not None and self.reply.sink is not None:
+            self.reply.sink.clear()
+        for task in list(self.tasks):
+            if task is not current:
+                task.cancel()
+        await asyncio.gather(*(t for t in self.tasks if t is not current), return_exceptions=True)
+        if self.realtime is not None:
+            await self.realtime.close()
+        await self.channel_layer.group_discard(self.session.group, self.channel_name)
+        files_deleted = await database_sync_to_async(sessions.end_session)(self.session_id, reason)
+        if notify:
+            await self.send_event(
+                {
+                    "type": "session_ended",
+                    "session_id": self.session_id,
+                    "reason": str(reason),
+                    "files_deleted": files_deleted,
+                }
+            )
+            await self.close(code=close_code)

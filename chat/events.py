@@ -1,0 +1,55 @@
+"""Publishing protocol events to a session's WebSocket from anywhere (consumer, task, worker).
+
+Every event is a server→client frame of PROTOCOL.md (a dict with `type`); the session's consumer
+forwards it unchanged. Workers on other machines publish through the same Redis channel layer.
+
+Synchronous code (Celery tasks and signals) publishes through one event loop per process that
+lives in a background thread: the channel layer keeps its Redis connections per loop, so a
+fresh loop per event (`async_to_sync`) would connect to Redis for every progress event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import uuid
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+from channels.layers import get_channel_layer
+
+from chat.models import group_name
+
+HANDLER = "session.event"  # dispatched to ChatConsumer.session_event
+T = TypeVar("T")
+
+_loop: asyncio.AbstractEventLoop | None = None
+_loop_pid = 0
+_loop_lock = threading.Lock()
+
+
+async def publish(session_id: uuid.UUID | str, event: dict[str, Any]) -> None:
+    layer = get_channel_layer()
+    await layer.group_send(group_name(session_id), {"type": HANDLER, "event": event})
+
+
+def _background_loop() -> asyncio.AbstractEventLoop:
+    """This process's publishing loop (a forked worker child starts its own)."""
+    global _loop, _loop_pid
+    with _loop_lock:
+        if _loop is None or _loop_pid != os.getpid():
+            _loop = asyncio.new_event_loop()
+            _loop_pid = os.getpid()
+            threading.Thread(target=_loop.run_forever, name="event-publisher", daemon=True).start()
+        return _loop
+
+
+def run_sync(coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+    """Run a coroutine on the process's background loop and wait for its result."""
+    return asyncio.run_coroutine_threadsafe(coro, _background_loop()).result(timeout)
+
+
+def publish_sync(session_id: uuid.UUID | str, event: dict[str, Any]) -> None:
+    """For Celery tasks and other synchronous code."""
+    run_sync(publish(session_id, event), timeout=30)

@@ -1,0 +1,34 @@
+"""`manage.py check_providers`: one line per configured backend — works or not, and how fast."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from chat.providers.checks import STAGES, check_all
+
+
+class Command(BaseCommand):
+    help = "Make a short real call to each configured ASR, LLM and TTS backend and time it."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument(
+            "--stage", action="append", choices=STAGES, help="Check only this stage (repeatable)."
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        stages = tuple(options["stage"] or STAGES)
+        results = asyncio.run(check_all(stages))
+        for result in results:
+            style = self.style.SUCCESS if result.ok else self.style.ERROR
+            status = style(f"{'ok' if result.ok else 'failed':<6}")
+            self.stdout.write(
+                f"{result.stage:<4} {result.backend:<13} {status} "
+                f"{result.milliseconds:8.0f} ms  {result.detail}"
+            )
+        failed = [result for result in results if not result.ok]
+        if failed:
+            names = ", ".join(f"{r.stage} ({r.backend})" for r in failed)
+            raise CommandError(f"provider check failed: {names}")

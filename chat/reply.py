@@ -1,0 +1,358 @@
+"""One reply of the avatar, produced in the web process's event loop.
+
+The LLM's deltas stream to the client (`text_delta`) and, sentence by sentence, into streaming
+TTS whose audio goes to the session's audio sink (WebRTC track or WebSocket frames) while the
+model still writes; the whole reply audio is stored for `tts_complete.audio_url`, and in video
+mode handed to rendering. Cancelling the task (interrupt, barge-in, session end) stops speech at
+once through `sink.clear()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async
+
+from chat import sessions
+from chat.audio import pcm_duration_ms, pcm_to_wav
+from chat.models import Message
+from chat.protocol import Err, error
+from chat.providers.base import ChatTurn, ProviderError
+from chat.storage import public_url, save_for_session
+
+log = logging.getLogger(__name__)
+
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+class AudioSink(Protocol):
+    transport: str
+
+    async def write(self, pcm: bytes, sample_rate: int) -> None: ...
+
+    async def finish(self) -> None: ...
+
+    def clear(self) -> None: ...
+
+
+class WebSocketSink:
+    """Reply audio as binary WebSocket frames (PCM16 mono at the TTS rate)."""
+
+    transport = "websocket"
+
+    def __init__(self, send_bytes: Callable[[bytes], Awaitable[None]]) -> None:
+        self._send_bytes = send_bytes
+
+    async def write(self, pcm: bytes, sample_rate: int) -> None:
+        await self._send_bytes(pcm)
+
+    async def finish(self) -> None:
+        return None
+
+    def clear(self) -> None:
+        return None
+
+
+class WebRTCSink:
+    """Reply audio on the session's outgoing WebRTC track, paced in real time by the track."""
+
+    transport = "webrtc"
+
+    def __init__(self, speaker: Any) -> None:
+        self._speaker = speaker
+
+    async def write(self, pcm: bytes, sample_rate: int) -> None:
+        await self._speaker.write(pcm, sample_rate)
+
+    async def finish(self) -> None:
+        await self._speaker.drained()
+
+    def clear(self) -> None:
+        self._speaker.clear()
+
+
+@dataclass
+class ReplyRequest:
+    session_id: str
+    mode: str
+    language: str
+    voice: str
+    persona: str
+    avatar_name: str
+    greeting: str
+    user_message_id: int
+    ref: str | None = None
+    speak: bool = True  # False: text only (the upload chain speaks in its own step)
+
+
+class Reply:
+    """Produces one reply; `run()` is meant to be a task that the session may cancel."""
+
+    def __init__(self, request: ReplyRequest, send: Send, sink: AudioSink | None) -> None:
+        self.request = request
+        self._send = send
+        self.sink = sink
+        self.message: Message | None = None
+        self.text = ""
+        self.request_id = ""
+        self.speaking = False
+        self.timings: dict[str, float] = {}
+        self._started = time.perf_counter()
+        self._task: asyncio.Task[Any] | None = None
+
+    async def send(self, event: dict[str, Any]) -> None:
+        if self.request.ref is not None:
+            event["ref"] = self.request.ref
+        await self._send(event)
+
+    def _mark(self, stage: str) -> None:
+        self.timings.setdefault(stage, round((time.perf_counter() - self._started) * 1000, 1))
+
+    async def run(self) -> None:
+        from chat.providers.registry import get_llm
+        from chat.providers.text import stream_sentences
+
+        request = self.request
+        self._task = asyncio.current_task()
+        self.message = await database_sync_to_async(sessions.add_message)(
+            request.session_id, sessions.ASSISTANT, reply_to_id=request.user_message_id
+        )
+        history = await database_sync_to_async(sessions.history)(request.session_id, self.message)
+        turn = ChatTurn(
+            persona=request.persona,
+            history=history,
+            avatar_name=request.avatar_name,
+            greeting=request.greeting,
+            language=request.language,
+        )
+        llm = get_llm()
+        sentences: asyncio.Queue[str | None] = asyncio.Queue()
+        speech = asyncio.create_task(self._speak(_drain(sentences)))
+        try:
+            try:
+                pieces = self._timed(llm.stream_reply(turn), "llm_ms")
+                async for sentence in stream_sentences(self._deltas(pieces)):
+                    sentences.put_nowait(sentence)
+            finally:
+                sentences.put_nowait(None)
+            self._mark("llm_done_ms")
+            await self.send(
+                {
+                    "type": "text_response",
+                    "text": self.text,
+                    "message_id": self.message.id,
+                    "reply_to": request.user_message_id,
+                }
+            )
+            await speech
+        except ProviderError as exc:
+            speech.cancel()
+            await self._fail(exc.code, exc.message, exc.retryable)
+        except asyncio.CancelledError:
+            speech.cancel()
+            await asyncio.shield(self._interrupted())
+            raise
+        finally:
+            await asyncio.shield(self._save())
+
+    async def _timed(self, items: AsyncIterator[Any], key: str) -> AsyncIterator[Any]:
+        """Pass items through, adding the time spent waiting for the provider to timings[key]
+        (so the service's own overhead can be told apart from the provider's time)."""
+        iterator = aiter(items)
+        while True:
+            started = time.perf_counter()
+            try:
+                item = await anext(iterator)
+            except StopAsyncIteration:
+                return
+            finally:
+                waited = (time.perf_counter() - started) * 1000
+                self.timings[key] = round(self.timings.get(key, 0.0) + waited, 1)
+            yield item
+
+    def _check_cancelled(self) -> None:
+        """Raise CancelledError when the reply's task was told to stop.
+
+        Python 3.11's `asyncio.wait_for` (under the providers' thread bridges) returns a result
+        that arrived together with the cancellation and drops the cancellation: an interrupted
+        reply then kept speaking to its end, and `interrupt` waited for it. The task still
+        counts the request (`cancelling()`), so each piece checks it before it goes out.
+        """
+        if self._task is not None and self._task.cancelling():
+            raise asyncio.CancelledError
+
+    async def _deltas(self, pieces: AsyncIterator[str]) -> AsyncIterator[str]:
+        async for delta in pieces:
+            self._check_cancelled()
+            if not delta:
+                continue
+            self._mark("llm_first_ms")
+            self.text += delta
+            await self.send({"type": "text_delta", "delta": delta, "message_id": self.message.id})
+            yield delta
+
+    async def speak_message(self, message: Message) -> None:
+        """Speak an existing reply (the upload chain's synthesize step)."""
+        from chat.providers.text import split_sentences
+
+        self.message, self.text = message, message.text
+        try:
+            await self._speak(_iterate(split_sentences(message.text)))
+        finally:
+            await self._save()
+
+    async def _speak(self, sentences: AsyncIterator[str]) -> None:
+        """TTS of each sentence as soon as it is complete, into the sink; then store the audio."""
+        from chat.providers.registry import get_tts
+
+        request = self.request
+        if not request.speak or request.mode not in ("voice", "video"):
+            async for _ in sentences:
+                pass
+            return
+        tts = get_tts()
+        pcm = bytearray()
+        try:
+            async for sentence in sentences:
+                chunks = self._timed(
+                    tts.stream(sentence, request.voice, request.language), "tts_ms"
+                )
+                async for chunk in chunks:
+                    self._check_cancelled()
+                    if not self.speaking:
+                        await self._start_speech(tts.sample_rate)
+                    pcm.extend(chunk)
+                    if self.sink is not None:
+                        await self.sink.write(chunk, tts.sample_rate)
+            if not self.speaking:
+                return
+            if self.sink is not None:
+                await self.sink.finish()
+            self._mark("tts_done_ms")
+            await self._complete_speech(bytes(pcm), tts.sample_rate)
+        except ProviderError as exc:
+            if self.sink is not None:
+                self.sink.clear()
+            await self._fail(exc.code, exc.message, exc.retryable)
+
+    async def _start_speech(self, sample_rate: int) -> None:
+        self.speaking = True
+        self.request_id = uuid.uuid4().hex[:12]
+        self._mark("tts_first_ms")
+        await self.send(
+            {
+                "type": "tts_start",
+                "request_id": self.request_id,
+                "message_id": self.message.id,
+                "transport": self.sink.transport if self.sink is not None else "url",
+                "format": "pcm16",
+                "sample_rate": sample_rate,
+            }
+        )
+
+    async def _complete_speech(self, pcm: bytes, sample_rate: int) -> None:
+        message = self.message
+        name = await database_sync_to_async(save_for_session, thread_sensitive=False)(
+            self.request.session_id, f"audio/reply-{message.id}.wav", pcm_to_wav(pcm, sample_rate)
+        )
+        if name is None:  # the session ended meanwhile
+            return
+        message.audio = name
+        message.audio_url = await sync_to_async(public_url, thread_sensitive=False)(name)
+        message.duration_ms = pcm_duration_ms(pcm, sample_rate)
+        self.speaking = False
+        await self.send(
+            {
+                "type": "tts_complete",
+                "request_id": self.request_id,
+                "audio_url": message.audio_url,
+                "duration_ms": message.duration_ms,
+            }
+        )
+        if self.request.mode == "video":
+            await database_sync_to_async(self._save_sync)()
+            await self._render()
+
+    async def _render(self) -> None:
+        from rendering.scheduler import RenderBusy, submit_render
+
+        try:
+            await sync_to_async(submit_render, thread_sensitive=False)(self.message.id)
+        except RenderBusy as exc:
+            await self._fail(Err.BUSY, str(exc), True)
+
+    async def _fail(self, code: str, message: str, retryable: bool) -> None:
+        if self.message is not None and not self.message.error_code:
+            self.message.error_code = str(code)
+            self.message.error_message = message
+        await self.send(error(code, message, retryable=retryable))
+
+    async def _interrupted(self) -> None:
+        """Close what the client has open: the speech span and the text of the reply."""
+        if self.sink is not None:
+            self.sink.clear()
+        if self.message is None:
+            return
+        self.message.error_code = self.message.error_code or "INTERRUPTED"
+        try:
+            if self.speaking:
+                await self.send(
+                    {
+                        "type": "tts_complete",
+                        "request_id": self.request_id,
+                        "audio_url": None,
+                        "duration_ms": 0,
+                        "interrupted": True,
+                    }
+                )
+            await self.send(
+                {
+                    "type": "text_response",
+                    "text": self.text,
+                    "message_id": self.message.id,
+                    "reply_to": self.request.user_message_id,
+                    "interrupted": True,
+                }
+            )
+        except Exception:  # the socket may already be gone
+            log.debug("could not report the interruption", exc_info=True)
+
+    def _save_sync(self) -> None:
+        """Save the fields this reply owns; a render worker may be writing the others."""
+        message = self.message
+        if message is None:
+            return
+        stored = Message.objects.filter(pk=message.pk).values_list("timings", flat=True).first()
+        message.text = self.text
+        message.timings = {**(stored or {}), **self.timings}
+        message.save(
+            update_fields=[
+                "text",
+                "timings",
+                "audio",
+                "audio_url",
+                "duration_ms",
+                "error_code",
+                "error_message",
+            ]
+        )
+
+    async def _save(self) -> None:
+        await database_sync_to_async(self._save_sync)()
+
+
+async def _drain(queue: asyncio.Queue[str | None]) -> AsyncIterator[str]:
+    while (item := await queue.get()) is not None:
+        yield item
+
+
+async def _iterate(items: list[str]) -> AsyncIterator[str]:
+    for item in items:
+        yield item

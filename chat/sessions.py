@@ -1,0 +1,179 @@
+"""Session life cycle on the database and storage side, shared by the consumer, the HTTP upload
+view and the cleanup command (all synchronous; the consumer calls them off the event loop)."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from avatars.models import Avatar
+from chat.models import ChatSession, EndReason, Message, Role
+from chat.storage import delete_session_files
+
+log = logging.getLogger(__name__)
+
+
+def open_session(
+    avatar: Avatar, mode: str, language: str, client_info: dict[str, Any]
+) -> ChatSession:
+    return ChatSession.objects.create(
+        avatar=avatar, mode=mode, language=language, client_info=client_info
+    )
+
+
+def touch_interval_s() -> float:
+    """How often a live consumer records activity in the database (it keeps the exact time in
+    memory); the cleanup command allows twice this much slack so it never ends a live session."""
+    return min(60.0, settings.SESSION_TIMEOUT_S / 4)
+
+
+def touch(session_id: uuid.UUID | str) -> None:
+    ChatSession.objects.filter(pk=session_id, ended_at__isnull=True).update(
+        last_activity_at=timezone.now()
+    )
+
+
+def add_message(session_id: uuid.UUID | str, role: str, text: str = "", **fields: Any) -> Message:
+    return Message.objects.create(session_id=session_id, role=role, text=text, **fields)
+
+
+def history(session_id: uuid.UUID | str, before: Message | None = None) -> list[dict[str, str]]:
+    """The conversation for the LLM, oldest first, without failed or empty messages."""
+    messages = Message.objects.filter(session_id=session_id, error_code="").exclude(text="")
+    if before is not None:
+        messages = messages.filter(id__lt=before.id)
+    recent = list(messages.order_by("-id")[: settings.LLM_MAX_HISTORY])
+    return [m.history_entry() for m in reversed(recent)]
+
+
+def revoke_tasks(task_ids: list[str]) -> None:
+    if task_ids:
+        from celery_app import app
+
+        app.control.revoke(task_ids, terminate=True, signal="SIGTERM")
+
+
+def cancel_renders(task_ids: list[str]) -> None:
+    if task_ids:
+        from rendering.control import cancel_render
+
+        for task_id in task_ids:
+            cancel_render(task_id)
+
+
+def end_session(session_id: uuid.UUID | str, reason: EndReason | str) -> int:
+    """Mark the session ended, stop its tasks and delete every file it owns.
+
+    Idempotent: a second call (cleanup after a crash, disconnect after stop) only deletes files
+    that appeared meanwhile. Returns the number of files deleted in total.
+    """
+    with transaction.atomic():
+        updated = ChatSession.objects.filter(pk=session_id, ended_at__isnull=True).update(
+            ended_at=timezone.now(), end_reason=reason
+        )
+    if updated:
+        stop_turn(session_id)
+    deleted = delete_session_files(session_id)
+    session = ChatSession.objects.filter(pk=session_id).first()
+    if session is None:
+        return deleted
+    if deleted:
+        session.files_deleted += deleted
+        session.save(update_fields=["files_deleted"])
+    return session.files_deleted
+
+
+def idle_sessions(now: Any = None) -> list[uuid.UUID]:
+    now = now or timezone.now()
+    cutoff = now - timedelta(seconds=settings.SESSION_TIMEOUT_S + 2 * touch_interval_s())
+    return list(
+        ChatSession.objects.filter(ended_at__isnull=True, last_activity_at__lt=cutoff).values_list(
+            "id", flat=True
+        )
+    )
+
+
+def purge_expired(now: Any = None) -> int:
+    """Delete the history of sessions that ended longer ago than SESSION_RETENTION_DAYS."""
+    if settings.SESSION_RETENTION_DAYS == 0:
+        return 0
+    now = now or timezone.now()
+    cutoff = now - timedelta(days=settings.SESSION_RETENTION_DAYS)
+    expired = ChatSession.objects.filter(ended_at__lt=cutoff)
+    for session_id in expired.values_list("id", flat=True):
+        delete_session_files(session_id)
+    _, per_model = expired.delete()
+    return per_model.get(ChatSession._meta.label, 0)
+
+
+def cleanup(now: Any = None) -> dict[str, int]:
+    """End idle sessions (their consumers are gone or silent) and purge old history."""
+    ended = 0
+    for session_id in idle_sessions(now):
+        end_session(session_id, EndReason.TIMEOUT)
+        ended += 1
+    return {"ended": ended, "purged": purge_expired(now)}
+
+
+USER = Role.USER
+ASSISTANT = Role.ASSISTANT
+
+
+# --- the upload turn in flight: its Celery task ids, kept in Redis so any process can stop it --
+
+TURN_TTL_S = 3600
+
+
+def _redis() -> Any:
+    import redis
+
+    global _client
+    if _client is None:
+        _client = redis.Redis.from_url(settings.REDIS_URL)
+    return _client
+
+
+_client: Any = None
+
+
+def _turn_key(session_id: uuid.UUID | str) -> str:
+    return f"echo:turn:{session_id}"
+
+
+def set_turn(session_id: uuid.UUID | str, task_ids: list[str]) -> None:
+    _redis().set(_turn_key(session_id), ",".join(task_ids), ex=TURN_TTL_S)
+
+
+def finish_turn(session_id: uuid.UUID | str, task_id: str) -> None:
+    """The chain that contains `task_id` is over (done or failed)."""
+    key = _turn_key(session_id)
+    current = _redis().get(key)
+    if current and task_id in current.decode().split(","):
+        _redis().delete(key)
+
+
+def take_turn(session_id: uuid.UUID | str) -> list[str]:
+    value = _redis().getdel(_turn_key(session_id))
+    return value.decode().split(",") if value else []
+
+
+def unfinished_renders(session_id: uuid.UUID | str) -> list[str]:
+    return list(
+        Message.objects.filter(session_id=session_id, role=Role.ASSISTANT, video="", error_code="")
+        .exclude(task_id="")
+        .values_list("task_id", flat=True)
+    )
+
+
+def stop_turn(session_id: uuid.UUID | str) -> bool:
+    """Revoke the session's upload chain and renders in flight. True if there was one."""
+    chain_ids, render_ids = take_turn(session_id), unfinished_renders(session_id)
+    revoke_tasks(chain_ids)
+    cancel_renders(render_ids)
+    return bool(chain_ids or render_ids)

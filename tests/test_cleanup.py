@@ -1,0 +1,70 @@
+"""`cleanup_sessions` (run by beat) ends sessions whose consumer went silent or died, deleting
+their files, and purges history past retention."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from io import StringIO
+from pathlib import Path
+
+import pytest
+from django.core.files.base import ContentFile
+from django.core.files.storage import default_storage
+from django.core.management import call_command
+from django.test.utils import override_settings
+from django.utils import timezone
+
+from celery_app import app
+from chat import sessions
+from chat.models import ChatSession, Message
+
+pytestmark = pytest.mark.django_db
+
+
+def make_session(avatar, idle: timedelta, ended: timedelta | None = None) -> ChatSession:
+    now = timezone.now()
+    session = sessions.open_session(avatar, "voice", "en-US", {})
+    ChatSession.objects.filter(pk=session.pk).update(
+        last_activity_at=now - idle, ended_at=(now - ended) if ended else None
+    )
+    sessions.add_message(session.id, "user", "hello")
+    default_storage.save(f"sessions/{session.id}/audio/user-1.wav", ContentFile(b"RIFF...."))
+    return session
+
+
+def test_idle_sessions_are_ended_and_their_files_deleted(avatars, media_root: Path) -> None:
+    idle = make_session(avatars[0], timedelta(minutes=30))
+    live = make_session(avatars[0], timedelta(seconds=5))
+    out = StringIO()
+    call_command("cleanup_sessions", stdout=out)
+    assert "ended 1 idle session(s)" in out.getvalue()
+    idle.refresh_from_db()
+    live.refresh_from_db()
+    assert idle.end_reason == "timeout" and idle.files_deleted == 1
+    assert not (media_root / "sessions" / str(idle.id)).exists()
+    assert live.ended_at is None and (media_root / "sessions" / str(live.id)).exists()
+
+
+def test_history_past_retention_is_purged(avatars, media_root: Path) -> None:
+    old = make_session(avatars[0], timedelta(days=40), ended=timedelta(days=40))
+    recent = make_session(avatars[0], timedelta(days=2), ended=timedelta(days=2))
+    with override_settings(SESSION_RETENTION_DAYS=30):
+        result = sessions.cleanup()
+    assert result == {"ended": 0, "purged": 1}
+    assert not ChatSession.objects.filter(pk=old.pk).exists()
+    assert not Message.objects.filter(session_id=old.pk).exists()
+    assert ChatSession.objects.filter(pk=recent.pk).exists()
+
+
+def test_retention_zero_keeps_history(avatars, media_root: Path) -> None:
+    make_session(avatars[0], timedelta(days=400), ended=timedelta(days=400))
+    with override_settings(SESSION_RETENTION_DAYS=0):
+        assert sessions.cleanup()["purged"] == 0
+
+
+def test_beat_runs_the_cleanup_periodically() -> None:
+    entry = app.conf.beat_schedule["cleanup-sessions"]
+    assert entry["task"] == "chat.tasks.cleanup_sessions"
+    assert entry["schedule"] == 60
+    app.loader.import_default_modules()  # what a worker does at start
+    assert "chat.tasks.cleanup_sessions" in app.tasks
