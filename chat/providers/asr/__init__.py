@@ -1,0 +1,1 @@
+"""Speech recognition backends: `pocketsphinx` (offline) and `dashscope` (Paraformer, Qwen ASR)."""

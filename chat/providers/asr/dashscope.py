@@ -1,0 +1,197 @@
+"""DashScope recognition: Paraformer realtime for streams, Qwen ASR for uploaded files.
+
+A stream is one `Recognition` object (the SDK reuses a task id when an object is reused). Its
+callbacks run on an SDK thread and hand hypotheses to the loop through a `ThreadBridge`;
+`stop()` blocks until the task ends, so it runs on a daemon thread. Results only flow while
+audio keeps arriving, which the realtime path does (silence included). File recognition needs
+the file's public URL: the service cannot reach local paths or private hosts.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import AsyncIterator
+from http import HTTPStatus
+from typing import Any
+
+from dashscope import MultiModalConversation
+from dashscope.audio.asr import Recognition, RecognitionCallback
+from django.conf import settings
+
+from chat.providers.base import ASRError, ASRProvider, ASRStream, Hypothesis
+from chat.providers.bridge import ThreadBridge, run_in_daemon
+from chat.providers.cloud import configure_dashscope, failure, timed_out
+
+logger = logging.getLogger(__name__)
+
+WHAT = "DashScope ASR"
+# The SDK's websocket session has only a total timeout: the longest stream we allow.
+MAX_STREAM_S = 600.0
+
+
+def _language_code(language: str) -> str:
+    return language.split("-")[0].lower() or "en"
+
+
+class _Callback(RecognitionCallback):
+    """SDK callbacks → bridge; never blocks the SDK's thread."""
+
+    def __init__(
+        self, bridge: ThreadBridge[Hypothesis], key: str, stream: _DashScopeStream
+    ) -> None:
+        self._bridge, self._key, self._stream = bridge, key, stream
+
+    def on_event(self, result: Any) -> None:
+        sentence = result.get_sentence()
+        if not isinstance(sentence, dict) or not sentence.get("text"):
+            return
+        final = bool(sentence.get("sentence_end")) or sentence.get("end_time") is not None
+        self._bridge.put(Hypothesis(sentence["text"], final=final))
+
+    def on_complete(self) -> None:
+        self._bridge.end()
+
+    def on_error(self, result: Any) -> None:
+        error = failure(
+            ASRError,
+            WHAT,
+            status=result.status_code,
+            code=result.code,
+            message=result.message,
+            secrets=(self._key,),
+        )
+        self._stream.error = error
+        self._bridge.fail(error)
+
+
+class _DashScopeStream(ASRStream):
+    def __init__(self, provider: DashScopeASR, language: str, sample_rate: int) -> None:
+        self._timeout_s = provider.timeout_s
+        self._bridge: ThreadBridge[Hypothesis] = ThreadBridge()
+        self._key = configure_dashscope()
+        self.error: ASRError | None = None
+        self._finished = False
+        self._started = False
+        self._recognition = Recognition(
+            model=provider.model,
+            callback=_Callback(self._bridge, self._key, self),
+            format="pcm",
+            sample_rate=sample_rate,
+            language_hints=[_language_code(language)],
+            api_key=self._key,
+            request_timeout=MAX_STREAM_S,
+        )
+
+    def _start(self) -> None:
+        if not self._started:
+            self._started = True
+            # start() only launches the SDK's worker thread; the connection is made there.
+            self._recognition.start()
+
+    async def feed(self, pcm: bytes) -> None:
+        if self.error is not None:
+            raise self.error
+        if self._finished:
+            raise ASRError("audio fed after finish()")
+        self._start()
+        try:
+            self._recognition.send_audio_frame(bytes(pcm))  # only queues the frame
+        except Exception as exc:  # noqa: BLE001 - the task ended (error, silence timeout)
+            raise self.error or failure(ASRError, WHAT, exc=exc, secrets=(self._key,)) from None
+
+    def _stop(self) -> None:
+        try:
+            self._recognition.stop()
+        except Exception as exc:  # noqa: BLE001 - already stopped after an error
+            logger.debug("recognition stop: %s", exc)
+        finally:
+            # on_complete is not called when the task ends without a payload: end anyway.
+            self._bridge.end()
+
+    async def finish(self) -> None:
+        if self._finished:
+            return
+        self._finished = True
+        self._start()
+        self._bridge.deadline(self._timeout_s, lambda: timed_out(ASRError, WHAT, self._timeout_s))
+        threading.Thread(target=self._stop, name="dashscope-asr-stop", daemon=True).start()
+
+    async def results(self) -> AsyncIterator[Hypothesis]:
+        # No timeout while audio flows (the speaker may be silent); finish() sets a deadline.
+        async for hypothesis in self._bridge.iterate():
+            yield hypothesis
+
+    async def close(self) -> None:
+        self._bridge.abandon()
+        if not self._finished:
+            self._finished = True
+            if self._started:
+                threading.Thread(target=self._stop, name="dashscope-asr-stop", daemon=True).start()
+
+
+class DashScopeASR(ASRProvider):
+    name = "dashscope"
+
+    def __init__(
+        self, model: str, file_model: str, timeout_s: float, connect_timeout_s: float
+    ) -> None:
+        self.model = model
+        self.file_model = file_model
+        self.timeout_s = timeout_s
+        self.connect_timeout_s = connect_timeout_s
+
+    @classmethod
+    def from_settings(cls) -> DashScopeASR:
+        return cls(
+            settings.DASHSCOPE_ASR_MODEL,
+            settings.DASHSCOPE_FILE_ASR_MODEL,
+            settings.PROVIDER_TIMEOUT_S,
+            settings.PROVIDER_CONNECT_TIMEOUT_S,
+        )
+
+    def stream(self, language: str, sample_rate: int = 16000) -> ASRStream:
+        return _DashScopeStream(self, language, sample_rate)
+
+    async def recognize_file(self, path: str, url: str, language: str) -> str:
+        if not url.startswith(("http://", "https://")):
+            raise ASRError(
+                "DashScope file recognition needs a public URL of the audio",
+                provider_message="set up S3/OSS storage with public URLs",
+            )
+        wait = self.timeout_s + self.connect_timeout_s
+        return await run_in_daemon(
+            lambda: self._recognize_url(url, language),
+            wait,
+            lambda: timed_out(ASRError, WHAT, wait),
+        )
+
+    def _recognize_url(self, url: str, language: str) -> str:
+        key = configure_dashscope()
+        try:
+            response: Any = MultiModalConversation.call(
+                model=self.file_model,
+                messages=[{"role": "user", "content": [{"audio": url}]}],
+                result_format="message",
+                asr_options={"language": _language_code(language)},
+                api_key=key,
+                request_timeout=(self.connect_timeout_s, self.timeout_s),
+            )
+        except Exception as exc:  # noqa: BLE001 - every SDK failure becomes ASRError
+            raise failure(ASRError, WHAT, exc=exc, secrets=(key,)) from None
+        if response.status_code != HTTPStatus.OK:
+            raise failure(
+                ASRError,
+                WHAT,
+                status=response.status_code,
+                code=response.code,
+                message=response.message,
+                secrets=(key,),
+            )
+        try:
+            content = response.output.choices[0].message.content
+            return "".join(part.get("text", "") for part in content).strip()
+        except (AttributeError, IndexError, KeyError, TypeError) as exc:
+            raise ASRError(
+                "DashScope ASR answered without text", provider_message=str(exc)
+            ) from None

@@ -1,0 +1,185 @@
+"""Offline recognition with pocketsphinx and the US English model its wheel ships.
+
+Decoding is CPU work, so each stream has its own worker thread fed through a queue: `feed()`
+never waits for the decoder, and hypotheses reach the loop through a `ThreadBridge`. Decoders
+take a moment to load, so finished ones go back to a small per-process pool.
+
+Only English is known offline. For other languages (Mandarin avatars) the English model still
+runs, so every flow keeps working without a network; it logs a warning once per language, and
+the words it finds are English approximations.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import wave
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+from django.conf import settings
+
+from chat.providers.base import ASRError, ASRProvider, ASRStream, Hypothesis
+from chat.providers.bridge import ThreadBridge
+from chat.providers.cloud import timed_out
+
+if TYPE_CHECKING:
+    from pocketsphinx import Decoder
+
+logger = logging.getLogger(__name__)
+
+_FINISH, _ABORT = object(), object()  # control items in the audio queue
+_warned_languages: set[str] = set()
+
+
+class _DecoderPool:
+    """Idle decoders per sample rate; a decoder serves one utterance at a time.
+
+    A decoder adapts its feature extraction (cepstral mean, noise estimate) to what it hears; a
+    returned one starts afresh, so one speaker's audio never shapes another's recognition and
+    the same recording always gives the same words."""
+
+    def __init__(self) -> None:
+        self._idle: dict[int, list[Decoder]] = {}
+        self._lock = threading.Lock()
+
+    def acquire(self, sample_rate: int) -> Decoder:
+        with self._lock:
+            idle = self._idle.get(sample_rate)
+            if idle:
+                return idle.pop()
+        from pocketsphinx import Decoder
+
+        return Decoder(samprate=sample_rate, loglevel="FATAL")
+
+    def release(self, sample_rate: int, decoder: Decoder) -> None:
+        decoder.reinit_feat()
+        with self._lock:
+            self._idle.setdefault(sample_rate, []).append(decoder)
+
+
+_pool = _DecoderPool()
+
+
+def _check_language(language: str) -> None:
+    if not language.lower().startswith("en") and language not in _warned_languages:
+        _warned_languages.add(language)
+        logger.warning(
+            "pocketsphinx only knows English; recognising %s speech as English", language
+        )
+
+
+class _SphinxStream(ASRStream):
+    def __init__(self, sample_rate: int, interim_s: float, timeout_s: float) -> None:
+        self._sample_rate = sample_rate
+        self._interim_bytes = max(2, int(interim_s * sample_rate) * 2)
+        self._timeout_s = timeout_s
+        self._audio: queue.SimpleQueue[bytes | object] = queue.SimpleQueue()
+        self._bridge: ThreadBridge[Hypothesis] = ThreadBridge()
+        self._finished = False
+        threading.Thread(target=self._decode, name="pocketsphinx", daemon=True).start()
+
+    def _decode(self) -> None:
+        """Worker thread: one utterance, interim hypotheses when they change."""
+        try:
+            decoder = _pool.acquire(self._sample_rate)
+        except Exception as exc:  # noqa: BLE001
+            self._bridge.fail(ASRError("pocketsphinx could not start", provider_message=str(exc)))
+            return
+        decoder.start_utt()
+        since_interim, last = 0, ""
+        try:
+            while True:
+                chunk = self._audio.get()
+                if chunk is _ABORT:
+                    decoder.end_utt()
+                    return
+                if chunk is _FINISH:
+                    decoder.end_utt()
+                    hyp = decoder.hyp()
+                    if hyp is not None and hyp.hypstr:
+                        self._bridge.put(Hypothesis(hyp.hypstr, final=True))
+                    self._bridge.end()
+                    return
+                decoder.process_raw(chunk, False, False)  # type: ignore[arg-type]
+                since_interim += len(chunk)
+                if since_interim >= self._interim_bytes:
+                    since_interim = 0
+                    hyp = decoder.hyp()
+                    if hyp is not None and hyp.hypstr and hyp.hypstr != last:
+                        last = hyp.hypstr
+                        self._bridge.put(Hypothesis(last, final=False))
+        except Exception as exc:  # noqa: BLE001
+            self._bridge.fail(ASRError("pocketsphinx failed", provider_message=str(exc)))
+        finally:
+            _pool.release(self._sample_rate, decoder)
+
+    async def feed(self, pcm: bytes) -> None:
+        if self._finished:
+            raise ASRError("audio fed after finish()")
+        if len(pcm) % 2:
+            pcm = pcm[:-1]
+        if pcm:
+            self._audio.put(bytes(pcm))
+
+    async def finish(self) -> None:
+        if not self._finished:
+            self._finished = True
+            self._audio.put(_FINISH)
+            self._bridge.deadline(
+                self._timeout_s, lambda: timed_out(ASRError, "pocketsphinx", self._timeout_s)
+            )
+
+    async def results(self) -> AsyncIterator[Hypothesis]:
+        # No timeout while audio flows (the speaker may be silent); finish() sets a deadline.
+        async for hypothesis in self._bridge.iterate():
+            yield hypothesis
+
+    async def close(self) -> None:
+        self._bridge.abandon()
+        if not self._finished:
+            self._finished = True
+            self._audio.put(_ABORT)
+
+
+class PocketSphinxASR(ASRProvider):
+    name = "pocketsphinx"
+
+    def __init__(self, timeout_s: float, interim_s: float = 0.5) -> None:
+        self.timeout_s = timeout_s
+        self.interim_s = interim_s
+
+    @classmethod
+    def from_settings(cls) -> PocketSphinxASR:
+        return cls(settings.PROVIDER_TIMEOUT_S)
+
+    def stream(self, language: str, sample_rate: int = 16000) -> ASRStream:
+        _check_language(language)
+        return _SphinxStream(sample_rate, self.interim_s, self.timeout_s)
+
+    async def recognize_file(self, path: str, url: str, language: str) -> str:
+        _check_language(language)
+        return await asyncio.to_thread(self._recognize, path)
+
+    @staticmethod
+    def _recognize(path: str) -> str:
+        try:
+            with wave.open(path, "rb") as handle:
+                if handle.getnchannels() != 1 or handle.getsampwidth() != 2:
+                    raise ASRError("pocketsphinx needs mono 16-bit PCM audio")
+                rate, pcm = handle.getframerate(), handle.readframes(handle.getnframes())
+        except (OSError, EOFError, wave.Error) as exc:
+            raise ASRError("unreadable audio file", provider_message=str(exc)) from None
+        decoder = _pool.acquire(rate)
+        try:
+            decoder.start_utt()
+            decoder.process_raw(pcm, False, True)
+            decoder.end_utt()
+            hyp = decoder.hyp()
+        except Exception as exc:  # noqa: BLE001
+            raise ASRError("pocketsphinx failed", provider_message=str(exc)) from None
+        finally:
+            _pool.release(rate, decoder)
+        return hyp.hypstr if hyp is not None else ""

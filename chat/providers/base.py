@@ -1,0 +1,125 @@
+"""The three provider interfaces and their one error type per stage.
+
+A backend is one small class. Streaming is the primary form (async iterators); the one-shot
+forms are derived from it unless a backend has a better native one-shot call.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Self
+
+
+class ProviderError(Exception):
+    """A provider failed. `code` is the protocol's error code, `retryable` tells the client
+    whether trying again may help, `provider_message` is what the provider itself said."""
+
+    code = "ERR_INTERNAL"
+
+    def __init__(
+        self, message: str, *, retryable: bool = False, provider_message: str = ""
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retryable = retryable
+        self.provider_message = provider_message
+
+
+class ASRError(ProviderError):
+    code = "ERR_ASR_FAILED"
+
+
+class LLMError(ProviderError):
+    code = "ERR_LLM_FAILED"
+
+
+class TTSError(ProviderError):
+    code = "ERR_TTS_FAILED"
+
+
+class Configurable:
+    """Backends are built by the registry from Django settings through `from_settings()`."""
+
+    @classmethod
+    def from_settings(cls) -> Self:
+        return cls()
+
+
+@dataclass(frozen=True)
+class Hypothesis:
+    """A recognition result: interim (final=False) or the final text of an utterance (or of one
+    sentence of it: cloud recognisers finalise sentence by sentence). A stream that heard no
+    words ends without a final hypothesis."""
+
+    text: str
+    final: bool
+
+
+class ASRStream(ABC):
+    """One streaming recognition: feed PCM16 mono chunks, read hypotheses, then finish."""
+
+    @abstractmethod
+    async def feed(self, pcm: bytes) -> None: ...
+
+    @abstractmethod
+    async def finish(self) -> None:
+        """No more audio: flush; the final hypotheses still arrive on `results()`."""
+
+    @abstractmethod
+    def results(self) -> AsyncIterator[Hypothesis]:
+        """Hypotheses as they come; ends after `finish()` once everything was recognised."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Abandon the stream (barge-in, session end); never raises."""
+
+
+class ASRProvider(Configurable, ABC):
+    name: str
+
+    @abstractmethod
+    def stream(self, language: str, sample_rate: int = 16000) -> ASRStream: ...
+
+    @abstractmethod
+    async def recognize_file(self, path: str, url: str, language: str) -> str:
+        """The text of one recorded utterance: a local PCM16/WAV `path` (16 kHz mono, as the
+        service normalises uploads) and its public `url` for cloud services."""
+
+
+@dataclass
+class ChatTurn:
+    """What the LLM needs to answer: the avatar's persona and the conversation so far
+    (oldest first, the user's new message last)."""
+
+    persona: str
+    history: list[dict[str, str]] = field(default_factory=list)
+    avatar_name: str = ""
+    greeting: str = ""
+    language: str = "en-US"
+
+
+class LLMProvider(Configurable, ABC):
+    name: str
+
+    @abstractmethod
+    def stream_reply(self, turn: ChatTurn) -> AsyncIterator[str]:
+        """The reply, piece by piece (token deltas)."""
+
+    async def reply(self, turn: ChatTurn) -> str:
+        return "".join([piece async for piece in self.stream_reply(turn)])
+
+
+class TTSProvider(Configurable, ABC):
+    """Text to PCM16 mono audio at `sample_rate`."""
+
+    name: str
+    sample_rate: int
+
+    @abstractmethod
+    def stream(self, text: str, voice: str, language: str) -> AsyncIterator[bytes]:
+        """PCM16 chunks, the first as soon as it is ready."""
+
+    async def synthesize(self, text: str, voice: str, language: str) -> bytes:
+        return b"".join([chunk async for chunk in self.stream(text, voice, language)])

@@ -1,0 +1,147 @@
+"""What the cloud backends share: pointing the DashScope SDK at its hosts, turning provider
+failures into the stage's error with a retryable flag, and keeping API keys out of messages.
+
+The SDK reads its base URLs and CosyVoice's key from module attributes at call time, so they
+are set before every call from settings (tests point them at a loopback server).
+"""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+from typing import TypeVar
+
+from django.conf import settings
+
+from chat.providers.base import ProviderError
+
+logger = logging.getLogger(__name__)
+E = TypeVar("E", bound=ProviderError)
+
+# Provider error codes that describe a passing condition: trying again may help.
+_RETRYABLE_CODES = (
+    "throttling",
+    "internalerror",
+    "serviceunavailable",
+    "timeout",
+    "requesttimeout",
+)
+_SDK_DEFAULTS: dict[str, str] = {}
+
+
+class _RedactSecrets(logging.Filter):
+    """Removes known API keys from log records of the SDKs, which log response bodies (and a
+    rejecting server may quote the key it was given)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.secrets: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        cleaned = redact(message, *self.secrets)
+        if cleaned != message:
+            record.msg, record.args = cleaned, None
+        if record.exc_info and not record.exc_text:
+            text = logging.Formatter().formatException(record.exc_info)
+            if redact(text, *self.secrets) != text:
+                record.exc_text = redact(text, *self.secrets)
+        return True
+
+
+_filter = _RedactSecrets()
+_GUARDED_LOGGERS = ("dashscope", "websocket", "aiohttp", "openai", "httpx", "httpcore", "urllib3")
+
+
+def guard_secrets(*secrets: str) -> None:
+    """Keep these keys out of every log record the provider libraries write."""
+    _filter.secrets.update(secret for secret in secrets if secret and len(secret) >= 4)
+    for name in _GUARDED_LOGGERS:
+        log = logging.getLogger(name)
+        if _filter not in log.filters:
+            log.addFilter(_filter)
+
+
+def configure_dashscope() -> str:
+    """Apply settings to the SDK's module attributes; return the API key for per-call use."""
+    import dashscope
+
+    if not _SDK_DEFAULTS:
+        _SDK_DEFAULTS["http"] = dashscope.base_http_api_url
+        _SDK_DEFAULTS["ws"] = dashscope.base_websocket_api_url
+    dashscope.base_http_api_url = settings.DASHSCOPE_HTTP_BASE_URL or _SDK_DEFAULTS["http"]
+    dashscope.base_websocket_api_url = settings.DASHSCOPE_WEBSOCKET_BASE_URL or _SDK_DEFAULTS["ws"]
+    key = settings.DASHSCOPE_API_KEY
+    guard_secrets(key)
+    dashscope.api_key = key or None  # CosyVoice has no per-call key: it reads this global.
+    return key
+
+
+def redact(text: object, *secrets: str) -> str:
+    """`text` with every secret (API keys) replaced, for messages that reach clients and logs."""
+    result = str(text)
+    for secret in secrets:
+        if secret and len(secret) >= 4:
+            result = result.replace(secret, "***")
+    return result
+
+
+def is_retryable_status(status: int | None, code: str | None = None) -> bool:
+    """Whether a failure with this HTTP-like status and provider code may pass on retry:
+    rate limits, server errors, timeouts and lost connections (status -1 in the SDK) may;
+    bad requests and rejected keys never do."""
+    if status is not None and (
+        status == -1 or status == HTTPStatus.TOO_MANY_REQUESTS or status >= 500
+    ):
+        return True
+    lowered = str(code or "").lower().replace("_", "").replace(".", "")
+    return any(marker in lowered for marker in _RETRYABLE_CODES)
+
+
+def is_retryable_exception(exc: BaseException) -> bool:
+    """Network-level failures (timeouts, refused or dropped connections) are retryable;
+    programming and validation errors are not."""
+    import aiohttp
+    import httpx
+    import requests
+    import websocket
+
+    if isinstance(exc, (TimeoutError, ConnectionError, requests.RequestException)):
+        return True
+    if isinstance(exc, (aiohttp.ClientError, websocket.WebSocketException, httpx.TransportError)):
+        return True
+    return isinstance(exc, OSError)
+
+
+def failure(
+    error_cls: type[E],
+    what: str,
+    *,
+    status: int | None = None,
+    code: str | None = None,
+    message: object = "",
+    exc: BaseException | None = None,
+    secrets: tuple[str, ...] = (),
+    retryable: bool | None = None,
+) -> E:
+    """One provider failure as the stage's error: a short message for people, the provider's
+    own words in `provider_message`, the key removed from both, and a warning in the log."""
+    if exc is not None:
+        retryable = is_retryable_exception(exc) if retryable is None else retryable
+        provider_message = redact(f"{type(exc).__name__}: {exc}", *secrets)
+        summary = f"{what} failed: {'connection problem' if retryable else type(exc).__name__}"
+    else:
+        retryable = is_retryable_status(status, code) if retryable is None else retryable
+        provider_message = redact(message, *secrets)
+        detail = " ".join(str(part) for part in (status, code) if part not in (None, ""))
+        summary = f"{what} failed ({detail})" if detail else f"{what} failed"
+    error = error_cls(summary, retryable=retryable, provider_message=provider_message)
+    logger.warning("%s: %s (retryable=%s)", summary, provider_message, retryable)
+    return error
+
+
+def timed_out(error_cls: type[E], what: str, seconds: float) -> E:
+    """The error for a provider that did not answer within the configured time."""
+    message = f"no answer within {seconds:g} s"
+    logger.warning("%s timed out: %s", what, message)
+    return error_cls(f"{what} timed out", retryable=True, provider_message=message)

@@ -1,0 +1,89 @@
+"""Which backend serves each stage: names from settings, classes found by dotted path.
+
+Backends are imported on first use, so an offline install never imports the cloud SDKs, and
+built once per process from settings. Changing a provider setting (tests do, with
+`override_settings`) drops the cached instances.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+from django.conf import settings
+from django.core.signals import setting_changed
+from django.dispatch import receiver
+from django.utils.module_loading import import_string
+
+from chat.providers.base import ASRProvider, LLMProvider, TTSProvider
+
+ASR_BACKENDS = {
+    "pocketsphinx": "chat.providers.asr.pocketsphinx.PocketSphinxASR",
+    "dashscope": "chat.providers.asr.dashscope.DashScopeASR",
+}
+LLM_BACKENDS = {
+    "persona": "chat.providers.llm.persona.PersonaLLM",
+    "dashscope": "chat.providers.llm.dashscope.DashScopeLLM",
+    "openai": "chat.providers.llm.openai.OpenAILLM",
+}
+TTS_BACKENDS = {
+    "espeak": "chat.providers.tts.espeak.EspeakTTS",
+    "dashscope": "chat.providers.tts.dashscope.DashScopeTTS",
+}
+_STAGES: dict[str, tuple[str, dict[str, str]]] = {
+    "asr": ("ASR_BACKEND", ASR_BACKENDS),
+    "llm": ("LLM_BACKEND", LLM_BACKENDS),
+    "tts": ("TTS_BACKEND", TTS_BACKENDS),
+}
+_PROVIDER_SETTINGS = frozenset(
+    {"PROVIDER_TIMEOUT_S", "PROVIDER_CONNECT_TIMEOUT_S", "LLM_MAX_HISTORY"}
+)
+_instances: dict[str, Any] = {}
+
+P = TypeVar("P")
+
+
+def backend_name(stage: str) -> str:
+    """The configured backend name of a stage ("asr", "llm" or "tts")."""
+    return getattr(settings, _STAGES[stage][0])
+
+
+def build(stage: str, name: str | None = None) -> Any:
+    """A new backend instance for `stage`, the configured one unless `name` is given."""
+    setting, backends = _STAGES[stage]
+    name = name or getattr(settings, setting)
+    try:
+        path = backends[name]
+    except KeyError:
+        raise ValueError(f"{setting}={name!r} is not one of {sorted(backends)}") from None
+    return import_string(path).from_settings()
+
+
+def _get(stage: str, kind: type[P]) -> P:
+    instance = _instances.get(stage)
+    if instance is None:
+        instance = _instances[stage] = build(stage)
+    assert isinstance(instance, kind)
+    return instance
+
+
+def get_asr() -> ASRProvider:
+    return _get("asr", ASRProvider)
+
+
+def get_llm() -> LLMProvider:
+    return _get("llm", LLMProvider)
+
+
+def get_tts() -> TTSProvider:
+    return _get("tts", TTSProvider)
+
+
+def reset_providers() -> None:
+    """Forget the built backends; the next `get_*()` builds them again from settings."""
+    _instances.clear()
+
+
+@receiver(setting_changed)
+def _reset_on_setting_change(*, setting: str, **kwargs: Any) -> None:
+    if setting.startswith(("ASR_", "LLM_", "TTS_", "DASHSCOPE_")) or setting in _PROVIDER_SETTINGS:
+        reset_providers()

@@ -1,0 +1,1 @@
+"""Speech synthesis backends: `espeak` (offline, espeak-ng) and `dashscope` (CosyVoice)."""

@@ -1,0 +1,481 @@
+"""A loopback DashScope: the HTTP/SSE and WebSocket protocols the real SDK speaks, on 127.0.0.1.
+
+Tests (and benchmarks) point `dashscope.base_http_api_url` / `base_websocket_api_url` at it
+and run the real SDK. What it answers is scripted through `server.behaviour` (reply text,
+transcript, delays, one `Fault` per service), and everything it receives is recorded in
+`server.received` (the Authorization header, the payloads, the audio byte count, the texts),
+so tests can assert that the SDK really sent the key and the audio.
+
+    server = DashScopeServer().start()
+    server.behaviour.first_token_delay = 0.2          # LLM: before the first SSE event
+    server.behaviour.llm_fault = Fault("http", 500)   # or "midstream", "drop", "hang"
+    server.behaviour.tts_fault = Fault("task-failed", code="InvalidParameter")
+    ...
+    server.stop()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import math
+import re
+import struct
+import threading
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from aiohttp import WSMsgType, web
+
+FaultKind = Literal["http", "midstream", "task-failed", "drop", "hang"]
+HANG_S = 120.0
+
+
+@dataclass
+class Fault:
+    """How a service misbehaves.
+
+    - "http": answer with HTTP `status` and `{"code", "message"}` (for websockets: refuse the
+      handshake with `status`).
+    - "midstream": stream two pieces, then an SSE `event:error` (HTTP LLM only).
+    - "task-failed": websocket `task-failed` event with `code` and `message` right after run-task.
+    - "drop": cut the TCP connection after the first pieces (SSE) or the first audio.
+    - "hang": accept the request and never answer.
+    """
+
+    kind: FaultKind
+    status: int = 500
+    code: str = "InternalError"
+    message: str = "the fake server was told to fail"
+
+
+@dataclass
+class Behaviour:
+    """The script the server follows; tests change fields, `reset()` restores the defaults."""
+
+    reply: str | None = None  # None: "You said: <last user message>. I am a fake Qwen."
+    transcript: str = "hello world how are you"
+    file_transcript: str = "hello from the uploaded file"
+    first_token_delay: float = 0.0  # LLM: seconds before the first piece
+    token_delay: float = 0.0  # LLM: seconds between pieces
+    asr_result_delay: float = 0.0  # ASR: seconds before each result message
+    asr_interim_every_bytes: int = 6400  # ASR: an interim result per this much audio
+    tts_first_chunk_delay: float = 0.0  # TTS: seconds before the first audio chunk
+    tts_chunk_delay: float = 0.0  # TTS: seconds between chunks
+    tts_seconds_per_char: float = 0.06  # TTS: audio length per character of text
+    llm_fault: Fault | None = None
+    file_asr_fault: Fault | None = None
+    asr_fault: Fault | None = None
+    tts_fault: Fault | None = None
+    ws_handshake_status: int | None = None  # refuse every websocket handshake with this status
+
+
+@dataclass
+class Received:
+    """One request or websocket task as the server saw it."""
+
+    service: str  # "llm", "file-asr", "asr", "tts" ("ws" until run-task names the task)
+    authorization: str
+    headers: dict[str, str]
+    payload: dict[str, Any] = field(default_factory=dict)
+    audio_bytes: int = 0
+    texts: list[str] = field(default_factory=list)
+    actions: list[str] = field(default_factory=list)
+
+
+class LoopbackServer:
+    """An aiohttp application on 127.0.0.1 in a background thread with its own event loop."""
+
+    def __init__(self) -> None:
+        self.port = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._runner: web.AppRunner | None = None
+        self._stopping: asyncio.Event | None = None
+
+    def routes(self, app: web.Application) -> None:
+        raise NotImplementedError
+
+    def start(self) -> LoopbackServer:
+        ready = threading.Event()
+        self._loop = asyncio.new_event_loop()
+
+        async def setup() -> None:
+            self._stopping = asyncio.Event()
+            app = web.Application()
+            self.routes(app)
+            self._runner = web.AppRunner(app, shutdown_timeout=0.5, access_log=None)
+            await self._runner.setup()
+            site = web.TCPSite(self._runner, "127.0.0.1", 0)
+            await site.start()
+            self.port = self._runner.addresses[0][1]
+
+        def run() -> None:
+            assert self._loop
+            asyncio.set_event_loop(self._loop)
+            self._loop.run_until_complete(setup())
+            ready.set()
+            self._loop.run_forever()
+
+        self._thread = threading.Thread(target=run, name=type(self).__name__, daemon=True)
+        self._thread.start()
+        ready.wait(10)
+        return self
+
+    def stop(self) -> None:
+        if not self._loop or not self._thread:
+            return
+
+        async def cleanup() -> None:
+            assert self._stopping and self._runner
+            self._stopping.set()
+            await self._runner.cleanup()
+
+        asyncio.run_coroutine_threadsafe(cleanup(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
+
+    async def hang(self) -> None:
+        """Never answer (until the server stops)."""
+        assert self._stopping
+        try:
+            await asyncio.wait_for(self._stopping.wait(), HANG_S)
+        except TimeoutError:
+            pass
+
+    @staticmethod
+    def drop(request: web.Request) -> None:
+        """Cut the connection without a word, as a crashed server or a broken network would."""
+        if request.transport is not None:
+            request.transport.abort()
+
+
+def words(text: str) -> list[str]:
+    """Word-sized pieces with their trailing space, like a model's token deltas."""
+    return re.findall(r"\S+\s*", text) or [text]
+
+
+@functools.lru_cache(maxsize=64)
+def tone(seconds: float, sample_rate: int = 22050) -> bytes:
+    """A quiet 220 Hz tone as PCM16: audible, non-silent, deterministic."""
+    n = int(seconds * sample_rate)
+    return struct.pack(
+        f"<{n}h", *(int(3000 * math.sin(2 * math.pi * 220 * i / sample_rate)) for i in range(n))
+    )
+
+
+class DashScopeServer(LoopbackServer):
+    def __init__(self, api_key: str = "sk-fake-dashscope-5d41402abc4b2a76") -> None:
+        super().__init__()
+        self.api_key = api_key
+        self.behaviour = Behaviour()
+        self.received: list[Received] = []
+
+    @property
+    def http_base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/api/v1"
+
+    @property
+    def websocket_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/api-ws/v1/inference"
+
+    def reset(self) -> None:
+        self.behaviour = Behaviour()
+        self.received.clear()
+
+    def of(self, service: str) -> list[Received]:
+        return [item for item in self.received if item.service == service]
+
+    def routes(self, app: web.Application) -> None:
+        app.router.add_post("/api/v1/services/aigc/text-generation/generation", self.generation)
+        app.router.add_post(
+            "/api/v1/services/aigc/multimodal-generation/generation", self.multimodal
+        )
+        app.router.add_get("/api-ws/v1/inference", self.inference)
+        app.router.add_get("/api-ws/v1/inference/", self.inference)
+
+    # --- helpers ------------------------------------------------------------------------------
+    def _record(self, service: str, request: web.Request) -> Received:
+        item = Received(
+            service=service,
+            authorization=request.headers.get("Authorization", ""),
+            headers=dict(request.headers),
+        )
+        self.received.append(item)
+        return item
+
+    def _authorized(self, item: Received) -> bool:
+        scheme, _, key = item.authorization.partition(" ")
+        return scheme.lower() == "bearer" and key == self.api_key
+
+    def _unauthorized(self, item: Received) -> web.Response:
+        given = item.authorization.partition(" ")[2]
+        # The real service names the key it rejected: clients must keep it out of their logs.
+        return web.json_response(
+            {
+                "code": "InvalidApiKey",
+                "message": f"Invalid API-key provided: {given}",
+                "request_id": uuid.uuid4().hex,
+            },
+            status=401,
+        )
+
+    @staticmethod
+    def _error(fault: Fault) -> web.Response:
+        return web.json_response(
+            {"code": fault.code, "message": fault.message, "request_id": uuid.uuid4().hex},
+            status=fault.status,
+        )
+
+    def _reply_for(self, payload: dict[str, Any]) -> str:
+        if self.behaviour.reply is not None:
+            return self.behaviour.reply
+        messages = payload.get("input", {}).get("messages", [])
+        said = next(
+            (m.get("content", "") for m in reversed(messages) if m.get("role") == "user"), ""
+        )
+        return f"You said: {said}. I am a fake Qwen. Ask me more!"
+
+    # --- HTTP ---------------------------------------------------------------------------------
+    async def generation(self, request: web.Request) -> web.StreamResponse:
+        item = self._record("llm", request)
+        item.payload = await request.json()
+        if not self._authorized(item):
+            return self._unauthorized(item)
+        fault = self.behaviour.llm_fault
+        if fault and fault.kind == "http":
+            return self._error(fault)
+        if fault and fault.kind == "hang":
+            await self.hang()
+            return web.Response(status=504)
+        reply = self._reply_for(item.payload)
+        request_id = uuid.uuid4().hex
+        if request.headers.get("X-DashScope-SSE", "").lower() != "enable":
+            return web.json_response(
+                {
+                    "output": {
+                        "choices": [
+                            {
+                                "message": {"role": "assistant", "content": reply},
+                                "finish_reason": "stop",
+                            }
+                        ]
+                    },
+                    "usage": {"input_tokens": 10, "output_tokens": len(words(reply))},
+                    "request_id": request_id,
+                }
+            )
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream;charset=UTF-8"})
+        await response.prepare(request)
+        await asyncio.sleep(self.behaviour.first_token_delay)
+        pieces = words(reply)
+        for index, piece in enumerate(pieces, start=1):
+            if fault and index == 3 and fault.kind in ("midstream", "drop"):
+                if fault.kind == "drop":
+                    self.drop(request)
+                    return response
+                body = {"code": fault.code, "message": fault.message, "request_id": request_id}
+                await response.write(
+                    f"id:{index}\nevent:error\n:HTTP_STATUS/{fault.status}\n"
+                    f"data:{json.dumps(body)}\n\n".encode()
+                )
+                return response
+            if index > 1:
+                await asyncio.sleep(self.behaviour.token_delay)
+            last = index == len(pieces)
+            data = {
+                "output": {
+                    "choices": [
+                        {
+                            "message": {"role": "assistant", "content": piece},
+                            "finish_reason": "stop" if last else "null",
+                        }
+                    ]
+                },
+                "usage": {"input_tokens": 10, "output_tokens": index},
+                "request_id": request_id,
+            }
+            await response.write(
+                f"id:{index}\nevent:result\n:HTTP_STATUS/200\ndata:{json.dumps(data)}\n\n".encode()
+            )
+        await response.write_eof()
+        return response
+
+    async def multimodal(self, request: web.Request) -> web.StreamResponse:
+        item = self._record("file-asr", request)
+        item.payload = await request.json()
+        if not self._authorized(item):
+            return self._unauthorized(item)
+        fault = self.behaviour.file_asr_fault
+        if fault and fault.kind == "http":
+            return self._error(fault)
+        if fault and fault.kind == "hang":
+            await self.hang()
+            return web.Response(status=504)
+        if fault and fault.kind == "drop":
+            self.drop(request)
+            return web.Response()
+        text = self.behaviour.file_transcript
+        return web.json_response(
+            {
+                "output": {
+                    "choices": [
+                        {
+                            "message": {"role": "assistant", "content": [{"text": text}]},
+                            "finish_reason": "stop",
+                        }
+                    ]
+                },
+                "usage": {"seconds": 2},
+                "request_id": uuid.uuid4().hex,
+            }
+        )
+
+    # --- WebSocket duplex tasks ---------------------------------------------------------------
+    async def inference(self, request: web.Request) -> web.StreamResponse:
+        item = self._record("ws", request)
+        if not self._authorized(item):
+            return self._unauthorized(item)
+        if self.behaviour.ws_handshake_status:
+            status = self.behaviour.ws_handshake_status
+            return self._error(Fault("http", status, "ServiceUnavailable", "handshake refused"))
+        ws = web.WebSocketResponse(autoping=True)
+        await ws.prepare(request)
+        first = await ws.receive()
+        if first.type != WSMsgType.TEXT:
+            await ws.close()
+            return ws
+        message = json.loads(first.data)
+        header, payload = message.get("header", {}), message.get("payload", {})
+        item.actions.append(header.get("action", ""))
+        item.payload = payload
+        task_id = header.get("task_id", "")
+        item.service = payload.get("task", "ws")
+        fault = self.behaviour.asr_fault if item.service == "asr" else self.behaviour.tts_fault
+        if fault and fault.kind == "hang":
+            await self.hang()
+            return ws
+        if fault and fault.kind == "task-failed":
+            await self._event(ws, task_id, "task-failed", fault=fault)
+            await ws.close()
+            return ws
+        await self._event(ws, task_id, "task-started", payload={})
+        if item.service == "asr":
+            await self._asr(request, ws, item, task_id, fault)
+        else:
+            await self._tts(request, ws, item, task_id, fault)
+        return ws
+
+    @staticmethod
+    async def _event(
+        ws: web.WebSocketResponse,
+        task_id: str,
+        event: str,
+        payload: dict[str, Any] | None = None,
+        fault: Fault | None = None,
+    ) -> None:
+        header: dict[str, Any] = {"task_id": task_id, "event": event, "attributes": {}}
+        if fault is not None:
+            header["error_code"] = fault.code
+            header["error_message"] = fault.message
+        await ws.send_str(json.dumps({"header": header, "payload": payload or {}}))
+
+    def _sentence(self, heard: int, total_words: int, final: bool) -> dict[str, Any]:
+        spoken = self.behaviour.transcript.split()
+        text = " ".join(spoken if final else spoken[: max(1, min(heard, total_words))])
+        return {
+            "output": {
+                "sentence": {
+                    "begin_time": 0,
+                    "end_time": 1000 * len(spoken) if final else None,
+                    "text": text,
+                    "sentence_end": final,
+                    "words": [],
+                }
+            },
+            "usage": {"duration": 1} if final else None,
+        }
+
+    async def _asr(
+        self,
+        request: web.Request,
+        ws: web.WebSocketResponse,
+        item: Received,
+        task_id: str,
+        fault: Fault | None,
+    ) -> None:
+        total_words = len(self.behaviour.transcript.split())
+        next_interim = self.behaviour.asr_interim_every_bytes
+        interims = 0
+        async for msg in ws:
+            if msg.type == WSMsgType.BINARY:
+                item.audio_bytes += len(msg.data)
+                if fault and fault.kind == "drop":
+                    self.drop(request)
+                    return
+                while item.audio_bytes >= next_interim:
+                    next_interim += self.behaviour.asr_interim_every_bytes
+                    interims += 1
+                    await asyncio.sleep(self.behaviour.asr_result_delay)
+                    payload = self._sentence(interims, total_words, final=False)
+                    await self._event(ws, task_id, "result-generated", payload=payload)
+            elif msg.type == WSMsgType.TEXT:
+                action = json.loads(msg.data).get("header", {}).get("action", "")
+                item.actions.append(action)
+                if action == "finish-task":
+                    await asyncio.sleep(self.behaviour.asr_result_delay)
+                    if item.audio_bytes:
+                        payload = self._sentence(total_words, total_words, final=True)
+                        await self._event(ws, task_id, "result-generated", payload=payload)
+                    # A non-empty payload: with {} the SDK never calls on_complete.
+                    await self._event(
+                        ws, task_id, "task-finished", payload={"output": {}, "usage": None}
+                    )
+            else:
+                return
+
+    async def _tts(
+        self,
+        request: web.Request,
+        ws: web.WebSocketResponse,
+        item: Received,
+        task_id: str,
+        fault: Fault | None,
+    ) -> None:
+        sample_rate = int(item.payload.get("parameters", {}).get("sample_rate") or 22050)
+        sent_any = False
+        async for msg in ws:
+            if msg.type != WSMsgType.TEXT:
+                continue
+            message = json.loads(msg.data)
+            action = message.get("header", {}).get("action", "")
+            item.actions.append(action)
+            if action == "continue-task":
+                text = message.get("payload", {}).get("input", {}).get("text", "")
+                item.texts.append(text)
+                audio = tone(len(text) * self.behaviour.tts_seconds_per_char, sample_rate)
+                step = sample_rate // 10 * 2  # 100 ms chunks
+                for start in range(0, len(audio), step):
+                    delay = (
+                        self.behaviour.tts_chunk_delay
+                        if sent_any
+                        else self.behaviour.tts_first_chunk_delay
+                    )
+                    await asyncio.sleep(delay)
+                    await ws.send_bytes(audio[start : start + step])
+                    sent_any = True
+                    if fault and fault.kind == "drop":
+                        self.drop(request)
+                        return
+                sentence = {
+                    "output": {"sentence": {"words": []}},
+                    "usage": {"characters": len(text)},
+                }
+                await self._event(ws, task_id, "result-generated", payload=sentence)
+            elif action == "finish-task":
+                await self._event(
+                    ws, task_id, "task-finished", payload={"output": {}, "usage": None}
+                )

@@ -1,0 +1,358 @@
+"""The DashScope backends running the real `dashscope` SDK against the loopback DashScope."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from chat.providers import get_asr, get_llm, get_tts
+from chat.providers.base import (
+    ASRError,
+    ASRProvider,
+    ChatTurn,
+    Hypothesis,
+    LLMError,
+    ProviderError,
+    TTSError,
+)
+from chat.providers.text import stream_sentences
+from tests.fakes.dashscope_server import DashScopeServer, Fault
+
+TURN = ChatTurn(
+    persona="You are Aria, a travel guide.",
+    history=[
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello!"},
+        {"role": "user", "content": "Where should I go in May?"},
+    ],
+    avatar_name="Aria",
+    language="en-US",
+)
+SILENCE_100MS = b"\x00\x00" * 1600
+
+
+async def _collect(items: AsyncIterator[Any]) -> list[Any]:
+    return [item async for item in items]
+
+
+async def _recognise(asr: ASRProvider, chunks: int, sample_rate: int = 16000) -> list[Hypothesis]:
+    """Feed `chunks` × 100 ms of audio while reading results, then finish."""
+    stream = asr.stream("en-US", sample_rate)
+    reader = asyncio.create_task(_collect(stream.results()))
+    try:
+        for _ in range(chunks):
+            await stream.feed(SILENCE_100MS)
+            await asyncio.sleep(0.02)
+        await stream.finish()
+        return await reader
+    finally:
+        reader.cancel()
+        await stream.close()
+
+
+def _assert_secret_kept(error: ProviderError, key: str, caplog: pytest.LogCaptureFixture) -> None:
+    assert key not in str(error)
+    assert key not in error.provider_message
+    assert key not in caplog.text
+
+
+# --- LLM ------------------------------------------------------------------------------------
+def test_llm_streams_the_reply_piece_by_piece(dashscope: DashScopeServer) -> None:
+    pieces = asyncio.run(_collect(get_llm().stream_reply(TURN)))
+    assert len(pieces) > 3
+    assert "".join(pieces) == "You said: Where should I go in May?. I am a fake Qwen. Ask me more!"
+
+
+def test_llm_sends_persona_history_key_and_streaming_flags(dashscope: DashScopeServer) -> None:
+    asyncio.run(get_llm().reply(TURN))
+    (request,) = dashscope.of("llm")
+    assert request.authorization == f"Bearer {dashscope.api_key}"
+    assert request.headers.get("X-DashScope-SSE") == "enable"
+    assert request.payload["model"] == "qwen-plus"
+    assert request.payload["parameters"]["incremental_output"] is True
+    messages = request.payload["input"]["messages"]
+    assert messages[0]["role"] == "system"
+    assert "You are Aria" in messages[0]["content"]
+    assert messages[-1] == {"role": "user", "content": "Where should I go in May?"}
+
+
+def test_llm_history_is_limited_by_setting(dashscope: DashScopeServer, settings: Any) -> None:
+    settings.LLM_MAX_HISTORY = 1
+    asyncio.run(get_llm().reply(TURN))
+    messages = dashscope.of("llm")[0].payload["input"]["messages"]
+    assert [m["role"] for m in messages] == ["system", "user"]
+
+
+def test_llm_reply_splits_into_sentences_while_streaming(dashscope: DashScopeServer) -> None:
+    sentences = asyncio.run(_collect(stream_sentences(get_llm().stream_reply(TURN))))
+    assert sentences == [
+        "You said: Where should I go in May?.",
+        "I am a fake Qwen.",
+        "Ask me more!",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("fault", "retryable"),
+    [
+        (Fault("http", 400, "InvalidParameter", "bad messages"), False),
+        (Fault("http", 429, "Throttling.RateQuota", "slow down"), True),
+        (Fault("http", 500, "InternalError", "boom"), True),
+        (Fault("midstream", 500, "InternalError", "broke mid-way"), True),
+        (Fault("midstream", 400, "DataInspectionFailed", "inappropriate"), False),
+        (Fault("drop"), True),
+    ],
+)
+def test_llm_failures_map_to_llm_error(
+    dashscope: DashScopeServer, fault: Fault, retryable: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    dashscope.behaviour.llm_fault = fault
+    with caplog.at_level(logging.DEBUG), pytest.raises(LLMError) as caught:
+        asyncio.run(get_llm().reply(TURN))
+    assert caught.value.code == "ERR_LLM_FAILED"
+    assert caught.value.retryable is retryable
+    if fault.kind != "drop":
+        assert fault.message in caught.value.provider_message
+    _assert_secret_kept(caught.value, dashscope.api_key, caplog)
+
+
+def test_llm_wrong_key_is_not_retryable_and_never_logged(
+    dashscope: DashScopeServer, settings: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    wrong = "sk-wrong-key-0123456789abcdef"
+    settings.DASHSCOPE_API_KEY = wrong
+    with caplog.at_level(logging.DEBUG), pytest.raises(LLMError) as caught:
+        asyncio.run(get_llm().reply(TURN))
+    assert caught.value.retryable is False
+    assert "401" in str(caught.value)
+    assert dashscope.of("llm")[0].authorization == f"Bearer {wrong}"
+    _assert_secret_kept(caught.value, wrong, caplog)
+
+
+def test_llm_timeout_is_bounded_by_settings(dashscope: DashScopeServer, settings: Any) -> None:
+    settings.PROVIDER_TIMEOUT_S = 0.5
+    settings.PROVIDER_CONNECT_TIMEOUT_S = 0.5
+    dashscope.behaviour.llm_fault = Fault("hang")
+    with pytest.raises(LLMError) as caught:
+        asyncio.run(get_llm().reply(TURN))
+    assert caught.value.retryable is True
+
+
+def test_llm_refused_connection_is_retryable(dashscope: DashScopeServer, settings: Any) -> None:
+    settings.DASHSCOPE_HTTP_BASE_URL = "http://127.0.0.1:9/api/v1"
+    with pytest.raises(LLMError) as caught:
+        asyncio.run(get_llm().reply(TURN))
+    assert caught.value.retryable is True
+
+
+# --- realtime ASR ---------------------------------------------------------------------------
+def test_asr_stream_gives_interim_then_final_hypotheses(dashscope: DashScopeServer) -> None:
+    results = asyncio.run(_recognise(get_asr(), chunks=10))
+    interim = [h for h in results if not h.final]
+    final = [h for h in results if h.final]
+    assert interim, results
+    assert results.index(interim[0]) < results.index(final[0])
+    assert final[-1].text == "hello world how are you"
+
+
+def test_asr_stream_sends_the_audio_and_parameters(dashscope: DashScopeServer) -> None:
+    asyncio.run(_recognise(get_asr(), chunks=5))
+    (task,) = dashscope.of("asr")
+    assert task.authorization == f"Bearer {dashscope.api_key}"
+    assert task.audio_bytes == 5 * len(SILENCE_100MS)
+    assert task.payload["model"] == "paraformer-realtime-v2"
+    assert task.payload["parameters"]["sample_rate"] == 16000
+    assert task.payload["parameters"]["format"] == "pcm"
+    assert task.payload["parameters"]["language_hints"] == ["en"]
+    assert task.actions[0] == "run-task" and task.actions[-1] == "finish-task"
+
+
+@pytest.mark.parametrize(
+    ("fault", "retryable"),
+    [
+        (Fault("task-failed", code="InvalidParameter", message="bad sample rate"), False),
+        (Fault("task-failed", code="InternalError", message="engine crashed"), True),
+        (Fault("drop"), True),
+    ],
+)
+def test_asr_stream_failures_map_to_asr_error(
+    dashscope: DashScopeServer, fault: Fault, retryable: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    dashscope.behaviour.asr_fault = fault
+    with caplog.at_level(logging.DEBUG), pytest.raises(ASRError) as caught:
+        asyncio.run(_recognise(get_asr(), chunks=5))
+    assert caught.value.code == "ERR_ASR_FAILED"
+    assert caught.value.retryable is retryable
+    _assert_secret_kept(caught.value, dashscope.api_key, caplog)
+
+
+def test_asr_stream_refused_handshake_is_retryable(dashscope: DashScopeServer) -> None:
+    dashscope.behaviour.ws_handshake_status = 503
+    with pytest.raises(ASRError) as caught:
+        asyncio.run(_recognise(get_asr(), chunks=3))
+    assert caught.value.retryable is True
+    assert "503" in str(caught.value)
+
+
+def test_asr_stream_wrong_key_is_rejected(dashscope: DashScopeServer, settings: Any) -> None:
+    settings.DASHSCOPE_API_KEY = "sk-wrong-asr-key-0123456789"
+    with pytest.raises(ASRError) as caught:
+        asyncio.run(_recognise(get_asr(), chunks=3))
+    assert caught.value.retryable is False
+    assert "sk-wrong-asr-key" not in str(caught.value)
+
+
+def test_asr_stream_timeout_after_finish_is_bounded(
+    dashscope: DashScopeServer, settings: Any
+) -> None:
+    settings.PROVIDER_TIMEOUT_S = 0.5
+    dashscope.behaviour.asr_fault = Fault("hang")
+    with pytest.raises(ASRError) as caught:
+        asyncio.run(_recognise(get_asr(), chunks=2))
+    assert caught.value.retryable is True
+
+
+# --- file ASR -------------------------------------------------------------------------------
+def test_file_asr_sends_the_public_url(dashscope: DashScopeServer) -> None:
+    url = "https://bucket.example.com/session/utterance.wav?sig=abc"
+    text = asyncio.run(get_asr().recognize_file("/nonexistent.wav", url, "zh-CN"))
+    assert text == "hello from the uploaded file"
+    (request,) = dashscope.of("file-asr")
+    assert request.payload["model"] == "qwen3-asr-flash"
+    assert request.payload["input"]["messages"][0]["content"] == [{"audio": url}]
+    assert request.authorization == f"Bearer {dashscope.api_key}"
+
+
+def test_file_asr_without_public_url_refuses_clearly(dashscope: DashScopeServer) -> None:
+    with pytest.raises(ASRError) as caught:
+        asyncio.run(get_asr().recognize_file("/tmp/x.wav", "", "en-US"))
+    assert caught.value.retryable is False
+    assert dashscope.of("file-asr") == []
+
+
+@pytest.mark.parametrize(
+    ("fault", "retryable"),
+    [(Fault("http", 400, "InvalidParameter", "bad url"), False), (Fault("http", 503), True)],
+)
+def test_file_asr_failures_map_to_asr_error(
+    dashscope: DashScopeServer, fault: Fault, retryable: bool
+) -> None:
+    dashscope.behaviour.file_asr_fault = fault
+    with pytest.raises(ASRError) as caught:
+        asyncio.run(get_asr().recognize_file("", "https://example.com/a.wav", "en-US"))
+    assert caught.value.retryable is retryable
+
+
+def test_file_asr_timeout_is_bounded(dashscope: DashScopeServer, settings: Any) -> None:
+    settings.PROVIDER_TIMEOUT_S = 0.5
+    settings.PROVIDER_CONNECT_TIMEOUT_S = 0.5
+    dashscope.behaviour.file_asr_fault = Fault("hang")
+    with pytest.raises(ASRError) as caught:
+        asyncio.run(get_asr().recognize_file("", "https://example.com/a.wav", "en-US"))
+    assert caught.value.retryable is True
+
+
+# --- TTS ------------------------------------------------------------------------------------
+def test_tts_streams_audio_chunks_for_the_text(dashscope: DashScopeServer) -> None:
+    text = "Hello there, traveller. May is lovely in Lisbon."
+    chunks = asyncio.run(_collect(get_tts().stream(text, "longxiaochun_v2", "en-US")))
+    assert len(chunks) > 1
+    audio = b"".join(chunks)
+    assert get_tts().sample_rate == 22050
+    expected = len(text) * 0.06 * 22050 * 2
+    assert abs(len(audio) - expected) < 22050 * 2 * 0.2
+    (task,) = dashscope.of("tts")
+    assert task.texts == [text]
+    assert task.payload["parameters"]["voice"] == "longxiaochun_v2"
+    assert task.payload["parameters"]["format"] == "pcm"
+    assert task.payload["parameters"]["sample_rate"] == 22050
+    assert task.authorization == f"Bearer {dashscope.api_key}"
+
+
+def test_tts_espeak_voice_names_fall_back_to_the_default_voice(
+    dashscope: DashScopeServer,
+) -> None:
+    asyncio.run(get_tts().synthesize("Hi.", "en-us+f3", "en-US"))
+    assert dashscope.of("tts")[0].payload["parameters"]["voice"] == "longxiaochun_v2"
+
+
+@pytest.mark.parametrize(
+    ("fault", "retryable"),
+    [
+        (Fault("task-failed", code="InvalidParameter", message="unknown voice"), False),
+        (Fault("task-failed", code="InternalError", message="engine crashed"), True),
+        (Fault("drop"), True),
+    ],
+)
+def test_tts_failures_map_to_tts_error(
+    dashscope: DashScopeServer, fault: Fault, retryable: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    dashscope.behaviour.tts_fault = fault
+    with caplog.at_level(logging.DEBUG), pytest.raises(TTSError) as caught:
+        asyncio.run(get_tts().synthesize("Hello there.", "longxiaochun_v2", "en-US"))
+    assert caught.value.code == "ERR_TTS_FAILED"
+    assert caught.value.retryable is retryable
+    _assert_secret_kept(caught.value, dashscope.api_key, caplog)
+
+
+def test_tts_refused_handshake_is_reported_at_once(
+    dashscope: DashScopeServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    dashscope.behaviour.ws_handshake_status = 503
+    with caplog.at_level(logging.DEBUG), pytest.raises(TTSError) as caught:
+        asyncio.run(get_tts().synthesize("Hello there.", "longxiaochun_v2", "en-US"))
+    assert caught.value.retryable is True
+    _assert_secret_kept(caught.value, dashscope.api_key, caplog)
+
+
+def test_tts_wrong_key_is_not_retryable_and_never_logged(
+    dashscope: DashScopeServer, settings: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    wrong = "sk-wrong-tts-key-0123456789abcdef"
+    settings.DASHSCOPE_API_KEY = wrong
+    with caplog.at_level(logging.DEBUG), pytest.raises(TTSError) as caught:
+        asyncio.run(get_tts().synthesize("Hello there.", "longxiaochun_v2", "en-US"))
+    assert caught.value.retryable is False
+    _assert_secret_kept(caught.value, wrong, caplog)
+
+
+def test_tts_timeout_is_bounded(dashscope: DashScopeServer, settings: Any) -> None:
+    settings.PROVIDER_TIMEOUT_S = 0.5
+    dashscope.behaviour.tts_fault = Fault("hang")
+    with pytest.raises(TTSError) as caught:
+        asyncio.run(get_tts().synthesize("Hello there.", "longxiaochun_v2", "en-US"))
+    assert caught.value.retryable is True
+
+
+# --- abandoning streams (barge-in) ----------------------------------------------------------
+def test_tts_stream_can_be_abandoned_after_the_first_chunk(dashscope: DashScopeServer) -> None:
+    dashscope.behaviour.tts_chunk_delay = 0.05
+
+    async def first_chunk() -> bytes:
+        stream = get_tts().stream("A long sentence that would take a while to say.", "", "en-US")
+        async for chunk in stream:
+            await stream.aclose()  # type: ignore[attr-defined]
+            return chunk
+        return b""
+
+    assert asyncio.run(first_chunk())
+    # The next utterance works as usual.
+    assert asyncio.run(get_tts().synthesize("Next.", "", "en-US"))
+
+
+def test_llm_stream_can_be_abandoned_after_the_first_piece(dashscope: DashScopeServer) -> None:
+    dashscope.behaviour.token_delay = 0.05
+
+    async def first_piece() -> str:
+        stream = get_llm().stream_reply(TURN)
+        async for piece in stream:
+            await stream.aclose()  # type: ignore[attr-defined]
+            return piece
+        return ""
+
+    assert asyncio.run(first_piece()) == "You "
+    assert asyncio.run(get_llm().reply(TURN)).startswith("You said")
