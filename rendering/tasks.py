@@ -1,0 +1,219 @@
+"""Celery tasks of the render workers.
+
+render_video is acknowledged late and requeued when its worker dies, so it may run twice:
+its files have fixed names (a second run overwrites them), progress never goes back, each
+piece is announced once and `video_ready` is published once per message.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import shutil
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import redis
+from celery import Task, shared_task
+from celery.exceptions import SoftTimeLimitExceeded
+from celery.signals import worker_process_init
+from django.core.files import File
+from django.core.files.storage import default_storage
+from django.db import DatabaseError
+
+from chat.events import publish_sync
+from chat.models import Message
+from chat.storage import public_url, save_for_session
+from rendering import heartbeat, store
+from rendering.backends import get_backend
+from rendering.backends.base import RenderCancelled, RenderError
+from rendering.outputs import delete_outputs, segment_name, video_name
+from rendering.progress import ProgressReporter
+
+log = logging.getLogger(__name__)
+
+MAX_RETRIES = 2
+TRANSIENT = (OSError, DatabaseError, ConnectionError, redis.RedisError)
+
+
+@shared_task(bind=True)
+def worker_info(self: Task) -> dict[str, Any]:
+    """What the render worker that ran this is: node, queue it came from, torch device."""
+    import torch
+
+    return {
+        "hostname": self.request.hostname,
+        "routing_key": (self.request.delivery_info or {}).get("routing_key"),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.cuda.is_available(),
+    }
+
+
+@worker_process_init.connect
+def warm_up_backend(sender: Any = None, **kwargs: Any) -> None:
+    """Load the backend's models when a render process starts, in a thread so the process
+    start is not blocked; the first task waits for it (get_backend holds a lock)."""
+    if heartbeat.is_render_worker():
+        args = (str(sender or "local"),)
+        threading.Thread(
+            target=_load_backend, args=args, name="render-warm-up", daemon=True
+        ).start()
+
+
+def _load_backend(nodename: str) -> None:
+    try:
+        backend = get_backend()
+    except RenderError as exc:  # every task will fail with this line too
+        log.error("render backend cannot start: %s", exc.message)
+        return
+    except Exception:
+        log.exception("render backend failed to load")
+        return
+    store.note_device(nodename, backend.device, backend.name)
+
+
+def _copy_from_storage(name: str, into: Path, what: str) -> Path:
+    if not name or not default_storage.exists(name):
+        raise RenderError(f"{what} is missing ({name or 'no file'})")
+    target = into / Path(name).name
+    with default_storage.open(name, "rb") as src, target.open("wb") as dst:
+        shutil.copyfileobj(src, dst)
+    return target
+
+
+@shared_task(bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=MAX_RETRIES)
+def render_video(self: Task, message_id: int) -> dict[str, Any]:
+    """Render the talking-head video of an assistant message, publishing as it goes."""
+    task_id: str = self.request.id
+    message = Message.objects.select_related("session__avatar").filter(pk=message_id).first()
+    if message is None:
+        log.warning("render %s: message %s does not exist", task_id, message_id)
+        return {"status": "missing"}
+    session = message.session
+    if session.ended_at is not None or store.is_cancelled(task_id):
+        delete_outputs(session.id, message_id)
+        return {"status": "cancelled"}
+    if store.done_before(f"ready:{message_id}"):
+        return {"status": "done"}  # a redelivery after the video was already announced
+    started = time.perf_counter()
+    report = ProgressReporter(session.id, task_id)
+    report(0, "started")
+    workdir = Path(tempfile.mkdtemp(prefix=f"render-{message_id}-"))
+    try:
+        result = _render(self, message, task_id, workdir, report)
+    except RenderCancelled:
+        delete_outputs(session.id, message_id)
+        return {"status": "cancelled"}
+    except SoftTimeLimitExceeded:
+        if store.is_cancelled(task_id) or _session_ended(message):
+            delete_outputs(session.id, message_id)
+            return {"status": "cancelled"}
+        return _fail(message, task_id, "the video took too long to render", retryable=True)
+    except RenderError as exc:
+        if exc.retryable and self.request.retries < MAX_RETRIES:
+            raise self.retry(countdown=2 ** (self.request.retries + 1)) from exc
+        return _fail(message, task_id, exc.message, exc.retryable)
+    except TRANSIENT as exc:
+        if self.request.retries < MAX_RETRIES:
+            log.warning("render %s: %s, retrying", task_id, exc)
+            raise self.retry(countdown=2 ** (self.request.retries + 1)) from exc
+        return _fail(message, task_id, f"rendering failed: {exc}", retryable=True)
+    except Exception as exc:
+        log.exception("render %s failed", task_id)
+        return _fail(message, task_id, f"rendering failed: {exc.__class__.__name__}", False)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    if result is None:
+        delete_outputs(session.id, message_id)
+        return {"status": "cancelled"}
+    name, duration_ms = result
+    elapsed_ms = (time.perf_counter() - started) * 1000
+    message = Message.objects.get(pk=message_id)  # the timings other stages wrote meanwhile
+    message.video, message.duration_ms = name, duration_ms
+    message.add_timing("render", elapsed_ms)
+    message.save(update_fields=["video", "duration_ms", "timings"])
+    report(100, "done")
+    if store.once(f"ready:{message_id}", task_id):
+        publish_sync(
+            session.id,
+            {
+                "type": "video_ready",
+                "task_id": task_id,
+                "video_url": public_url(name),
+                "duration_ms": duration_ms,
+            },
+        )
+    return {"status": "done", "video": name, "duration_ms": duration_ms}
+
+
+def _session_ended(message: Message) -> bool:
+    return Message.objects.filter(pk=message.pk, session__ended_at__isnull=False).exists()
+
+
+def _render(
+    task: Task, message: Message, task_id: str, workdir: Path, report: ProgressReporter
+) -> tuple[str, int] | None:
+    """Run the backend; store pieces and the whole. None when the session ended meanwhile."""
+    session, avatar = message.session, message.session.avatar
+    if avatar is None or not avatar.image:
+        raise RenderError("the session's avatar has no reference image")
+    image = _copy_from_storage(avatar.image.name, workdir, "the avatar image")
+    audio = _copy_from_storage(message.audio, workdir, "the reply audio")
+    backend = get_backend()
+    nodename = task.request.hostname or "local"
+    store.note_device(nodename, backend.device, backend.name)
+    store.note_warm(nodename, avatar.pk)
+
+    def cancelled() -> bool:
+        return store.is_cancelled(task_id)
+
+    def on_segment(path: Path, index: int, start_ms: int, duration_ms: int) -> None:
+        with path.open("rb") as handle:
+            name = save_for_session(session.id, segment_name(message.pk, index), File(handle))
+        if name is None or cancelled():
+            raise RenderCancelled()
+        if store.client().sadd(f"{store.PREFIX}segments:{message.pk}", index):
+            store.client().expire(f"{store.PREFIX}segments:{message.pk}", store.DONE_TTL_S)
+            publish_sync(
+                session.id,
+                {
+                    "type": "video_segment",
+                    "task_id": task_id,
+                    "index": index,
+                    "url": public_url(name),
+                    "start_ms": start_ms,
+                    "duration_ms": duration_ms,
+                },
+            )
+
+    result = backend.render(
+        image,
+        audio,
+        workdir / "out",
+        report,
+        on_segment,
+        cancelled,
+        mouth=(avatar.mouth_x, avatar.mouth_y),
+    )
+    if cancelled():
+        raise RenderCancelled()
+    with result.video.open("rb") as handle:
+        name = save_for_session(session.id, video_name(message.pk), File(handle))
+    return (name, result.duration_ms) if name else None
+
+
+def _fail(message: Message, task_id: str, text: str, retryable: bool) -> dict[str, Any]:
+    log.warning("render %s of message %s failed: %s", task_id, message.pk, text)
+    Message.objects.filter(pk=message.pk).update(
+        error_code="ERR_RENDER_FAILED", error_message=text[:2000]
+    )
+    delete_outputs(message.session_id, message.pk)
+    publish_sync(
+        message.session_id,
+        {"type": "error", "code": "ERR_RENDER_FAILED", "message": text, "retryable": retryable},
+    )
+    return {"status": "failed", "error": text}
