@@ -1,0 +1,403 @@
+"""The realtime part of a session's protocol: WebRTC signalling and recognition spans.
+
+The consumer hands this class the client messages `offer`, `ice_candidate`, `ready`,
+`asr_start`, `asr_stop` and the binary frames of a websocket span; it answers through the
+`SessionContext` the consumer implements. Field and state checks live here so that the consumer
+stays a dispatcher. States follow PROTOCOL.md: Initialized → OfferReceived → AnswerSent →
+WebRTCConnected → Ready; a failed connection goes back to Initialized, so the client may
+negotiate again (after reconnecting, as the protocol says, or on the same socket).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Protocol
+
+from django.conf import settings
+
+from chat.providers.base import ASRProvider, ProviderError
+from chat.realtime.listener import SAMPLE_RATE, Listener
+from chat.realtime.pcm import PcmResampler
+from chat.realtime.peer import CandidateError, PeerSession, WebRTCError, parse_candidate
+from chat.realtime.speaker import SpeakerTrack
+from chat.realtime.tasks import Tasks
+from chat.realtime.vad import VADConfig
+
+logger = logging.getLogger(__name__)
+
+INITIALIZED = "Initialized"
+OFFER_RECEIVED = "OfferReceived"
+ANSWER_SENT = "AnswerSent"
+WEBRTC_CONNECTED = "WebRTCConnected"
+READY = "Ready"
+_CONNECTED_STATES = (WEBRTC_CONNECTED, READY)
+
+MIN_SAMPLE_RATE = 8000
+MAX_SAMPLE_RATE = 48000
+DIRECTIONS = ("both", "send", "recv")
+TRANSPORTS = ("webrtc", "websocket")
+
+
+class SessionContext(Protocol):
+    """What the handler needs from the consumer."""
+
+    session_id: str
+    language: str
+
+    async def send_event(self, event: dict[str, Any]) -> None: ...
+
+    async def send_error(
+        self, code: str, message: str, *, retryable: bool = False, ref: str | None = None
+    ) -> None: ...
+
+    async def user_utterance(self, text: str, utterance_id: str) -> None: ...
+
+    async def barge_in(self) -> None: ...
+
+
+class BadMessage(ValueError):
+    """A field of the wrong type or value: ERR_BAD_MESSAGE."""
+
+
+class _Span:
+    """One `asr_start … asr_stop` span."""
+
+    def __init__(
+        self, transport: str, listener: Listener, ref: str | None, sample_rate: int
+    ) -> None:
+        self.transport = transport
+        self.listener = listener
+        self.ref = ref
+        self.resample = PcmResampler(sample_rate, SAMPLE_RATE)
+
+
+def _get_asr() -> ASRProvider:
+    # Imported on first use: the providers registry loads backends lazily.
+    from chat.providers.registry import get_asr
+
+    return get_asr()
+
+
+class RealtimeHandler:
+    """Realtime signalling and recognition of one session (see the module docstring)."""
+
+    def __init__(
+        self,
+        ctx: SessionContext,
+        *,
+        asr: ASRProvider | None = None,
+        vad_config: VADConfig | None = None,
+    ) -> None:
+        self.ctx = ctx
+        self.state = INITIALIZED
+        self._asr = asr
+        self._vad_config = vad_config
+        self._peer: PeerSession | None = None
+        self._offer_ref: str | None = None
+        self._connected_pending = False
+        self._direction = "both"
+        self._span: _Span | None = None
+        self._finishing_ws = 0
+        self._tasks = Tasks()
+        self._closed = False
+
+    # --- what the consumer reads ------------------------------------------------------------
+
+    def speaker(self) -> SpeakerTrack | None:
+        """The outgoing track while WebRTC is connected; reply audio goes there.
+
+        None when the client's `ready` said it only sends ("send"): it will not play ours.
+        """
+        if self._direction == "send":
+            return None
+        if self._peer is not None and self.state in _CONNECTED_STATES:
+            return self._peer.speaker
+        return None
+
+    @property
+    def ws_audio_span(self) -> bool:
+        """Inside a websocket-transport span: reply audio goes back as binary frames.
+
+        Still true after `asr_stop` until the span's last final was delivered, so that the
+        reply to the utterance `asr_stop` ended is streamed the same way.
+        """
+        span_open = self._span is not None and self._span.transport == "websocket"
+        return span_open or self._finishing_ws > 0
+
+    @property
+    def peer(self) -> PeerSession | None:
+        return self._peer
+
+    # --- client messages --------------------------------------------------------------------
+
+    async def handle(self, msg_type: str, msg: dict[str, Any], ref: str | None) -> None:
+        """Handle one client message; every refusal is answered through ctx.send_error."""
+        method = {
+            "offer": self._offer,
+            "ice_candidate": self._ice_candidate,
+            "ready": self._ready,
+            "asr_start": self._asr_start,
+            "asr_stop": self._asr_stop,
+        }.get(msg_type)
+        if method is None:
+            await self.ctx.send_error(
+                "ERR_UNKNOWN_TYPE", f"unknown message type {msg_type!r}", ref=ref
+            )
+            return
+        if self._closed:
+            await self.ctx.send_error("ERR_STATE", "the session is closing", ref=ref)
+            return
+        try:
+            await method(msg, ref)
+        except BadMessage as exc:
+            await self.ctx.send_error("ERR_BAD_MESSAGE", str(exc), ref=ref)
+
+    async def feed_pcm(self, data: bytes) -> bool:
+        """A binary frame: consumed (True) inside a websocket span, else left to the caller."""
+        span = self._span
+        if span is None or span.transport != "websocket":
+            return False
+        pcm = span.resample(data)
+        if pcm:
+            await span.listener.feed(pcm)
+        return True
+
+    # --- signalling -------------------------------------------------------------------------
+
+    async def _offer(self, msg: dict[str, Any], ref: str | None) -> None:
+        sdp = msg.get("sdp")
+        sdp_type = msg.get("sdp_type", "offer")
+        candidates = msg.get("candidates", [])
+        if not isinstance(sdp, str) or not sdp.strip():
+            raise BadMessage("offer needs `sdp`, a non-empty string")
+        if sdp_type != "offer":
+            raise BadMessage('`sdp_type` must be "offer"')
+        if not isinstance(candidates, list) or not all(isinstance(c, dict) for c in candidates):
+            raise BadMessage("`candidates` must be a list of ice_candidate objects")
+        for candidate in candidates:
+            _check_candidate(candidate)
+            try:
+                parse_candidate(candidate["candidate"], None, 0)
+            except CandidateError as exc:
+                raise BadMessage(str(exc)) from exc
+        if self.state != INITIALIZED:
+            await self.ctx.send_error(
+                "ERR_STATE", f"offer not allowed in state {self.state}", ref=ref
+            )
+            return
+
+        self.state = OFFER_RECEIVED
+        self._offer_ref = ref
+        self._connected_pending = False
+        peer = PeerSession(
+            on_audio=self._on_webrtc_audio,
+            on_state=self._on_peer_state,
+            ice_servers=list(settings.ICE_SERVERS),
+            timeout_s=float(settings.WEBRTC_TIMEOUT_S),
+        )
+        self._peer = peer
+        for candidate in candidates:  # kept by the peer until the offer is applied
+            await peer.add_candidate(candidate)
+        # Negotiation (ICE gathering, STUN) takes a while: it runs beside the consumer's
+        # message loop, and candidates trickled meanwhile wait in the peer too.
+        self._tasks.spawn(self._negotiate(peer, sdp, ref), "webrtc-offer")
+
+    async def _negotiate(self, peer: PeerSession, sdp: str, ref: str | None) -> None:
+        try:
+            answer = await peer.accept_offer(sdp, "offer")
+        except WebRTCError as exc:
+            await self._fail(peer, str(exc), retryable=exc.retryable, ref=ref)
+            return
+        if self._peer is not peer:  # closed meanwhile
+            return
+        self.state = ANSWER_SENT
+        await self.ctx.send_event(
+            _with_ref({"type": "answer", "sdp": answer.sdp, "sdp_type": "answer"}, ref)
+        )
+        if self._connected_pending:
+            await self._mark_connected(peer)
+
+    async def _ice_candidate(self, msg: dict[str, Any], ref: str | None) -> None:
+        _check_candidate(msg)
+        if self._peer is None or self.state == INITIALIZED:
+            await self.ctx.send_error("ERR_STATE", "ice_candidate before offer", ref=ref)
+            return
+        try:
+            await self._peer.add_candidate(msg)
+        except CandidateError as exc:
+            raise BadMessage(str(exc)) from exc
+        except Exception as exc:
+            logger.warning("adding an ICE candidate failed: %s", exc)
+            raise BadMessage(f"ICE candidate refused: {exc}") from exc
+
+    async def _ready(self, msg: dict[str, Any], ref: str | None) -> None:
+        direction = msg.get("direction", "both")
+        if direction not in DIRECTIONS:
+            raise BadMessage('`direction` must be "both", "send" or "recv"')
+        if self.state not in _CONNECTED_STATES:
+            await self.ctx.send_error(
+                "ERR_STATE", f"ready not allowed in state {self.state}", ref=ref
+            )
+            return
+        self.state = READY
+        self._direction = direction
+        await self.ctx.send_event(_with_ref({"type": "ready", "direction": direction}, ref))
+
+    async def _on_peer_state(self, state: str) -> None:
+        peer = self._peer
+        if peer is None or self._closed:
+            return
+        if state == "connected":
+            if self.state == OFFER_RECEIVED:
+                self._connected_pending = True
+            elif self.state == ANSWER_SENT:
+                await self._mark_connected(peer)
+            return
+        reason = peer.failure_reason if state == "failed" else "WebRTC connection closed"
+        await self._fail(peer, reason or "WebRTC connection failed", retryable=True, ref=None)
+
+    async def _mark_connected(self, peer: PeerSession) -> None:
+        if self._peer is not peer or self.state != ANSWER_SENT:
+            return
+        self.state = WEBRTC_CONNECTED
+        await self.ctx.send_event(_with_ref({"type": "connected"}, self._offer_ref))
+
+    async def _fail(
+        self, peer: PeerSession, message: str, *, retryable: bool, ref: str | None
+    ) -> None:
+        """ERR_WEBRTC_FAILED; the peer is closed and the session may negotiate again."""
+        if self._peer is not peer:
+            return
+        self._peer = None
+        self.state = INITIALIZED
+        self._direction = "both"
+        span = self._span
+        if span is not None and span.transport == "webrtc":
+            self._span = None
+            await span.listener.close()
+        await peer.close()
+        await self.ctx.send_error("ERR_WEBRTC_FAILED", message, retryable=retryable, ref=ref)
+
+    # --- recognition ------------------------------------------------------------------------
+
+    async def _asr_start(self, msg: dict[str, Any], ref: str | None) -> None:
+        language = msg.get("language", self.ctx.language)
+        if language is None:
+            language = self.ctx.language
+        transport = msg.get("transport")
+        fmt = msg.get("format", "pcm16")
+        rate = msg.get("sample_rate", SAMPLE_RATE)
+        if not isinstance(language, str) or not 0 < len(language) <= 35:
+            raise BadMessage('`language` must be a language tag such as "en-US"')
+        if transport is not None and transport not in TRANSPORTS:
+            raise BadMessage('`transport` must be "webrtc" or "websocket"')
+        if fmt != "pcm16":
+            raise BadMessage('`format` must be "pcm16"')
+        if (
+            isinstance(rate, bool)
+            or not isinstance(rate, int)
+            or not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE
+        ):
+            raise BadMessage(
+                f"`sample_rate` must be an integer from {MIN_SAMPLE_RATE} to {MAX_SAMPLE_RATE}"
+            )
+        connected = self.state in _CONNECTED_STATES
+        if transport is None:
+            transport = "webrtc" if connected else "websocket"
+        if self._span is not None:
+            await self.ctx.send_error("ERR_STATE", "asr_start inside a recognition span", ref=ref)
+            return
+        if transport == "webrtc" and not connected:
+            await self.ctx.send_error(
+                "ERR_STATE", "asr_start over webrtc needs a connected peer", ref=ref
+            )
+            return
+        try:
+            asr = self._asr or _get_asr()
+        except ProviderError as exc:
+            await self.ctx.send_error(exc.code, exc.message, retryable=exc.retryable, ref=ref)
+            return
+        listener = Listener(
+            asr,
+            language,
+            on_speech_start=self.ctx.barge_in,
+            on_interim=self._on_interim,
+            on_final=self.ctx.user_utterance,
+            on_error=self._on_asr_error,
+            vad_config=self._vad_config,
+            final_timeout_s=float(settings.PROVIDER_TIMEOUT_S),
+        )
+        self._span = _Span(
+            transport, listener, ref, rate if transport == "websocket" else SAMPLE_RATE
+        )
+
+    async def _asr_stop(self, msg: dict[str, Any], ref: str | None) -> None:
+        span = self._span
+        if span is None:
+            await self.ctx.send_error("ERR_STATE", "asr_stop outside a recognition span", ref=ref)
+            return
+        # The span ends now (later binary frames are uploads again); the final text arrives
+        # when the recogniser is done, without holding up the consumer's next message.
+        self._span = None
+        self._tasks.spawn(self._finish_span(span), "asr-stop")
+
+    async def _finish_span(self, span: _Span) -> None:
+        websocket = span.transport == "websocket"
+        self._finishing_ws += websocket
+        try:
+            await span.listener.stop()
+        finally:
+            self._finishing_ws -= websocket
+            await span.listener.close()
+
+    async def _on_webrtc_audio(self, pcm: bytes) -> None:
+        span = self._span
+        if span is not None and span.transport == "webrtc":
+            await span.listener.feed(pcm)
+
+    async def _on_interim(self, text: str, utterance_id: str) -> None:
+        ref = self._span.ref if self._span is not None else None
+        await self.ctx.send_event(
+            _with_ref({"type": "asr_interim", "text": text, "utterance_id": utterance_id}, ref)
+        )
+
+    async def _on_asr_error(self, exc: ProviderError) -> None:
+        ref = self._span.ref if self._span is not None else None
+        await self.ctx.send_error(exc.code, exc.message, retryable=exc.retryable, ref=ref)
+
+    # --- lifetime ---------------------------------------------------------------------------
+
+    async def wait_idle(self) -> None:
+        """Wait for the work left running (a negotiation, finals being recognised); for tests."""
+        await self._tasks.wait()
+
+    async def close(self) -> None:
+        """End everything of the session: span, listener, peer connection, tasks. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        span, self._span = self._span, None
+        peer, self._peer = self._peer, None
+        if span is not None:
+            await span.listener.close()
+        await self._tasks.cancel()
+        if peer is not None:
+            await peer.close()
+
+
+def _check_candidate(msg: dict[str, Any]) -> None:
+    candidate = msg.get("candidate")
+    sdp_mid = msg.get("sdpMid")
+    index = msg.get("sdpMLineIndex")
+    if not isinstance(candidate, str):
+        raise BadMessage("`candidate` must be a string")
+    if sdp_mid is not None and not isinstance(sdp_mid, str):
+        raise BadMessage("`sdpMid` must be a string or null")
+    if index is not None and (isinstance(index, bool) or not isinstance(index, int) or index < 0):
+        raise BadMessage("`sdpMLineIndex` must be a non-negative integer or null")
+
+
+def _with_ref(event: dict[str, Any], ref: str | None) -> dict[str, Any]:
+    if ref is not None:
+        event["ref"] = ref
+    return event

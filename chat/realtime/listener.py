@@ -1,0 +1,227 @@
+"""Streaming recognition of one audio source: VAD-delimited utterances fed to the ASR provider.
+
+The caller pushes 16 kHz mono PCM16 as it arrives (`feed`); the listener cuts it into 20 ms
+frames, asks the VAD where speech starts and ends, and opens one ASR stream per utterance with
+a short pre-roll so the first syllable is not lost. Audio goes to the recogniser through a
+queue and its own task, so a slow recogniser never stalls the transport that feeds the audio.
+Finals are delivered in utterance order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections import deque
+from collections.abc import Awaitable, Callable
+
+import numpy as np
+
+from chat.providers.base import ASRError, ASRProvider, ASRStream, ProviderError
+from chat.realtime.tasks import Tasks
+from chat.realtime.vad import EnergyVAD, VADConfig
+
+logger = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16000
+PRE_ROLL_MS = 300
+# Languages written without spaces between words: finals of one utterance are joined directly.
+_NO_SPACE_LANGUAGES = ("zh", "ja", "ko", "th")
+
+SpeechStartCallback = Callable[[], Awaitable[None]]
+TextCallback = Callable[[str, str], Awaitable[None]]
+ErrorCallback = Callable[[ProviderError], Awaitable[None]]
+
+
+def new_utterance_id() -> str:
+    """A short id, unique enough within and across sessions."""
+    return "u" + uuid.uuid4().hex[:11]
+
+
+class _Utterance:
+    """One ASR stream: a feeding task draining a queue and a reading task collecting results."""
+
+    def __init__(self, listener: Listener, stream: ASRStream) -> None:
+        self.id = new_utterance_id()
+        self.listener = listener
+        self.stream = stream
+        self.queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self.finals: list[str] = []
+        self.last_interim = ""
+        self.error: ProviderError | None = None
+        self.feeder = asyncio.create_task(self._feed(), name=f"asr-feed-{self.id}")
+        self.reader = asyncio.create_task(self._read(), name=f"asr-read-{self.id}")
+
+    def text(self, partial: str = "") -> str:
+        joiner = "" if self.listener.language.lower().startswith(_NO_SPACE_LANGUAGES) else " "
+        return joiner.join(p for p in [*self.finals, partial] if p).strip()
+
+    async def _feed(self) -> None:
+        try:
+            while (chunk := await self.queue.get()) is not None:
+                await self.stream.feed(chunk)
+            await self.stream.finish()
+        except ProviderError as exc:
+            self.error = self.error or exc
+        except Exception as exc:  # a backend bug must not kill the session
+            logger.exception("ASR stream feeding failed")
+            self.error = self.error or ASRError(
+                "speech recognition failed", retryable=True, provider_message=str(exc)
+            )
+
+    async def _read(self) -> None:
+        try:
+            async for hyp in self.stream.results():
+                text = (hyp.text or "").strip()
+                if hyp.final:
+                    if text:
+                        self.finals.append(text)
+                    continue
+                interim = self.text(text)
+                if interim and interim != self.last_interim:
+                    self.last_interim = interim
+                    await self.listener.on_interim(interim, self.id)
+        except ProviderError as exc:
+            self.error = self.error or exc
+        except Exception as exc:
+            logger.exception("ASR stream results failed")
+            self.error = self.error or ASRError(
+                "speech recognition failed", retryable=True, provider_message=str(exc)
+            )
+
+    async def finish(self, previous: asyncio.Task[None] | None) -> None:
+        """End the audio, wait for the final text, and deliver it after the previous one."""
+        self.queue.put_nowait(None)
+        try:
+            try:
+                await asyncio.wait_for(
+                    asyncio.gather(self.feeder, self.reader), self.listener.final_timeout_s
+                )
+            except TimeoutError:
+                self.error = self.error or ASRError("speech recognition timed out", retryable=True)
+            if previous is not None:
+                await asyncio.gather(previous, return_exceptions=True)
+            if self.error is not None:
+                await self.listener.on_error(self.error)
+                return
+            text = self.text()
+            if text:
+                await self.listener.on_final(text, self.id)
+        finally:
+            await self.abandon()
+
+    async def abandon(self) -> None:
+        """Stop both tasks and close the stream; safe to call more than once."""
+        for task in (self.feeder, self.reader):
+            task.cancel()
+        await asyncio.gather(self.feeder, self.reader, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await self.stream.close()
+
+
+class Listener:
+    """Turns a stream of 16 kHz PCM16 into utterances: speech start, interim and final texts."""
+
+    def __init__(
+        self,
+        asr: ASRProvider,
+        language: str,
+        *,
+        on_speech_start: SpeechStartCallback,
+        on_interim: TextCallback,
+        on_final: TextCallback,
+        on_error: ErrorCallback,
+        vad_config: VADConfig | None = None,
+        final_timeout_s: float = 30.0,
+    ) -> None:
+        self.asr = asr
+        self.language = language
+        self.on_speech_start = on_speech_start
+        self.on_interim = on_interim
+        self.on_final = on_final
+        self.on_error = on_error
+        self.final_timeout_s = final_timeout_s
+        self.vad = EnergyVAD(vad_config or VADConfig(sample_rate=SAMPLE_RATE))
+        self._frame_bytes = self.vad.config.frame_samples * 2
+        self._pending = bytearray()
+        self._pre_roll: deque[bytes] = deque(maxlen=max(1, PRE_ROLL_MS // self.vad.config.frame_ms))
+        self._current: _Utterance | None = None
+        self._finishing = Tasks()
+        self._last_finish: asyncio.Task[None] | None = None
+        self._closed = False
+
+    @property
+    def in_utterance(self) -> bool:
+        return self._current is not None
+
+    async def feed(self, pcm: bytes) -> None:
+        """Push audio (any chunk size); runs the VAD frame by frame."""
+        if self._closed:
+            return
+        data = bytes(self._pending) + pcm if self._pending else pcm
+        size = self._frame_bytes
+        whole = len(data) - len(data) % size
+        self._pending = bytearray(data[whole:])
+        for count, offset in enumerate(range(0, whole, size), 1):
+            if self._closed:
+                return
+            await self._frame(data[offset : offset + size])
+            if count % 50 == 0:  # a long chunk (websocket client): let the loop breathe
+                await asyncio.sleep(0)
+
+    async def _frame(self, frame: bytes) -> None:
+        event = self.vad.update(np.frombuffer(frame, dtype=np.int16))
+        if event == "speech_start":
+            self._pre_roll.append(frame)
+            await self._start_utterance()
+            return
+        if self._current is not None:
+            self._current.queue.put_nowait(frame)
+            if event == "speech_end":
+                self._end_utterance()
+        else:
+            self._pre_roll.append(frame)
+
+    async def _start_utterance(self) -> None:
+        try:
+            stream = self.asr.stream(self.language, SAMPLE_RATE)
+        except ProviderError as exc:
+            self.vad.reset()
+            await self.on_error(exc)
+            return
+        self._current = _Utterance(self, stream)
+        for frame in self._pre_roll:
+            self._current.queue.put_nowait(frame)
+        self._pre_roll.clear()
+        # After the utterance exists, so a slow barge-in never delays the recogniser.
+        await self.on_speech_start()
+
+    def _end_utterance(self) -> asyncio.Task[None] | None:
+        utterance, self._current = self._current, None
+        if utterance is None:
+            return None
+        task = self._finishing.spawn(
+            utterance.finish(self._last_finish), name=f"asr-finish-{utterance.id}"
+        )
+        self._last_finish = task
+        return task
+
+    async def stop(self) -> None:
+        """End the current utterance now (explicit `asr_stop`) and wait for every final."""
+        if self._current is not None and self._pending:
+            self._current.queue.put_nowait(bytes(self._pending))
+        self._pending.clear()
+        self.vad.reset()
+        self._end_utterance()
+        await self._finishing.wait()
+
+    async def close(self) -> None:
+        """Abandon everything (session end, barge-in of the listener itself); never raises."""
+        if self._closed:
+            return
+        self._closed = True
+        utterance, self._current = self._current, None
+        await self._finishing.cancel()
+        if utterance is not None:
+            await utterance.abandon()

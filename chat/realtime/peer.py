@@ -1,0 +1,265 @@
+"""One WebRTC peer connection of a session: answer the client's offer, receive its microphone,
+send the reply speech.
+
+aiortc does the media work; this class owns everything it starts (the connection, the track
+readers, the negotiation watchdog, the callbacks' tasks) so that `close()` leaves nothing
+running: the web process serves thousands of sessions over its life and any leaked task or
+connection would pile up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import av
+from aiortc import (
+    RTCConfiguration,
+    RTCIceServer,
+    RTCPeerConnection,
+    RTCSessionDescription,
+)
+from aiortc.jitterbuffer import JitterBuffer
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.sdp import candidate_from_sdp
+
+from chat.realtime.pcm import frame_pcm
+from chat.realtime.speaker import SpeakerTrack
+from chat.realtime.tasks import Tasks
+
+logger = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16000
+
+AudioCallback = Callable[[bytes], Awaitable[None]]
+StateCallback = Callable[[str], Awaitable[None]]
+
+
+class WebRTCError(Exception):
+    """Negotiation or the connection failed; the handler answers ERR_WEBRTC_FAILED."""
+
+    def __init__(self, message: str, *, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retryable = retryable
+
+
+class CandidateError(ValueError):
+    """A client ICE candidate that cannot be parsed (a bad message, not a failed connection)."""
+
+
+def ice_servers_from_settings(servers: list[dict[str, Any]]) -> list[RTCIceServer]:
+    """settings.ICE_SERVERS ({"urls", "username", "credential"} dicts) as aiortc objects."""
+    return [
+        RTCIceServer(
+            urls=server["urls"],
+            username=server.get("username"),
+            credential=server.get("credential"),
+        )
+        for server in servers
+    ]
+
+
+def parse_candidate(candidate: str, sdp_mid: str | None, sdp_mline_index: int | None) -> Any:
+    """A client `ice_candidate` message as an RTCIceCandidate; "" means end of candidates (None)."""
+    text = candidate.strip()
+    if text.startswith("a="):
+        text = text[2:]
+    if text.startswith("candidate:"):
+        text = text[len("candidate:") :]
+    if not text:
+        return None
+    try:
+        parsed = candidate_from_sdp(text)
+    except (AssertionError, ValueError, IndexError) as exc:
+        raise CandidateError(f"unparsable ICE candidate: {candidate[:100]!r}") from exc
+    parsed.sdpMid = sdp_mid
+    parsed.sdpMLineIndex = sdp_mline_index
+    return parsed
+
+
+# aiortc holds each received audio frame until 4 more have arrived (~80 ms) to smooth playout.
+# The microphone here feeds a VAD and a recogniser, not a loudspeaker: a frame is released as
+# soon as the next packet shows it is complete (~20 ms), packets are still put in order, and the
+# end of the user's speech (and a barge-in) is seen 60-80 ms earlier (bench/realtime.py).
+AUDIO_IN_PREFETCH = 0
+
+
+def _low_latency_audio_in(pc: RTCPeerConnection) -> None:
+    """Replace the jitter buffer of every audio receiver by one without prefetch."""
+    for transceiver in pc.getTransceivers():
+        receiver = transceiver.receiver
+        name = "_RTCRtpReceiver__jitter_buffer"  # private in aiortc 1.16 (requirements pin it)
+        if transceiver.kind == "audio" and isinstance(getattr(receiver, name, None), JitterBuffer):
+            setattr(receiver, name, JitterBuffer(capacity=16, prefetch=AUDIO_IN_PREFETCH))
+
+
+class PeerSession:
+    """The server side of one WebRTC connection.
+
+    `on_audio` receives the client's microphone as 16 kHz mono PCM16 chunks (always, so that
+    aiortc's receive queue never grows; the caller discards what it does not need).
+    `on_state` is told "connected", "failed" (ICE/DTLS failure, or not connected within
+    `timeout_s` of the offer; `failure_reason` says which) and "closed" (ended by the remote).
+    """
+
+    def __init__(
+        self,
+        *,
+        on_audio: AudioCallback,
+        on_state: StateCallback,
+        ice_servers: list[dict[str, Any]] | None = None,
+        timeout_s: float = 15.0,
+    ) -> None:
+        self.on_audio = on_audio
+        self.on_state = on_state
+        self.timeout_s = timeout_s
+        self.pc = RTCPeerConnection(
+            RTCConfiguration(iceServers=ice_servers_from_settings(ice_servers or []))
+        )
+        self.speaker = SpeakerTrack()
+        self.failure_reason = ""
+        self._connected = asyncio.Event()
+        self._tasks = Tasks()
+        self._tracks: list[MediaStreamTrack] = []
+        self._closed = False
+        self._final_state_sent = False
+        self._audio_in = False
+        self._remote_set = False
+        self._pending_candidates: list[Any] = []
+        self.pc.on("track", self._on_track)
+        self.pc.on("connectionstatechange", self._on_connection_state)
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set() and not self._closed
+
+    async def accept_offer(self, sdp: str, sdp_type: str = "offer") -> RTCSessionDescription:
+        """Apply the client's offer and return the answer, with our candidates in its SDP."""
+        if sdp_type != "offer":
+            raise WebRTCError(f"expected an SDP offer, got {sdp_type!r}")
+        try:
+            await asyncio.wait_for(self._negotiate(sdp), self.timeout_s)
+        except TimeoutError as exc:
+            raise WebRTCError("WebRTC negotiation timed out", retryable=True) from exc
+        except WebRTCError:
+            raise
+        except Exception as exc:  # aiortc raises many kinds on malformed SDP
+            raise WebRTCError(f"invalid SDP offer: {exc or type(exc).__name__}") from exc
+        self._tasks.spawn(self._watchdog(), "webrtc-watchdog")
+        return self.pc.localDescription
+
+    async def _negotiate(self, sdp: str) -> None:
+        if "m=" not in sdp:
+            raise WebRTCError("invalid SDP offer: no media section")
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+        self._remote_set = True
+        _low_latency_audio_in(self.pc)
+        pending, self._pending_candidates = self._pending_candidates, []
+        for candidate in pending:
+            await self.pc.addIceCandidate(candidate)
+        if not any(t.kind == "audio" for t in self.pc.getTransceivers()):
+            raise WebRTCError("the SDP offer has no audio section")
+        for transceiver in self.pc.getTransceivers():
+            if transceiver.kind == "video":
+                # The avatar's video is rendered elsewhere and the client's camera is not
+                # used: declining it spares decoding every frame.
+                transceiver.direction = "inactive"
+        self.pc.addTrack(self.speaker)
+        answer = await self.pc.createAnswer()
+        # Gathers our candidates and puts them into the answer SDP.
+        await self.pc.setLocalDescription(answer)
+
+    async def add_candidate(self, candidate: dict[str, Any]) -> None:
+        """Add one remote candidate ({"candidate", "sdpMid", "sdpMLineIndex"}).
+
+        Candidates that arrive while the offer is still being applied are kept and added
+        right after it, so the client may trickle them as soon as it sent the offer.
+        """
+        sdp_mid = candidate.get("sdpMid")
+        index = candidate.get("sdpMLineIndex")
+        if sdp_mid is None and index is None:
+            index = 0
+        parsed = parse_candidate(str(candidate.get("candidate") or ""), sdp_mid, index)
+        if self._closed:
+            return
+        if not self._remote_set:
+            self._pending_candidates.append(parsed)
+            return
+        await self.pc.addIceCandidate(parsed)
+
+    async def _watchdog(self) -> None:
+        """Fail the connection that does not come up within the negotiation timeout."""
+        try:
+            await asyncio.wait_for(self._connected.wait(), self.timeout_s)
+        except TimeoutError:
+            self.failure_reason = "WebRTC connection timed out"
+            await self._report_final("failed")
+
+    def _on_track(self, track: MediaStreamTrack) -> None:
+        self._tracks.append(track)
+        if track.kind == "audio" and not self._audio_in:
+            # One microphone: further audio tracks are read and dropped.
+            self._audio_in = True
+            self._tasks.spawn(self._read_audio(track), "webrtc-audio-in")
+        else:
+            self._tasks.spawn(self._discard(track), "webrtc-discard-in")
+
+    async def _read_audio(self, track: MediaStreamTrack) -> None:
+        """Client microphone → 16 kHz mono PCM16 → on_audio, until the track ends."""
+        resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
+        while True:
+            try:
+                frame = await track.recv()
+            except MediaStreamError:
+                return
+            for out in resampler.resample(frame):
+                pcm = frame_pcm(out)
+                if pcm:
+                    try:
+                        await self.on_audio(pcm)
+                    except Exception:
+                        logger.exception("handling incoming WebRTC audio failed")
+
+    async def _discard(self, track: MediaStreamTrack) -> None:
+        """Read and drop a track we do not use (video), so its queue stays empty."""
+        with contextlib.suppress(MediaStreamError):
+            while True:
+                await track.recv()
+
+    def _on_connection_state(self) -> None:
+        state = self.pc.connectionState
+        if self._closed:
+            return
+        if state == "connected" and not self._connected.is_set():
+            self._connected.set()
+            self._tasks.spawn(self.on_state("connected"), "webrtc-state")
+        elif state == "failed":
+            self.failure_reason = self.failure_reason or "WebRTC connection failed"
+            self._tasks.spawn(self._report_final("failed"), "webrtc-state")
+        elif state == "closed":
+            self._tasks.spawn(self._report_final("closed"), "webrtc-state")
+
+    async def _report_final(self, state: str) -> None:
+        if self._final_state_sent or self._closed:
+            return
+        self._final_state_sent = True
+        await self.on_state(state)
+
+    async def close(self) -> None:
+        """Close the connection and stop every track and task it started; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self.speaker.stop()
+        try:
+            await self.pc.close()
+        except Exception:
+            logger.exception("closing the peer connection failed")
+        for track in self._tracks:
+            track.stop()
+        await self._tasks.cancel()
+        self._tracks.clear()

@@ -1,0 +1,116 @@
+"""The server's outgoing audio track: reply speech paced in real time, silence otherwise.
+
+aiortc's sender pulls frames from `recv()` as fast as it returns them, so the track itself keeps
+the real-time clock (as aiortc's own AudioStreamTrack does). Reply audio is queued as 48 kHz mono
+PCM16, Opus's native rate, so the encoder's resampler has nothing left to do but duplicate the
+channel; `clear()` empties the queue so the very next frame is silence, which is what makes
+barge-in stop speech within one 20 ms frame.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fractions
+import time
+
+import av
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+from chat.realtime.pcm import PcmResampler
+
+SAMPLE_RATE = 48000
+FRAME_MS = 20
+FRAME_SAMPLES = SAMPLE_RATE * FRAME_MS // 1000
+FRAME_BYTES = FRAME_SAMPLES * 2
+TIME_BASE = fractions.Fraction(1, SAMPLE_RATE)
+# When the loop stalled for longer than this, restart the clock rather than send a burst of
+# catch-up frames that the receiver's jitter buffer would drop anyway.
+MAX_LAG_S = 0.5
+
+
+class SpeakerTrack(MediaStreamTrack):
+    """An audio track fed with PCM16 by the reply pipeline (`write`) and read by aiortc."""
+
+    kind = "audio"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._buffer = bytearray()
+        self._resamplers: dict[int, PcmResampler] = {}
+        self._drained = asyncio.Event()
+        self._drained.set()
+        self._start: float | None = None
+        self._timestamp = 0
+        self._silence = bytes(FRAME_BYTES)
+        self.frames_sent = 0
+        self.speech_frames_sent = 0
+
+    @property
+    def queued_ms(self) -> float:
+        """Milliseconds of speech queued and not yet handed to the encoder."""
+        return len(self._buffer) / 2 / SAMPLE_RATE * 1000
+
+    async def write(self, pcm: bytes, sample_rate: int) -> None:
+        """Queue PCM16 mono audio at `sample_rate`; it plays after what is already queued."""
+        if self.readyState != "live" or not pcm:
+            return
+        resampler = self._resamplers.get(sample_rate)
+        if resampler is None:
+            resampler = self._resamplers[sample_rate] = PcmResampler(sample_rate, SAMPLE_RATE)
+        pcm = resampler(pcm)
+        if pcm:
+            self._buffer += pcm
+            self._drained.clear()
+
+    def clear(self) -> None:
+        """Drop everything queued (barge-in): the next frame sent is silence."""
+        self._buffer.clear()
+        self._resamplers.clear()
+        self._drained.set()
+
+    async def drained(self) -> None:
+        """Wait until everything queued so far was sent (or dropped by `clear`/`stop`)."""
+        if self.readyState != "live":
+            return
+        await self._drained.wait()
+
+    def stop(self) -> None:
+        """End the track; waiters of `drained` are released."""
+        self.clear()
+        super().stop()
+
+    async def recv(self) -> av.AudioFrame:
+        """The next 20 ms frame, returned at its real-time instant."""
+        if self.readyState != "live":
+            raise MediaStreamError
+        now = time.monotonic()
+        if self._start is None:
+            self._start = now
+        else:
+            self._timestamp += FRAME_SAMPLES
+            due = self._start + self._timestamp / SAMPLE_RATE
+            if due - now < -MAX_LAG_S:
+                self._start = now - self._timestamp / SAMPLE_RATE
+            elif due > now:
+                await asyncio.sleep(due - now)
+        if self.readyState != "live":
+            raise MediaStreamError
+
+        if self._buffer:
+            chunk = bytes(self._buffer[:FRAME_BYTES])
+            del self._buffer[:FRAME_BYTES]
+            if len(chunk) < FRAME_BYTES:
+                chunk += bytes(FRAME_BYTES - len(chunk))
+            self.speech_frames_sent += 1
+            if not self._buffer:
+                self._drained.set()
+        else:
+            chunk = self._silence
+        self.frames_sent += 1
+
+        frame = av.AudioFrame(format="s16", layout="mono", samples=FRAME_SAMPLES)
+        frame.planes[0].update(chunk)
+        frame.pts = self._timestamp
+        frame.sample_rate = SAMPLE_RATE
+        frame.time_base = TIME_BASE
+        return frame

@@ -1,0 +1,260 @@
+"""The realtime audio parts on their own: the speaker track, the VAD and the listener."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import numpy as np
+
+from chat.providers.base import ASRError, ASRStream, Hypothesis
+from chat.realtime.listener import Listener
+from chat.realtime.speaker import FRAME_SAMPLES, SAMPLE_RATE, SpeakerTrack
+from chat.realtime.vad import EnergyVAD
+from tests.audio import read_wav, resample, rms, speak
+from tests.fixtures_realtime import EchoASR, FakeContext, run
+
+SENTENCE = "Hello there. What is the weather like today?"
+
+
+def speech_16k(text: str = SENTENCE) -> np.ndarray:
+    pcm, rate = read_wav(speak(text))
+    return resample(pcm, rate, 16000)
+
+
+def frame_pcm(frame: object) -> np.ndarray:
+    return frame.to_ndarray().reshape(-1)  # type: ignore[attr-defined]
+
+
+# --- speaker -------------------------------------------------------------------------------
+
+
+def test_speaker_sends_silence_when_nothing_is_queued() -> None:
+    async def body() -> None:
+        track = SpeakerTrack()
+        for _ in range(3):
+            frame = await track.recv()
+            assert frame.samples == FRAME_SAMPLES and frame.sample_rate == SAMPLE_RATE
+            assert not frame_pcm(frame).any()
+        await track.drained()  # nothing queued: returns at once
+        track.stop()
+
+    run(body())
+
+
+def test_speaker_plays_written_speech_resampled_then_silence() -> None:
+    async def body() -> None:
+        pcm, rate = read_wav(speak("Good morning"))
+        track = SpeakerTrack()
+        # Written in odd-sized chunks, as a streaming TTS delivers it.
+        data = pcm.tobytes()
+        for i in range(0, len(data), 1001):
+            await track.write(data[i : i + 1001], rate)
+        expected_ms = len(pcm) / rate * 1000
+        assert abs(track.queued_ms - expected_ms) < 30
+        drained = asyncio.create_task(track.drained())
+        frames = []
+        while track.queued_ms > 0:
+            frames.append(frame_pcm(await track.recv()))
+        await asyncio.wait_for(drained, 1)
+        out = np.concatenate(frames)
+        assert abs(len(out) / SAMPLE_RATE * 1000 - expected_ms) < 40
+        assert rms(out) > 0.3 * rms(pcm)
+        assert not frame_pcm(await track.recv()).any()
+        pts = [(await track.recv()).pts for _ in range(2)]
+        assert pts[1] - pts[0] == FRAME_SAMPLES
+        track.stop()
+
+    run(body())
+
+
+def test_speaker_clear_silences_the_next_frame_and_releases_drained() -> None:
+    async def body() -> None:
+        pcm, rate = read_wav(speak("This sentence is long enough to be interrupted."))
+        track = SpeakerTrack()
+        await track.write(pcm.tobytes(), rate)
+        assert rms(frame_pcm(await track.recv())) >= 0  # playing
+        drained = asyncio.create_task(track.drained())
+        await asyncio.sleep(0)
+        assert not drained.done()
+        track.clear()
+        await asyncio.wait_for(drained, 1)
+        assert track.queued_ms == 0
+        assert not frame_pcm(await track.recv()).any()
+        track.stop()
+        await track.write(pcm.tobytes(), rate)  # ignored once stopped
+        assert track.queued_ms == 0
+
+    run(body())
+
+
+# --- VAD -----------------------------------------------------------------------------------
+
+
+def vad_events(signal: np.ndarray, vad: EnergyVAD | None = None) -> list[tuple[str, float]]:
+    vad = vad or EnergyVAD()
+    events = []
+    for i in range(0, len(signal) - 319, 320):
+        event = vad.update(signal[i : i + 320])
+        if event:
+            events.append((event, i / 16000))
+    return events
+
+
+def test_vad_finds_one_utterance_in_speech_between_silences() -> None:
+    speech = speech_16k()
+    silence = np.zeros(16000, dtype=np.int16)
+    events = vad_events(np.concatenate([silence, speech, silence]))
+    assert [e for e, _ in events] == ["speech_start", "speech_end"]
+    start, end = events[0][1], events[1][1]
+    assert 0.9 < start < 1.6
+    assert 1 + len(speech) / 16000 < end < 1 + len(speech) / 16000 + 1.0
+
+
+def test_vad_detects_speech_at_the_very_start_of_a_stream() -> None:
+    events = vad_events(np.concatenate([speech_16k(), np.zeros(16000, dtype=np.int16)]))
+    assert [e for e, _ in events] == ["speech_start", "speech_end"]
+
+
+def test_vad_adapts_to_steady_noise_and_still_hears_speech_over_it() -> None:
+    rng = np.random.default_rng(7)
+    noise = (rng.standard_normal(16000 * 9) * 0.01 * 32768).astype(np.int16)
+    speech = speech_16k()
+    mixed = noise.copy()
+    mixed[5 * 16000 : 5 * 16000 + len(speech)] += speech
+    events = vad_events(mixed)
+    # Whatever the noise did while the floor settled, speech at 5 s is found and ended.
+    late = [(e, t) for e, t in events if t > 3.0]
+    assert [e for e, _ in late] == ["speech_start", "speech_end"]
+    assert 4.9 < late[0][1] < 6.0
+    assert not vad_events(noise, EnergyVAD())[2:]  # at most one settling blip
+
+
+def test_vad_ends_an_endless_utterance_at_the_maximum_length() -> None:
+    from chat.realtime.vad import VADConfig
+
+    tone = (np.sin(np.arange(16000 * 3) * 0.2) * 8000).astype(np.int16)
+    tone[::300] = 0  # not stationary enough to be taken for noise
+    vad = EnergyVAD(VADConfig(max_utterance_ms=1000, stationary_db=0.0))
+    events = vad_events(tone, vad)
+    assert events[:2] == [("speech_start", events[0][1]), ("speech_end", events[1][1])]
+    assert events[1][1] - events[0][1] < 1.1
+
+
+# --- listener ------------------------------------------------------------------------------
+
+
+def make_listener(asr: object, ctx: FakeContext) -> Listener:
+    async def on_interim(text: str, utterance_id: str) -> None:
+        await ctx.send_event({"type": "asr_interim", "text": text, "utterance_id": utterance_id})
+
+    async def on_error(exc: Exception) -> None:
+        await ctx.send_error(exc.code, str(exc), retryable=exc.retryable)  # type: ignore[attr-defined]
+
+    return Listener(
+        asr,  # type: ignore[arg-type]
+        "en-US",
+        on_speech_start=ctx.barge_in,
+        on_interim=on_interim,
+        on_final=ctx.user_utterance,
+        on_error=on_error,
+    )
+
+
+async def feed_in_chunks(listener: Listener, pcm: np.ndarray, chunk: int = 1234) -> None:
+    data = pcm.tobytes()
+    for i in range(0, len(data), chunk):
+        await listener.feed(data[i : i + chunk])
+
+
+def test_listener_splits_utterances_on_silence_with_interims_and_finals() -> None:
+    async def body() -> None:
+        asr, ctx = EchoASR(), FakeContext()
+        listener = make_listener(asr, ctx)
+        speech = speech_16k()
+        gap = np.zeros(16000, dtype=np.int16)
+        await feed_in_chunks(listener, np.concatenate([gap, speech, gap, speech, gap]))
+        await listener.stop()
+        assert ctx.barge_ins == 2
+        assert len(ctx.utterances) == 2
+        ids = [uid for _, uid in ctx.utterances]
+        assert len(set(ids)) == 2 and all(len(uid) <= 16 for uid in ids)
+        for text, uid in ctx.utterances:
+            fed_ms = int(text.split()[-2])
+            # The whole utterance, with its pre-roll, and not much of the silence around it.
+            assert len(speech) / 16 - 200 < fed_ms < len(speech) / 16 + 1000
+            interims = [e for e in ctx.events if e["utterance_id"] == uid]
+            assert interims and len({e["text"] for e in interims}) == len(interims)
+        assert all(s.closed for s in asr.streams)
+        await listener.close()
+
+    run(body())
+
+
+def test_listener_stop_finishes_the_utterance_in_progress() -> None:
+    async def body() -> None:
+        asr, ctx = EchoASR(), FakeContext()
+        listener = make_listener(asr, ctx)
+        await feed_in_chunks(listener, speech_16k()[:16000])  # cut mid-sentence
+        assert listener.in_utterance and not ctx.utterances
+        await listener.stop()
+        assert len(ctx.utterances) == 1
+        await listener.stop()  # nothing more to finish
+        assert len(ctx.utterances) == 1
+        await listener.close()
+
+    run(body())
+
+
+def test_listener_skips_empty_finals_and_reports_provider_errors() -> None:
+    class SilentStream(ASRStream):
+        async def feed(self, pcm: bytes) -> None:
+            pass
+
+        async def finish(self) -> None:
+            pass
+
+        async def results(self) -> AsyncIterator[Hypothesis]:
+            for hyp in ():
+                yield hyp
+
+        async def close(self) -> None:
+            pass
+
+    class FailingStream(SilentStream):
+        async def feed(self, pcm: bytes) -> None:
+            raise ASRError("recogniser gone", retryable=True)
+
+    class Scripted(EchoASR):
+        def __init__(self) -> None:
+            super().__init__()
+            self.kinds = [SilentStream, FailingStream]
+
+        def stream(self, language: str, sample_rate: int = 16000) -> ASRStream:
+            return self.kinds.pop(0)()
+
+    async def body() -> None:
+        ctx = FakeContext()
+        listener = make_listener(Scripted(), ctx)
+        gap = np.zeros(16000, dtype=np.int16)
+        await feed_in_chunks(listener, np.concatenate([speech_16k(), gap, speech_16k(), gap]))
+        await listener.stop()
+        assert ctx.utterances == []
+        assert [e["code"] for e in ctx.errors] == ["ERR_ASR_FAILED"]
+        assert ctx.errors[0]["retryable"] is True
+        await listener.close()
+
+    run(body())
+
+
+def test_listener_close_abandons_the_stream_without_a_final() -> None:
+    async def body() -> None:
+        asr, ctx = EchoASR(), FakeContext()
+        listener = make_listener(asr, ctx)
+        await feed_in_chunks(listener, speech_16k()[:16000])
+        await listener.close()
+        await listener.close()
+        assert ctx.utterances == [] and asr.streams[0].closed
+        await listener.feed(b"\0" * 640)  # ignored after close
+
+    run(body())

@@ -1,0 +1,394 @@
+"""RealtimeHandler over a real WebRTC connection: an aiortc client peer on loopback sends
+espeak-ng speech and records the server's speaker track."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import time
+from typing import Any
+
+import numpy as np
+import pytest
+from aiortc import RTCPeerConnection
+
+from chat.realtime.handler import RealtimeHandler
+from chat.realtime.peer import ice_servers_from_settings
+from tests.audio import read_wav, rms, speak
+from tests.fixtures_realtime import (
+    ClientPeer,
+    EchoASR,
+    FakeContext,
+    negotiate,
+    run,
+    wait_until,
+)
+
+LONG_REPLY = (
+    "Thank you for asking. The weather today is sunny and warm, with a light breeze from the "
+    "west, and it should stay that way until the evening."
+)
+
+
+def speech_ms(pcm: np.ndarray, rate: int = 16000, threshold: float = 300.0) -> float:
+    """Milliseconds from the first to the last loud 20 ms frame."""
+    step = rate // 50
+    loud = [i for i in range(0, len(pcm) - step + 1, step) if rms(pcm[i : i + step]) > threshold]
+    return (loud[-1] - loud[0] + step) / rate * 1000 if loud else 0.0
+
+
+async def open_session(asr: Any = None) -> tuple[RealtimeHandler, FakeContext, ClientPeer]:
+    ctx = FakeContext()
+    handler = RealtimeHandler(ctx, asr=asr or EchoASR())
+    client = ClientPeer()
+    await negotiate(handler, ctx, client)
+    return handler, ctx, client
+
+
+async def close_session(handler: RealtimeHandler, client: ClientPeer) -> None:
+    await handler.close()
+    await client.close()
+
+
+def test_negotiation_answers_connects_and_gets_ready() -> None:
+    async def body() -> None:
+        handler, ctx, client = await open_session()
+        answer = ctx.of_type("answer")[0]
+        assert answer["sdp_type"] == "answer" and answer["ref"] == "o1"
+        assert "a=candidate:" in answer["sdp"]  # our candidates travel in the SDP
+        assert ctx.of_type("ready") == [{"type": "ready", "direction": "both", "ref": "r1"}]
+        assert handler.state == "Ready" and handler.speaker() is not None
+        assert client.pc.connectionState == "connected"
+        assert not ctx.errors
+        await handler.handle("offer", {"sdp": await client.offer()}, "o2")
+        assert ctx.errors[-1]["code"] == "ERR_STATE" and ctx.errors[-1]["ref"] == "o2"
+        await close_session(handler, client)
+        assert handler.speaker() is None
+        await handler.close()  # idempotent
+
+    run(body())
+
+
+def test_a_video_section_is_declined_and_audio_still_flows() -> None:
+    async def body() -> None:
+        ctx = FakeContext()
+        handler = RealtimeHandler(ctx, asr=EchoASR())
+        client = ClientPeer()
+        client.pc.addTransceiver("video", direction="sendrecv")
+        await negotiate(handler, ctx, client)
+        answer = ctx.of_type("answer")[0]["sdp"]
+        video = answer[answer.index("m=video") :]
+        assert "a=inactive" in video
+        speaker = handler.speaker()
+        assert speaker is not None
+        pcm, rate = read_wav(speak("Good morning"))
+        started = time.monotonic()
+        await speaker.write(pcm.tobytes(), rate)
+        await asyncio.wait_for(speaker.drained(), 10)
+        await asyncio.sleep(0.3)
+        assert rms(client.audio_since(started)) > 300
+        await close_session(handler, client)
+
+    run(body())
+
+
+def test_ice_servers_from_settings_keep_their_credentials() -> None:
+    servers = ice_servers_from_settings(
+        [
+            {"urls": "stun:stun.example:3478"},
+            {"urls": ["turn:turn.example:3478"], "username": "u", "credential": "p"},
+        ]
+    )
+    assert servers[0].urls == "stun:stun.example:3478" and servers[0].username is None
+    assert (servers[1].urls, servers[1].username, servers[1].credential) == (
+        ["turn:turn.example:3478"],
+        "u",
+        "p",
+    )
+
+
+def test_a_client_that_only_sends_gets_no_speaker_track() -> None:
+    async def body() -> None:
+        handler, ctx, client = await open_session()
+        await handler.handle("ready", {"direction": "send"}, "r2")
+        assert ctx.of_type("ready")[-1]["direction"] == "send"
+        assert handler.speaker() is None  # the consumer sends reply audio another way
+        await close_session(handler, client)
+
+    run(body())
+
+
+@pytest.mark.parametrize("in_offer", [False, True], ids=["ice_candidate", "offer.candidates"])
+def test_client_candidates_sent_apart_from_the_sdp_are_used(in_offer: bool) -> None:
+    async def body() -> None:
+        ctx = FakeContext()
+        handler = RealtimeHandler(ctx, asr=EchoASR())
+        client = ClientPeer()
+        sdp = await client.offer()
+        lines = sdp.splitlines()
+        candidates = [
+            {"candidate": line[2:], "sdpMid": "0", "sdpMLineIndex": 0}
+            for line in lines
+            if line.startswith("a=candidate:")
+        ]
+        stripped = "\r\n".join(
+            line for line in lines if not line.startswith(("a=candidate:", "a=end-of-candidates"))
+        )
+        offer = {"sdp": stripped + "\r\n", "sdp_type": "offer"}
+        if in_offer:
+            offer["candidates"] = candidates
+        await handler.handle("offer", offer, None)
+        if not in_offer:
+            for candidate in candidates:
+                await handler.handle("ice_candidate", candidate, None)
+        await handler.handle("ice_candidate", {"candidate": "", "sdpMid": "0"}, None)
+        await handler.wait_idle()
+        await client.accept(ctx.of_type("answer")[0]["sdp"])
+        await wait_until(lambda: ctx.of_type("connected"), 15, "connected")
+        await handler.handle("ice_candidate", {"candidate": "garbage", "sdpMid": "0"}, "c9")
+        assert ctx.error_codes() == ["ERR_BAD_MESSAGE"]
+        await close_session(handler, client)
+
+    run(body())
+
+
+def test_speech_on_the_client_track_gives_interims_and_a_final() -> None:
+    async def body() -> None:
+        asr = EchoASR()
+        handler, ctx, client = await open_session(asr)
+        await handler.handle("asr_start", {"language": "en-US"}, "a1")
+        assert not handler.ws_audio_span
+        duration = client.mic.play_wav(speak("Hello there. What is the weather like today?"))
+        await wait_until(lambda: ctx.utterances, duration + 10, "a final")
+        text, utterance_id = ctx.utterances[0]
+        heard_ms = int(text.split()[-2])
+        assert duration * 1000 - 300 < heard_ms < duration * 1000 + 1200
+        interims = ctx.of_type("asr_interim")
+        assert interims and all(e["utterance_id"] == utterance_id for e in interims)
+        assert interims[0]["ref"] == "a1"
+        assert ctx.barge_ins == 1
+        await handler.handle("asr_stop", {}, "a2")
+        await handler.wait_idle()
+        assert len(ctx.utterances) == 1 and not ctx.errors
+        await close_session(handler, client)
+
+    run(body())
+
+
+def test_reply_audio_plays_on_the_client_track() -> None:
+    async def body() -> None:
+        handler, ctx, client = await open_session()
+        speaker = handler.speaker()
+        assert speaker is not None
+        pcm, rate = read_wav(speak("The weather is sunny and warm today."))
+        started = time.monotonic()
+        for i in range(0, len(pcm), rate // 5):  # TTS-like chunks of 200 ms
+            await speaker.write(pcm[i : i + rate // 5].tobytes(), rate)
+        await asyncio.wait_for(speaker.drained(), 20)
+        await asyncio.sleep(0.5)  # the last packets in flight
+        received = client.audio_since(started)
+        sent_ms = speech_ms(pcm, rate)
+        got_ms = speech_ms(received)
+        assert rms(received) > 300
+        assert sent_ms - 200 < got_ms < sent_ms + 200, (sent_ms, got_ms)
+        # and silence afterwards
+        after = time.monotonic()
+        await asyncio.sleep(0.3)
+        assert rms(client.audio_since(after)) < 50
+        await close_session(handler, client)
+
+    run(body())
+
+
+def test_barge_in_stops_the_reply_speech() -> None:
+    async def body() -> None:
+        handler, ctx, client = await open_session()
+        speaker = handler.speaker()
+        assert speaker is not None
+        barged: list[float] = []
+
+        async def on_barge_in() -> None:  # what the consumer does
+            speaker.clear()
+            barged.append(time.monotonic())
+
+        ctx.on_barge_in = on_barge_in
+        await handler.handle("asr_start", {}, "a1")
+        pcm, rate = read_wav(speak(LONG_REPLY))
+        await speaker.write(pcm.tobytes(), rate)
+        await asyncio.sleep(1.0)
+        assert speaker.queued_ms > 2000
+        client.mic.play_wav(speak("Stop please"))
+        await wait_until(lambda: barged, 10, "barge-in")
+        assert speaker.queued_ms == 0
+        await asyncio.sleep(0.6)
+        # Speech was arriving before; after the barge-in (+ network margin) only silence.
+        assert rms(client.audio_since(barged[0] - 1.0)) > 300
+        assert rms(client.audio_since(barged[0] + 0.2)) < 50
+        await close_session(handler, client)
+
+    run(body())
+
+
+def test_websocket_fallback_streams_pcm_at_the_announced_rate() -> None:
+    async def body() -> None:
+        ctx = FakeContext()
+        handler = RealtimeHandler(ctx, asr=EchoASR())
+        pcm, rate = read_wav(speak("Hello there. What is the weather like today?"))
+        assert not await handler.feed_pcm(pcm.tobytes())  # outside a span: an upload
+        span_at_final: list[bool] = []
+
+        async def user_utterance(text: str, utterance_id: str) -> None:
+            span_at_final.append(handler.ws_audio_span)  # the reply's audio goes back as frames
+            ctx.utterances.append((text, utterance_id))
+
+        ctx.user_utterance = user_utterance  # type: ignore[method-assign]
+        await handler.handle("asr_start", {"format": "pcm16", "sample_rate": rate}, "a1")
+        assert handler.ws_audio_span and not ctx.errors
+        data = pcm.tobytes()  # no silence after it: asr_stop ends the utterance
+        for i in range(0, len(data), 4095):  # odd-sized frames
+            assert await handler.feed_pcm(data[i : i + 4095])
+        await handler.handle("asr_stop", {}, "a2")
+        assert not await handler.feed_pcm(b"\0\0")  # after asr_stop: an upload again
+        await handler.wait_idle()
+        assert span_at_final == [True] and not handler.ws_audio_span
+        assert len(ctx.utterances) == 1
+        heard_ms = int(ctx.utterances[0][0].split()[-2])
+        assert abs(heard_ms - len(pcm) / rate * 1000) < 1200
+        assert ctx.of_type("asr_interim") and not ctx.errors
+        await handler.close()
+
+    run(body())
+
+
+@pytest.mark.parametrize(
+    ("msg_type", "msg", "code"),
+    [
+        ("ready", {"direction": "both"}, "ERR_STATE"),
+        ("asr_start", {"transport": "webrtc"}, "ERR_STATE"),
+        ("asr_stop", {}, "ERR_STATE"),
+        ("ice_candidate", {"candidate": "", "sdpMid": "0"}, "ERR_STATE"),
+        ("asr_start", {"format": "opus"}, "ERR_BAD_MESSAGE"),
+        ("asr_start", {"sample_rate": "16000"}, "ERR_BAD_MESSAGE"),
+        ("asr_start", {"sample_rate": 4000}, "ERR_BAD_MESSAGE"),
+        ("asr_start", {"sample_rate": True}, "ERR_BAD_MESSAGE"),
+        ("asr_start", {"language": 5}, "ERR_BAD_MESSAGE"),
+        ("asr_start", {"transport": "carrier-pigeon"}, "ERR_BAD_MESSAGE"),
+        ("offer", {"sdp": 5}, "ERR_BAD_MESSAGE"),
+        ("offer", {"sdp": "v=0", "sdp_type": "answer"}, "ERR_BAD_MESSAGE"),
+        ("ice_candidate", {"candidate": 1}, "ERR_BAD_MESSAGE"),
+        ("ready", {"direction": "sideways"}, "ERR_BAD_MESSAGE"),
+    ],
+)
+def test_messages_refused_in_the_initial_state(msg_type: str, msg: dict, code: str) -> None:
+    async def body() -> None:
+        ctx = FakeContext()
+        handler = RealtimeHandler(ctx, asr=EchoASR())
+        await handler.handle(msg_type, msg, "x1")
+        assert ctx.errors == [
+            {"code": code, "message": ctx.errors[0]["message"], "retryable": False, "ref": "x1"}
+        ]
+        assert handler.state == "Initialized" and not ctx.events
+        await handler.close()
+
+    run(body())
+
+
+def test_a_second_asr_start_inside_a_span_is_refused() -> None:
+    async def body() -> None:
+        ctx = FakeContext()
+        handler = RealtimeHandler(ctx, asr=EchoASR())
+        await handler.handle("asr_start", {}, "a1")
+        await handler.handle("asr_start", {}, "a2")
+        assert ctx.error_codes() == ["ERR_STATE"]
+        await handler.handle("asr_stop", {}, "a3")
+        await handler.handle("asr_start", {"language": "zh-CN"}, "a4")
+        assert ctx.error_codes() == ["ERR_STATE"]
+        await handler.close()
+
+    run(body())
+
+
+def test_bad_sdp_fails_cleanly_and_a_new_offer_works() -> None:
+    async def body() -> None:
+        ctx = FakeContext()
+        handler = RealtimeHandler(ctx, asr=EchoASR())
+        for sdp in ("not an sdp", "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=garbage\r\n"):
+            await handler.handle("offer", {"sdp": sdp, "sdp_type": "offer"}, "o1")
+            await handler.wait_idle()
+            assert ctx.errors[-1]["code"] == "ERR_WEBRTC_FAILED"
+            assert ctx.errors[-1]["ref"] == "o1"
+            assert handler.state == "Initialized" and handler.peer is None
+        client = ClientPeer()
+        await negotiate(handler, ctx, client, ref="o2")
+        assert handler.state == "Ready"
+        await close_session(handler, client)
+
+    run(body())
+
+
+def test_unreachable_peer_times_out_with_webrtc_failed(settings: Any) -> None:
+    settings.WEBRTC_TIMEOUT_S = 1.5
+
+    async def body() -> None:
+        ctx = FakeContext()
+        handler = RealtimeHandler(ctx, asr=EchoASR())
+        client = ClientPeer()
+        sdp = await client.offer()
+        await client.close()  # nobody answers the connectivity checks
+        await handler.handle("offer", {"sdp": sdp, "sdp_type": "offer"}, "o1")
+        await handler.wait_idle()
+        assert ctx.of_type("answer")
+        await wait_until(lambda: ctx.errors, 10, "an error")
+        assert ctx.errors == [
+            {
+                "code": "ERR_WEBRTC_FAILED",
+                "message": ctx.errors[0]["message"],
+                "retryable": True,
+                "ref": None,
+            }
+        ]
+        assert handler.state == "Initialized" and not ctx.of_type("connected")
+        await handler.close()
+
+    run(body())
+
+
+def test_a_connection_lost_later_gives_webrtc_failed() -> None:
+    async def body() -> None:
+        handler, ctx, client = await open_session()
+        await handler.handle("asr_start", {}, "a1")
+        await client.close()
+        await wait_until(lambda: ctx.errors, 30, "an error")
+        assert ctx.error_codes() == ["ERR_WEBRTC_FAILED"] and ctx.errors[0]["retryable"]
+        assert handler.state == "Initialized" and handler.speaker() is None
+        assert not handler.ws_audio_span
+        await handler.handle("asr_stop", {}, "a2")  # the span ended with the connection
+        assert ctx.error_codes()[-1] == "ERR_STATE"
+        await handler.close()
+
+    run(body())
+
+
+def test_many_sessions_leak_no_tasks_or_peer_connections() -> None:
+    def live_peer_connections() -> int:
+        gc.collect()
+        return sum(1 for o in gc.get_objects() if isinstance(o, RTCPeerConnection))
+
+    async def body() -> None:
+        async def cycle() -> None:
+            handler, ctx, client = await open_session()
+            await handler.handle("asr_start", {}, "a1")
+            await handler.speaker().write(b"\1\0" * 1600, 16000)  # type: ignore[union-attr]
+            await close_session(handler, client)
+
+        for _ in range(3):  # warm-up: first-use imports and caches
+            await cycle()
+        await asyncio.sleep(0.5)
+        tasks_before = len(asyncio.all_tasks())
+        pcs_before = live_peer_connections()
+        for _ in range(50):
+            await cycle()
+        await wait_until(lambda: len(asyncio.all_tasks()) <= tasks_before, 10, "tasks to end")
+        assert live_peer_connections() <= pcs_before
+
+    run(body(), timeout=110)
