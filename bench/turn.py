@@ -94,7 +94,12 @@ def provider_times() -> dict[str, float]:
     """The providers' own time in the last turn, as its steps recorded it."""
     from chat.models import Message
 
-    reply = Message.objects.filter(role="assistant").latest("id")
+    deadline = time.monotonic() + 10
+    while True:  # the worker stores the timings just after tts_complete goes out
+        reply = Message.objects.filter(role="assistant").latest("id")
+        if "tts_ms" in reply.timings or time.monotonic() > deadline:
+            break
+        time.sleep(0.02)
     user = reply.reply_to
     return {
         "asr": user.timings["asr_ms"],

@@ -16,6 +16,7 @@ import time
 from typing import Any
 from urllib.parse import parse_qs
 
+from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
@@ -49,6 +50,16 @@ def _find_avatar(slug: str | None) -> Avatar | None:
 
 class ChatConsumer(AsyncWebsocketConsumer):
     session: ChatSession | None = None
+
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        """Channels' dispatch, without its `aclose_old_connections()` before every frame: that
+        is a hop to the database thread and back per ping, the largest cost of a frame under
+        load (docs/benchmarks.md). Every database call here goes through
+        `database_sync_to_async`, which closes stale connections itself."""
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"No handler for message type {message['type']}")
+        await handler(message)
 
     # --- connection ---------------------------------------------------------------------------
     async def connect(self) -> None:

@@ -284,7 +284,7 @@ class Reply:
         from rendering.scheduler import RenderBusy, submit_render
 
         try:
-            await sync_to_async(submit_render, thread_sensitive=False)(self.message.id)
+            await database_sync_to_async(submit_render, thread_sensitive=False)(self.message.id)
         except RenderBusy as exc:
             await self._fail(Err.BUSY, str(exc), True)
 
