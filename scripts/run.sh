@@ -18,4 +18,5 @@ echo "  admin:  http://$host:$port/admin/"
 echo "  flower: http://$host:${FLOWER_PORT:-5555}/"
 echo "  health: http://$host:$port/healthz"
 echo
-exec honcho -f Procfile start
+# honcho gives each process PORT = base + 100 × its place in the Procfile; web is first
+exec honcho -f Procfile start --port "$port"
