@@ -240,17 +240,24 @@ class DashScopeServer(LoopbackServer):
         return f"You said: {said}. I am a fake Qwen. Ask me more!"
 
     # --- HTTP ---------------------------------------------------------------------------------
-    async def generation(self, request: web.Request) -> web.StreamResponse:
-        item = self._record("llm", request)
-        item.payload = await request.json()
+    async def _refuse(self, item: Any, fault: Fault | None) -> web.StreamResponse | None:
+        """The answer to a request refused for its key or by an http/hang fault, else None."""
         if not self._authorized(item):
             return self._unauthorized(item)
-        fault = self.behaviour.llm_fault
         if fault and fault.kind == "http":
             return self._error(fault)
         if fault and fault.kind == "hang":
             await self.hang()
             return web.Response(status=504)
+        return None
+
+    async def generation(self, request: web.Request) -> web.StreamResponse:
+        item = self._record("llm", request)
+        item.payload = await request.json()
+        fault = self.behaviour.llm_fault
+        refused = await self._refuse(item, fault)
+        if refused is not None:
+            return refused
         reply = self._reply_for(item.payload)
         request_id = uuid.uuid4().hex
         if request.headers.get("X-DashScope-SSE", "").lower() != "enable":
@@ -307,14 +314,10 @@ class DashScopeServer(LoopbackServer):
     async def multimodal(self, request: web.Request) -> web.StreamResponse:
         item = self._record("file-asr", request)
         item.payload = await request.json()
-        if not self._authorized(item):
-            return self._unauthorized(item)
         fault = self.behaviour.file_asr_fault
-        if fault and fault.kind == "http":
-            return self._error(fault)
-        if fault and fault.kind == "hang":
-            await self.hang()
-            return web.Response(status=504)
+        refused = await self._refuse(item, fault)
+        if refused is not None:
+            return refused
         if fault and fault.kind == "drop":
             self.drop(request)
             return web.Response()
