@@ -292,6 +292,7 @@ class Reply:
         if self.message is not None and not self.message.error_code:
             self.message.error_code = str(code)
             self.message.error_message = message
+            await self._save()  # the history shows the failure before the client hears of it
         await self.send(error(code, message, retryable=retryable))
 
     async def _interrupted(self) -> None:
