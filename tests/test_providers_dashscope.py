@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
-from chat.providers import get_asr, get_llm, get_tts
+from chat.providers import get_asr, get_llm, get_tts, reset_providers
 from chat.providers.base import (
     ASRError,
     ASRProvider,
@@ -326,6 +327,84 @@ def test_tts_timeout_is_bounded(dashscope: DashScopeServer, settings: Any) -> No
     with pytest.raises(TTSError) as caught:
         asyncio.run(get_tts().synthesize("Hello there.", "longxiaochun_v2", "en-US"))
     assert caught.value.retryable is True
+
+
+# --- pre-connected TTS sockets ---------------------------------------------------------------
+def _wait_for(condition: Any, seconds: float = 5.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.02)
+
+
+def _preconnected_tts(settings: Any, dashscope: DashScopeServer, size: int = 2) -> Any:
+    """The TTS provider after one sentence, with `size` sockets open for its voice."""
+    settings.DASHSCOPE_TTS_PRECONNECT = size
+    tts = get_tts()
+    assert asyncio.run(tts.synthesize("First.", "longxiaochun_v2", "en-US"))
+    key = tts.key("longxiaochun_v2", "en-US")
+    _wait_for(lambda: tts.preconnected.ready(key) == size and dashscope.idle_connections == size)
+    return tts
+
+
+def test_tts_sentences_after_the_first_start_on_connections_opened_before(
+    dashscope: DashScopeServer, settings: Any
+) -> None:
+    tts = _preconnected_tts(settings, dashscope)
+    asked = time.monotonic()
+    second = asyncio.run(tts.synthesize("Second one.", "longxiaochun_v2", "en-US"))
+    third = asyncio.run(tts.synthesize("And a third.", "longxiaochun_v2", "en-US"))
+    assert len(second) > 0 and len(third) > len(second)
+    _, *later = sorted(dashscope.of("tts"), key=lambda task: task.started_at or 0)
+    assert [task.texts for task in later] == [["Second one."], ["And a third."]]
+    # Both later tasks ran on sockets whose handshake was over before they were asked for.
+    assert all(task.opened_at < asked < task.started_at for task in later)
+    assert all(task.payload["parameters"]["voice"] == "longxiaochun_v2" for task in later)
+    assert all(task.authorization == f"Bearer {dashscope.api_key}" for task in later)
+    # Spent sockets are replaced in the background.
+    _wait_for(lambda: dashscope.idle_connections == 2)
+
+
+def test_tts_connections_the_service_closed_are_not_used(
+    dashscope: DashScopeServer, settings: Any
+) -> None:
+    tts = _preconnected_tts(settings, dashscope)
+    dashscope.close_idle()
+    asked = time.monotonic()
+    assert asyncio.run(tts.synthesize("Still here.", "longxiaochun_v2", "en-US"))
+    assert dashscope.of("tts")[-1].texts == ["Still here."]
+    assert dashscope.of("tts")[-1].opened_at > asked  # a new connection, not a closed one
+
+
+def test_tts_another_voice_does_not_take_a_connection_opened_for_the_first(
+    dashscope: DashScopeServer, settings: Any
+) -> None:
+    tts = _preconnected_tts(settings, dashscope, size=1)
+    asked = time.monotonic()
+    assert asyncio.run(tts.synthesize("Hello.", "longwan_v2", "zh-CN"))
+    task = dashscope.of("tts")[-1]
+    assert task.payload["parameters"]["voice"] == "longwan_v2"
+    assert task.payload["parameters"]["language_hints"] == ["zh"]
+    assert task.opened_at > asked
+
+
+def test_tts_closing_the_provider_closes_its_waiting_connections(
+    dashscope: DashScopeServer, settings: Any
+) -> None:
+    _preconnected_tts(settings, dashscope)
+    reset_providers()
+    _wait_for(lambda: dashscope.idle_connections == 0)
+
+
+def test_tts_without_preconnecting_opens_one_connection_per_sentence(
+    dashscope: DashScopeServer, settings: Any
+) -> None:
+    settings.DASHSCOPE_TTS_PRECONNECT = 0
+    for text in ("One.", "Two."):
+        assert asyncio.run(get_tts().synthesize(text, "longxiaochun_v2", "en-US"))
+    time.sleep(0.2)
+    assert dashscope.idle_connections == 0
+    assert len(dashscope.of("ws")) == 0 and len(dashscope.of("tts")) == 2
 
 
 # --- abandoning streams (barge-in) ----------------------------------------------------------

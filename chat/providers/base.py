@@ -46,6 +46,9 @@ class Configurable:
     def from_settings(cls) -> Self:
         return cls()
 
+    def close(self) -> None:
+        """Release what the backend holds open (connections kept ready); it is not used again."""
+
 
 @dataclass(frozen=True)
 class Hypothesis:

@@ -73,6 +73,7 @@ async def check(stage: str) -> CheckResult:
     name = backend_name(stage)
     limit = settings.PROVIDER_TIMEOUT_S + settings.PROVIDER_CONNECT_TIMEOUT_S + 5
     started = time.perf_counter()
+    provider = None
     try:
         provider = await asyncio.to_thread(build, stage)
         detail = await asyncio.wait_for(_CHECKS[stage](provider), limit)
@@ -88,6 +89,9 @@ async def check(stage: str) -> CheckResult:
         detail, ok = f"{type(exc).__name__}: {exc}", False
     else:
         ok = True
+    finally:
+        if provider is not None:
+            provider.close()
     return CheckResult(stage, name, ok, (time.perf_counter() - started) * 1000, detail)
 
 

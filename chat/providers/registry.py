@@ -79,8 +79,11 @@ def get_tts() -> TTSProvider:
 
 
 def reset_providers() -> None:
-    """Forget the built backends; the next `get_*()` builds them again from settings."""
+    """Close and forget the built backends; the next `get_*()` builds them again."""
+    instances = list(_instances.values())
     _instances.clear()
+    for instance in instances:
+        instance.close()
 
 
 @receiver(setting_changed)

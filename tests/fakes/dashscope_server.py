@@ -23,6 +23,7 @@ import math
 import re
 import struct
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -83,6 +84,8 @@ class Received:
     audio_bytes: int = 0
     texts: list[str] = field(default_factory=list)
     actions: list[str] = field(default_factory=list)
+    opened_at: float = field(default_factory=time.monotonic)  # request or handshake
+    started_at: float | None = None  # websocket: when the first message (run-task) came
 
 
 class LoopbackServer:
@@ -153,6 +156,11 @@ class LoopbackServer:
             request.transport.abort()
 
 
+async def until(due: float) -> None:
+    """Sleep until the loop's clock reaches `due` (at once when it already has)."""
+    await asyncio.sleep(max(0.0, due - asyncio.get_running_loop().time()))
+
+
 def words(text: str) -> list[str]:
     """Word-sized pieces with their trailing space, like a model's token deltas."""
     return re.findall(r"\S+\s*", text) or [text]
@@ -173,6 +181,7 @@ class DashScopeServer(LoopbackServer):
         self.api_key = api_key
         self.behaviour = Behaviour()
         self.received: list[Received] = []
+        self._idle: set[web.WebSocketResponse] = set()  # open, no task asked for yet
 
     @property
     def http_base_url(self) -> str:
@@ -188,6 +197,21 @@ class DashScopeServer(LoopbackServer):
 
     def of(self, service: str) -> list[Received]:
         return [item for item in self.received if item.service == service]
+
+    @property
+    def idle_connections(self) -> int:
+        """Websockets open with no task asked for yet (connected ahead of use)."""
+        return len(self._idle)
+
+    def close_idle(self) -> None:
+        """Close every idle websocket, as the service does with connections left unused."""
+        assert self._loop
+
+        async def close() -> None:
+            for ws in list(self._idle):
+                await ws.close()
+
+        asyncio.run_coroutine_threadsafe(close(), self._loop).result(5)
 
     def routes(self, app: web.Application) -> None:
         app.router.add_post("/api/v1/services/aigc/text-generation/generation", self.generation)
@@ -277,7 +301,10 @@ class DashScopeServer(LoopbackServer):
             )
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream;charset=UTF-8"})
         await response.prepare(request)
-        await asyncio.sleep(self.behaviour.first_token_delay)
+        # Pieces leave on a fixed schedule from the request (no drift from sleeps adding up), so
+        # a benchmark's provider time is exactly first_token_delay + (n - 1) * token_delay.
+        due = asyncio.get_running_loop().time() + self.behaviour.first_token_delay
+        await until(due)
         pieces = words(reply)
         for index, piece in enumerate(pieces, start=1):
             if fault and index == 3 and fault.kind in ("midstream", "drop"):
@@ -291,7 +318,8 @@ class DashScopeServer(LoopbackServer):
                 )
                 return response
             if index > 1:
-                await asyncio.sleep(self.behaviour.token_delay)
+                due += self.behaviour.token_delay
+                await until(due)
             last = index == len(pieces)
             data = {
                 "output": {
@@ -347,7 +375,12 @@ class DashScopeServer(LoopbackServer):
             return self._error(Fault("http", status, "ServiceUnavailable", "handshake refused"))
         ws = web.WebSocketResponse(autoping=True)
         await ws.prepare(request)
-        first = await ws.receive()
+        self._idle.add(ws)
+        try:
+            first = await ws.receive()
+        finally:
+            self._idle.discard(ws)
+        item.started_at = time.monotonic()
         if first.type != WSMsgType.TEXT:
             await ws.close()
             return ws
@@ -461,13 +494,14 @@ class DashScopeServer(LoopbackServer):
                 item.texts.append(text)
                 audio = tone(len(text) * self.behaviour.tts_seconds_per_char, sample_rate)
                 step = sample_rate // 10 * 2  # 100 ms chunks
+                due = asyncio.get_running_loop().time()
                 for start in range(0, len(audio), step):
-                    delay = (
+                    due += (
                         self.behaviour.tts_chunk_delay
                         if sent_any
                         else self.behaviour.tts_first_chunk_delay
                     )
-                    await asyncio.sleep(delay)
+                    await until(due)
                     await ws.send_bytes(audio[start : start + step])
                     sent_any = True
                     if fault and fault.kind == "drop":

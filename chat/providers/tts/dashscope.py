@@ -1,21 +1,27 @@
 """CosyVoice through DashScope: `tts_v2.SpeechSynthesizer` in streaming mode.
 
 One synthesizer per utterance (an instance is single-use). The SDK delivers audio on its
-websocket thread; chunks reach the loop through a `ThreadBridge`. Two SDK habits are designed
-around: it never notices a dropped connection and it waits 5 s on a refused or rejected one.
+websocket thread; chunks reach the loop through a `ThreadBridge`. Three SDK habits are designed
+around: it never notices a dropped connection, it waits 5 s on a refused or rejected one, and
+it opens a new connection for every utterance, polling for the open socket every 100 ms.
 `_Synthesizer` therefore overrides the websocket's close and error hooks to report both at
-once, and every wait carries a timeout from settings.
+once and waits for the handshake's own end; `_Preconnected` keeps sockets open ahead of the
+next sentences, so a sentence starts with its `run-task` instead of a handshake. Every wait
+carries a timeout from settings.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import logging
 import re
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import websocket  # websocket-client, the SDK's own transport
 from dashscope.audio.tts_v2 import AudioFormat, ResultCallback, SpeechSynthesizer
 from dashscope.common.error import RequestFailure
 from django.conf import settings
@@ -24,8 +30,14 @@ from chat.providers.base import TTSError, TTSProvider
 from chat.providers.bridge import ThreadBridge
 from chat.providers.cloud import configure_dashscope, failure, timed_out
 
+log = logging.getLogger(__name__)
+
 WHAT = "DashScope TTS"
 SAMPLE_RATE = 22050
+FORMAT = AudioFormat.PCM_22050HZ_MONO_16BIT
+RENEW_AFTER_S = 30.0  # a waiting socket is replaced after this (the SDK's own pool: 25-35 s)
+KEEP_FOR_S = 300.0  # sockets are kept ready for a voice used within this time
+MAINTAIN_EVERY_S = 5.0
 _ESPEAK_NAME = re.compile(r"[a-z]{2,3}(-[a-z0-9]+)*(\+.*)?")
 
 
@@ -33,10 +45,19 @@ class _Callback(ResultCallback):
     """SDK callbacks → bridge. The first end or error wins; later ones (the SDK's own timeout
     after an error was reported, a close after the end) are dropped unbuilt and unlogged."""
 
-    def __init__(self, bridge: ThreadBridge[bytes], key: str) -> None:
-        self.bridge, self.key = bridge, key
+    def __init__(self, key: str, bridge: ThreadBridge[bytes] | None = None) -> None:
+        self.key, self.bridge = key, bridge
         self.reported = threading.Event()
         self._lock = threading.Lock()
+
+    def attach(self, bridge: ThreadBridge[bytes]) -> bool:
+        """Give a pre-connected synthesizer its consumer; False when its socket already ended
+        (then nobody was told, and it must not be used)."""
+        with self._lock:
+            if self.reported.is_set():
+                return False
+            self.bridge = bridge
+            return True
 
     def claim(self) -> bool:
         """True for the first caller only: it reports the outcome."""
@@ -47,15 +68,15 @@ class _Callback(ResultCallback):
             return True
 
     def end(self) -> None:
-        if self.claim():
+        if self.claim() and self.bridge is not None:
             self.bridge.end()
 
     def fail(self, build: Callable[[], TTSError]) -> None:
-        if self.claim():
+        if self.claim() and self.bridge is not None:
             self.bridge.fail(build())
 
     def on_data(self, data: bytes) -> None:
-        if not self.reported.is_set():
+        if not self.reported.is_set() and self.bridge is not None:
             self.bridge.put(bytes(data))
 
     def on_complete(self) -> None:
@@ -71,11 +92,55 @@ class _Callback(ResultCallback):
 
 
 class _Synthesizer(SpeechSynthesizer):
-    """Reports refused, rejected and dropped connections at once instead of timing out."""
+    """Reports refused, rejected and dropped connections at once instead of timing out, and
+    connects without the SDK's 100 ms polling."""
 
-    def __init__(self, *args: Any, reporter: _Callback, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, reporter: _Callback, connect_timeout_s: float, **kwargs: Any
+    ) -> None:
         self._reporter = reporter
+        self._connect_timeout_s = connect_timeout_s
+        self._settled = threading.Event()  # the handshake ended: open, refused or failed
+        self.opened_at: float | None = None
         super().__init__(*args, callback=reporter, **kwargs)
+
+    def connect(self) -> None:
+        """Open the websocket and wait for the handshake to end (the SDK's `__connect` sleeps
+        in 100 ms steps until it sees the socket open: a tenth of a second on every sentence).
+        A refusal has already been reported through the callback when this raises."""
+        self.ws = websocket.WebSocketApp(
+            self.url,
+            header=self.request.get_websocket_headers(
+                headers=self.headers, workspace=self.workspace
+            ),
+            on_open=self._on_open,
+            on_message=self.on_message,
+            on_error=self.on_error,
+            on_close=self.on_close,
+        )
+        self.thread = threading.Thread(
+            target=self.ws.run_forever, name="dashscope-tts-ws", daemon=True
+        )
+        self.thread.start()
+        self._settled.wait(self._connect_timeout_s)
+        if not self.is_open():
+            raise TimeoutError(f"no connection within {self._connect_timeout_s:g} s")
+
+    # The SDK calls this (name-mangled) when a task starts on an unconnected synthesizer.
+    def _SpeechSynthesizer__connect(self, timeout_seconds: float = 5) -> None:  # noqa: N802
+        self.connect()
+
+    def _on_open(self, ws: Any) -> None:
+        self.opened_at = time.monotonic()
+        self._settled.set()
+
+    def is_open(self) -> bool:
+        sock = self.ws.sock if self.ws is not None else None
+        return bool(sock is not None and sock.connected)
+
+    def close_soon(self) -> None:
+        """Close without waiting (the close handshake may take a round trip)."""
+        threading.Thread(target=self.close, name="dashscope-tts-close", daemon=True).start()
 
     def on_error(self, ws: Any, error: Any) -> None:
         status = getattr(error, "status_code", None)
@@ -87,6 +152,7 @@ class _Synthesizer(SpeechSynthesizer):
             )
         else:
             self._reporter.fail(lambda: failure(TTSError, WHAT, exc=error, secrets=(key,)))
+        self._settled.set()
         super().on_error(ws, error)
 
     def on_close(self, ws: Any, close_status_code: Any, close_msg: Any) -> None:
@@ -95,23 +161,178 @@ class _Synthesizer(SpeechSynthesizer):
             key = self._reporter.key
             self._reporter.fail(lambda: failure(TTSError, WHAT, exc=dropped, secrets=(key,)))
             self.complete_event.set()  # release the SDK's own wait too
+        self._settled.set()
         super().on_close(ws, close_status_code, close_msg)
+
+
+# url, API key, model, voice, language hints: what a connection and its task are opened with
+_Key = tuple[str, str, str, str, tuple[str, ...]]
+
+
+class _Preconnected:
+    """Sockets opened ahead of the next sentences, `size` per voice in use: the SDK's
+    `SpeechSynthesizerObjectPool` idea, built on `_Synthesizer` so that its hooks hold.
+
+    `take()` hands out an open one (or None: the caller connects its own) and wakes the
+    maintenance thread to open a replacement; that thread also renews sockets older than
+    RENEW_AFTER_S, drops those the service closed, and stops keeping any for a voice unused for
+    KEEP_FOR_S. A failed pre-connect stops pre-connecting for that voice until its next use, so
+    a refusing service is not called in a loop.
+    """
+
+    def __init__(self, size: int, build: Callable[[_Key, _Callback], _Synthesizer]) -> None:
+        self.size = size
+        self._build = build
+        self._lock = threading.Lock()
+        self._ready: dict[_Key, list[_Synthesizer]] = {}
+        self._used: dict[_Key, float] = {}
+        self._wake = threading.Event()
+        self._closed = False
+        self._thread: threading.Thread | None = None
+
+    def take(self, key: _Key, bridge: ThreadBridge[bytes]) -> _Synthesizer | None:
+        if self.size <= 0:
+            return None
+        found, spent = None, []
+        with self._lock:
+            if self._closed:
+                return None
+            self._used[key] = time.monotonic()
+            ready = self._ready.get(key, [])
+            while ready and found is None:
+                synthesizer = ready.pop(0)
+                if self._usable(synthesizer) and synthesizer._reporter.attach(bridge):
+                    found = synthesizer
+                else:
+                    spent.append(synthesizer)
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="dashscope-tts-preconnect", daemon=True
+                )
+                self._thread.start()
+        for synthesizer in spent:
+            synthesizer.close_soon()
+        self._wake.set()
+        return found
+
+    def ready(self, key: _Key) -> int:
+        with self._lock:
+            return sum(1 for s in self._ready.get(key, []) if self._usable(s))
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            spent = [s for ready in self._ready.values() for s in ready]
+            self._ready.clear()
+        self._wake.set()
+        for synthesizer in spent:
+            synthesizer.close_soon()
+
+    @staticmethod
+    def _usable(synthesizer: _Synthesizer) -> bool:
+        opened = synthesizer.opened_at
+        return (
+            synthesizer.is_open()
+            and not synthesizer._reporter.reported.is_set()
+            and opened is not None
+            and time.monotonic() - opened < RENEW_AFTER_S
+        )
+
+    def _run(self) -> None:
+        while not self._closed:
+            self._wake.wait(MAINTAIN_EVERY_S)
+            self._wake.clear()
+            if self._closed:
+                return
+            try:
+                self._maintain()
+            except Exception:  # noqa: BLE001 - the next round tries again
+                log.exception("pre-connecting DashScope TTS sockets failed")
+
+    def _maintain(self) -> None:
+        now, spent, wanted = time.monotonic(), [], []
+        with self._lock:
+            for key, used in list(self._used.items()):
+                ready = self._ready.setdefault(key, [])
+                keep = [s for s in ready if self._usable(s)] if now - used < KEEP_FOR_S else []
+                spent += [s for s in ready if s not in keep]
+                self._ready[key] = keep
+                if now - used < KEEP_FOR_S:
+                    wanted += [key] * (self.size - len(keep))
+                else:
+                    del self._used[key], self._ready[key]
+        for synthesizer in spent:
+            synthesizer.close_soon()
+        for key in wanted:
+            synthesizer = None
+            try:
+                synthesizer = self._build(key, _Callback(key[1]))
+                synthesizer.connect()
+            except Exception:  # noqa: BLE001 - refused or unreachable: not until the next use
+                log.debug("pre-connecting a DashScope TTS socket failed", exc_info=True)
+                if synthesizer is not None:
+                    synthesizer.close_soon()
+                with self._lock:
+                    self._used.pop(key, None)
+                continue
+            with self._lock:
+                if not self._closed and key in self._used:
+                    self._ready[key].append(synthesizer)
+                    synthesizer = None
+            if synthesizer is not None:
+                synthesizer.close_soon()
 
 
 class DashScopeTTS(TTSProvider):
     name = "dashscope"
     sample_rate = SAMPLE_RATE
 
-    def __init__(self, model: str, default_voice: str, timeout_s: float) -> None:
+    def __init__(
+        self,
+        model: str,
+        default_voice: str,
+        timeout_s: float,
+        connect_timeout_s: float = 5.0,
+        preconnect: int = 0,
+    ) -> None:
         self.model = model
         self.default_voice = default_voice
         self.timeout_s = timeout_s
+        self.connect_timeout_s = connect_timeout_s
+        self.preconnected = _Preconnected(preconnect, self._new)
 
     @classmethod
     def from_settings(cls) -> DashScopeTTS:
         return cls(
-            settings.DASHSCOPE_TTS_MODEL, settings.DASHSCOPE_TTS_VOICE, settings.PROVIDER_TIMEOUT_S
+            settings.DASHSCOPE_TTS_MODEL,
+            settings.DASHSCOPE_TTS_VOICE,
+            settings.PROVIDER_TIMEOUT_S,
+            settings.PROVIDER_CONNECT_TIMEOUT_S,
+            settings.DASHSCOPE_TTS_PRECONNECT,
         )
+
+    def close(self) -> None:
+        self.preconnected.close()
+
+    def _new(self, key: _Key, callback: _Callback) -> _Synthesizer:
+        url, _, model, voice, hints = key
+        return _Synthesizer(
+            model=model,
+            voice=voice,
+            format=FORMAT,
+            language_hints=list(hints) or None,
+            url=url,
+            reporter=callback,
+            connect_timeout_s=self.connect_timeout_s,
+        )
+
+    def key(self, voice: str, language: str) -> _Key:
+        """What a connection for this voice is opened with (configures the SDK first)."""
+        import dashscope
+
+        api_key = configure_dashscope()
+        hints = (language.split("-")[0].lower(),) if language else ()
+        return (dashscope.base_websocket_api_url, api_key, self.model, self._voice(voice), hints)
 
     def _voice(self, voice: str) -> str:
         """CosyVoice ids look like "longxiaochun_v2"; an espeak-ng name ("en-us+f3") is not one."""
@@ -138,16 +359,12 @@ class DashScopeTTS(TTSProvider):
     async def stream(self, text: str, voice: str, language: str) -> AsyncIterator[bytes]:
         if not text.strip():
             return
-        key = configure_dashscope()
+        key = self.key(voice, language)
         bridge: ThreadBridge[bytes] = ThreadBridge()
-        callback = _Callback(bridge, key)
-        synthesizer = _Synthesizer(
-            model=self.model,
-            voice=self._voice(voice),
-            format=AudioFormat.PCM_22050HZ_MONO_16BIT,
-            language_hints=[language.split("-")[0].lower()] if language else None,
-            reporter=callback,
-        )
+        synthesizer = self.preconnected.take(key, bridge)
+        if synthesizer is None:
+            synthesizer = self._new(key, _Callback(key[1], bridge))
+        callback = synthesizer._reporter
         threading.Thread(
             target=self._synthesize,
             args=(synthesizer, text, callback),
@@ -161,6 +378,4 @@ class DashScopeTTS(TTSProvider):
                 yield chunk
         finally:
             if callback.claim():  # abandoned (barge-in) or timed out
-                threading.Thread(
-                    target=synthesizer.close, name="dashscope-tts-close", daemon=True
-                ).start()
+                synthesizer.close_soon()
