@@ -19,11 +19,18 @@ throw-away SQLite database and media folder. Then, in this process:
 3. Capacity: K concurrent WebRTC sessions, each talking turn after turn, while the web
    process's CPU is read from /proc/<pid>/stat; also K idle connected sessions.
 
+0. Before those, the WebRTC media path alone: the same client peer connected to a bare aiortc
+   peer in this process (`BarePeer`: the server's resampling and VAD on what it receives, the
+   server's speaker track for what it sends; no session, no providers).
+
 Provider time of a stage = the fake's configured delays on its path (ASR final after the
 stream ends; LLM first token, then per token up to the end of the first sentence or of the
-reply; TTS first chunk). The VAD's end-of-speech hangover (silence needed to end an utterance,
-a design parameter) is computed by running the server's own VAD over the same audio and is
-reported apart. Overhead = measured - provider time - hangover.
+reply; TTS first chunk); the fake keeps to them on a fixed schedule. The VAD's end-of-speech
+hangover (silence needed to end an utterance, a design parameter) is computed by running the
+server's own VAD over the same audio and is reported apart. Overhead = measured - provider
+time - what comes before and after the service: over the websocket the hangover; over WebRTC
+the bare peers' median time from the end of speech to their VAD's end (transport plus the
+hangover on the decoded audio) and from queueing reply audio to hearing it at the client.
 
     .venv/bin/python bench/realtime.py --turns 20 --ws-turns 10 --sessions 5,10,20
 
@@ -361,6 +368,102 @@ class WebRTCClient:
             await asyncio.gather(self._reader, return_exceptions=True)
 
 
+class BarePeer:
+    """The WebRTC media path without the service: an aiortc peer that turns the client's audio
+    into 16 kHz mono and runs the server's VAD over it (noting when it ends an utterance), and
+    sends the server's own speaker track, fed on demand. What the WebRTC audio path costs on
+    its own (Opus framing and codec delay, RTP, the client's playout buffer, the 20 ms pacing of
+    the outgoing track), measured in the same run as the service, so that it can be told apart
+    from the service's own overhead."""
+
+    def __init__(self) -> None:
+        from aiortc import RTCPeerConnection
+
+        from chat.realtime.speaker import SpeakerTrack
+
+        self.pc = RTCPeerConnection()
+        self.speaker = SpeakerTrack()
+        self.pc.addTrack(self.speaker)
+        self.vad_ends: list[float] = []
+        self.vad_ended = asyncio.Event()
+        self._reader: asyncio.Task[None] | None = None
+        self.pc.on("track", self._on_track)
+
+    def _on_track(self, track: Any) -> None:
+        if track.kind == "audio":
+            self._reader = asyncio.create_task(self._read(track))
+
+    async def _read(self, track: Any) -> None:
+        import av
+        from aiortc.mediastreams import MediaStreamError
+
+        from chat.realtime.pcm import frame_pcm
+        from chat.realtime.vad import EnergyVAD
+
+        vad = EnergyVAD()
+        size = vad.config.frame_samples * 2
+        resampler = av.AudioResampler(format="s16", layout="mono", rate=16000)
+        pending = b""
+        while True:
+            try:
+                frame = await track.recv()
+            except MediaStreamError:
+                return
+            for out in resampler.resample(frame):
+                pending += frame_pcm(out)
+            while len(pending) >= size:
+                chunk, pending = pending[:size], pending[size:]
+                if vad.update(np.frombuffer(chunk, dtype=np.int16)) == "speech_end":
+                    self.vad_ends.append(time.monotonic())
+                    self.vad_ended.set()
+
+    async def connect(self, client: WebRTCClient) -> None:
+        await client.pc.setLocalDescription(await client.pc.createOffer())
+        from chat.realtime.peer import low_latency_audio_in
+
+        await self.pc.setRemoteDescription(client.pc.localDescription)
+        low_latency_audio_in(self.pc)  # as the server's peer does
+        await self.pc.setLocalDescription(await self.pc.createAnswer())
+        await client.pc.setRemoteDescription(self.pc.localDescription)
+
+    async def close(self) -> None:
+        await self.pc.close()
+        if self._reader is not None:
+            self._reader.cancel()
+            await asyncio.gather(self._reader, return_exceptions=True)
+
+
+async def webrtc_media_baseline(utterance: np.ndarray, turns: int) -> dict[str, list[float]]:
+    """Per turn: capture of the user's last loud sample → the bare peer's VAD ending the
+    utterance ("inbound": transport plus the VAD's hangover on the decoded audio), and reply
+    audio queued on the speaker track → its first loud frame at the client ("outbound")."""
+    client, bare = WebRTCClient(), BarePeer()
+    inbound: list[float] = []
+    outbound: list[float] = []
+    tone = (3000 * np.sin(2 * np.pi * 220 * np.arange(48000) / 48000)).astype(np.int16)
+    try:
+        await bare.connect(client)
+        await asyncio.sleep(1.5)  # connected; the VAD's noise floor settles
+        for n in range(turns + 1):
+            bare.vad_ended.clear()
+            speech = client.mic.play(utterance)
+            end = await speech.ended()
+            await asyncio.wait_for(bare.vad_ended.wait(), 10)
+            ends = [t for t in bare.vad_ends if t > end]
+            await asyncio.sleep(0.2)
+            queued = time.monotonic()
+            await bare.speaker.write(tone.tobytes(), 48000)
+            heard = await first_loud(client.received, queued, 5)
+            await asyncio.sleep(1.2)
+            if n and ends:  # the first turn warms up
+                inbound.append((ends[0] - end) * 1000)
+                outbound.append((heard - queued) * 1000)
+    finally:
+        await client.close()
+        await bare.close()
+    return {"inbound": inbound, "outbound": outbound}
+
+
 TRACE = bool(os.environ.get("BENCH_TRACE"))
 CLIENT_PREFETCH: int | None = None
 
@@ -677,6 +780,7 @@ def main() -> None:
         async def body() -> dict[str, Any]:
             utterance, barge = load_pcm(UTTERANCE, MIC_RATE), load_pcm(BARGE, MIC_RATE)
             out: dict[str, Any] = {}
+            out["media"] = await webrtc_media_baseline(utterance, max(3, args.turns // 2))
             out["webrtc"] = await webrtc_turns(url, args.turns, utterance, barge)
             if args.ws_turns:
                 out["websocket"] = await websocket_turns(
@@ -707,13 +811,24 @@ def main() -> None:
         "vad_hangover_ms": round(hangover, 1),
         "server_timings_ms": timings,
     }
+    media = measured["media"]
+    inbound, outbound = median(media["inbound"]) or 0.0, median(media["outbound"]) or 0.0
+    result["webrtc_media_path_ms"] = {
+        "inbound_to_vad_end": summary(media["inbound"]),
+        "inbound_transport": round(inbound - hangover, 1),
+        "outbound": summary(media["outbound"]),
+    }
     for path in ("webrtc", "websocket"):
         if path not in measured:
             continue
         turns, barge = measured[path]
         stages = ("asr_result", "text_delta", "text_response", "tts_start", "first_audio")
+        # Over the websocket the hangover is all that precedes the service's own work; over
+        # WebRTC the media path measured without the service is (inbound, then outbound).
+        before = inbound if path == "webrtc" else hangover
+        after = {"first_audio": outbound if path == "webrtc" else 0.0}
         overhead = {
-            k: summary([t[k] - providers[k] - hangover for t in turns])
+            k: summary([t[k] - providers[k] - before - after.get(k, 0.0) for t in turns])
             for k in ("asr_result", "text_response", "first_audio")
         }
         result[path] = {

@@ -88,6 +88,27 @@ def test_speaker_clear_silences_the_next_frame_and_releases_drained() -> None:
     run(body())
 
 
+def test_speaker_hold_pauses_the_speech_and_resume_goes_on_where_it_stopped() -> None:
+    async def body() -> None:
+        tone = (8000 * np.sin(2 * np.pi * 440 * np.arange(SAMPLE_RATE) / SAMPLE_RATE)).astype(
+            np.int16
+        )
+        track = SpeakerTrack()
+        await track.write(tone.tobytes(), SAMPLE_RATE)
+        first = frame_pcm(await track.recv())
+        track.hold(True)
+        held = [frame_pcm(await track.recv()) for _ in range(3)]
+        assert all(not frame.any() for frame in held)  # silence while held...
+        assert abs(track.queued_ms - (1000 - 20)) < 1  # ...and nothing dropped
+        track.hold(False)
+        resumed = frame_pcm(await track.recv())
+        assert np.array_equal(first, tone[:FRAME_SAMPLES])
+        assert np.array_equal(resumed, tone[FRAME_SAMPLES : 2 * FRAME_SAMPLES])
+        track.stop()
+
+    run(body())
+
+
 # --- VAD -----------------------------------------------------------------------------------
 
 
@@ -186,6 +207,28 @@ def test_listener_splits_utterances_on_silence_with_interims_and_finals() -> Non
             interims = [e for e in ctx.events if e["utterance_id"] == uid]
             assert interims and len({e["text"] for e in interims}) == len(interims)
         assert all(s.closed for s in asr.streams)
+        await listener.close()
+
+    run(body())
+
+
+def test_listener_pauses_on_the_first_speech_like_frame_and_resumes_after_a_click() -> None:
+    async def body() -> None:
+        asr, ctx = EchoASR(), FakeContext()
+        listener = make_listener(asr, ctx)
+        calls: list[tuple[bool, int]] = []  # (paused?, barge-ins so far)
+        listener.on_maybe_speech = lambda held: calls.append((held, ctx.barge_ins))
+        quiet = np.zeros(16000, dtype=np.int16)
+        rng = np.random.default_rng(7)
+        click = rng.integers(-12000, 12000, 320, dtype=np.int16)  # one loud 20 ms frame
+        await listener.feed(np.concatenate([quiet, click, quiet]).tobytes())
+        assert calls == [(True, 0), (False, 0)] and ctx.barge_ins == 0
+        assert not listener.in_utterance
+        calls.clear()
+        await feed_in_chunks(listener, np.concatenate([speech_16k(), quiet]), chunk=640)
+        # Paused at the first speech frame; resumed only after the barge-in ran.
+        assert calls[:2] == [(True, 0), (False, 1)]
+        await listener.stop()
         await listener.close()
 
     run(body())

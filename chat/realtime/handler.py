@@ -326,10 +326,18 @@ class RealtimeHandler:
             on_error=self._on_asr_error,
             vad_config=self._vad_config,
             final_timeout_s=float(settings.PROVIDER_TIMEOUT_S),
+            on_maybe_speech=self._hold_speech,
         )
         self._span = _Span(
             transport, listener, ref, rate if transport == "websocket" else SAMPLE_RATE
         )
+
+    def _hold_speech(self, held: bool) -> None:
+        """Pause the reply on the outgoing track while the user may be starting to talk (the
+        websocket transport sends reply audio ahead of playback: nothing to pause there)."""
+        speaker = self._peer.speaker if self._peer is not None else None
+        if speaker is not None:
+            speaker.hold(held)
 
     async def _asr_stop(self, msg: dict[str, Any], ref: str | None) -> None:
         span = self._span

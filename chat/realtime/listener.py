@@ -30,6 +30,7 @@ PRE_ROLL_MS = 300
 _NO_SPACE_LANGUAGES = ("zh", "ja", "ko", "th")
 
 SpeechStartCallback = Callable[[], Awaitable[None]]
+MaybeSpeechCallback = Callable[[bool], None]
 TextCallback = Callable[[str, str], Awaitable[None]]
 ErrorCallback = Callable[[ProviderError], Awaitable[None]]
 
@@ -134,10 +135,16 @@ class Listener:
         on_error: ErrorCallback,
         vad_config: VADConfig | None = None,
         final_timeout_s: float = 30.0,
+        on_maybe_speech: MaybeSpeechCallback | None = None,
     ) -> None:
         self.asr = asr
         self.language = language
         self.on_speech_start = on_speech_start
+        # Called with True at the first speech-like frame outside an utterance and with False
+        # when those frames became a start or died away: the reply's speech pauses meanwhile,
+        # so a barge-in is silent after one frame instead of after the VAD's start_ms.
+        self.on_maybe_speech = on_maybe_speech
+        self._rising = False
         self.on_interim = on_interim
         self.on_final = on_final
         self.on_error = on_error
@@ -172,10 +179,17 @@ class Listener:
 
     async def _frame(self, frame: bytes) -> None:
         event = self.vad.update(np.frombuffer(frame, dtype=np.int16))
+        if self.vad.rising and not self._rising:
+            self._maybe_speech(True)
         if event == "speech_start":
             self._pre_roll.append(frame)
-            await self._start_utterance()
+            try:
+                await self._start_utterance()
+            finally:
+                self._maybe_speech(False)  # after the barge-in cleared what was paused
             return
+        if self._rising and not self.vad.rising:
+            self._maybe_speech(False)  # it died away: a click, a breath
         if self._current is not None:
             self._current.queue.put_nowait(frame)
             if event == "speech_end":
@@ -197,6 +211,12 @@ class Listener:
         # After the utterance exists, so a slow barge-in never delays the recogniser.
         await self.on_speech_start()
 
+    def _maybe_speech(self, rising: bool) -> None:
+        if rising != self._rising:
+            self._rising = rising
+            if self.on_maybe_speech is not None:
+                self.on_maybe_speech(rising)
+
     def _end_utterance(self) -> asyncio.Task[None] | None:
         utterance, self._current = self._current, None
         if utterance is None:
@@ -213,6 +233,7 @@ class Listener:
             self._current.queue.put_nowait(bytes(self._pending))
         self._pending.clear()
         self.vad.reset()
+        self._maybe_speech(False)
         self._end_utterance()
         await self._finishing.wait()
 
@@ -221,6 +242,7 @@ class Listener:
         if self._closed:
             return
         self._closed = True
+        self._maybe_speech(False)
         utterance, self._current = self._current, None
         await self._finishing.cancel()
         if utterance is not None:

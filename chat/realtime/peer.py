@@ -88,7 +88,7 @@ def parse_candidate(candidate: str, sdp_mid: str | None, sdp_mline_index: int | 
 AUDIO_IN_PREFETCH = 0
 
 
-def _low_latency_audio_in(pc: RTCPeerConnection) -> None:
+def low_latency_audio_in(pc: RTCPeerConnection) -> None:
     """Replace the jitter buffer of every audio receiver by one without prefetch."""
     for transceiver in pc.getTransceivers():
         receiver = transceiver.receiver
@@ -157,7 +157,7 @@ class PeerSession:
             raise WebRTCError("invalid SDP offer: no media section")
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
         self._remote_set = True
-        _low_latency_audio_in(self.pc)
+        low_latency_audio_in(self.pc)
         pending, self._pending_candidates = self._pending_candidates, []
         for candidate in pending:
             await self.pc.addIceCandidate(candidate)

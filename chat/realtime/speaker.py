@@ -4,7 +4,8 @@ aiortc's sender pulls frames from `recv()` as fast as it returns them, so the tr
 the real-time clock (as aiortc's own AudioStreamTrack does). Reply audio is queued as 48 kHz mono
 PCM16, Opus's native rate, so the encoder's resampler has nothing left to do but duplicate the
 channel; `clear()` empties the queue so the very next frame is silence, which is what makes
-barge-in stop speech within one 20 ms frame.
+barge-in stop speech within one 20 ms frame. `hold()` pauses the speech without dropping it
+(silence meanwhile), while the VAD decides whether what it hears is the user starting to talk.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ class SpeakerTrack(MediaStreamTrack):
         self._silence = bytes(FRAME_BYTES)
         self.frames_sent = 0
         self.speech_frames_sent = 0
+        self.held = False
 
     @property
     def queued_ms(self) -> float:
@@ -61,6 +63,10 @@ class SpeakerTrack(MediaStreamTrack):
         if pcm:
             self._buffer += pcm
             self._drained.clear()
+
+    def hold(self, held: bool) -> None:
+        """Pause (True) or resume (False) the queued speech; frames are silence while held."""
+        self.held = held
 
     def clear(self) -> None:
         """Drop everything queued (barge-in): the next frame sent is silence."""
@@ -96,7 +102,7 @@ class SpeakerTrack(MediaStreamTrack):
         if self.readyState != "live":
             raise MediaStreamError
 
-        if self._buffer:
+        if self._buffer and not self.held:
             chunk = bytes(self._buffer[:FRAME_BYTES])
             del self._buffer[:FRAME_BYTES]
             if len(chunk) < FRAME_BYTES:

@@ -105,6 +105,11 @@ class EnergyVAD:
     def threshold_db(self) -> float:
         return max(self.noise_floor_db + self.config.margin_db, self.config.min_speech_db)
 
+    @property
+    def rising(self) -> bool:
+        """Speech-like frames were just heard but are not yet a start (they may be a click)."""
+        return not self.speaking and self._run > 0
+
     def reset(self) -> None:
         """Forget the current utterance (the noise floor is kept)."""
         self.speaking = False
