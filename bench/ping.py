@@ -95,7 +95,17 @@ def main() -> None:
         "--env", action="append", default=[], help="NAME=VALUE for the started server"
     )
     parser.add_argument("--redis-db", type=int, help="default: a free one of 1-15")
+    parser.add_argument(
+        "--client-loop",
+        choices=["asyncio", "uvloop"],
+        default="asyncio",
+        help="the event loop of this client process (the server's is WEB_LOOP)",
+    )
     args = parser.parse_args()
+    if args.client_loop == "uvloop":
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     import resource
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

@@ -47,6 +47,7 @@ import contextlib
 import fractions
 import json
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -450,7 +451,8 @@ async def webrtc_media_baseline(utterance: np.ndarray, turns: int) -> dict[str, 
             end = await speech.ended()
             await asyncio.wait_for(bare.vad_ended.wait(), 10)
             ends = [t for t in bare.vad_ends if t > end]
-            await asyncio.sleep(0.2)
+            # Anywhere within a frame of the track's 20 ms pacing, as a reply's first chunk is.
+            await asyncio.sleep(0.2 + random.random() * 0.02)
             queued = time.monotonic()
             await bare.speaker.write(tone.tobytes(), 48000)
             heard = await first_loud(client.received, queued, 5)
