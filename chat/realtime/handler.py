@@ -335,7 +335,7 @@ class RealtimeHandler:
     def _hold_speech(self, held: bool) -> None:
         """Pause the reply on the outgoing track while the user may be starting to talk (the
         websocket transport sends reply audio ahead of playback: nothing to pause there)."""
-        speaker = self._peer.speaker if self._peer is not None else None
+        speaker = self.speaker()
         if speaker is not None:
             speaker.hold(held)
 

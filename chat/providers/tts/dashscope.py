@@ -253,14 +253,15 @@ class _Preconnected:
         now, spent, wanted = time.monotonic(), [], []
         with self._lock:
             for key, used in list(self._used.items()):
-                ready = self._ready.setdefault(key, [])
-                keep = [s for s in ready if self._usable(s)] if now - used < KEEP_FOR_S else []
+                ready = self._ready.pop(key, [])
+                if now - used >= KEEP_FOR_S:  # the voice went quiet: keep nothing for it
+                    del self._used[key]
+                    spent += ready
+                    continue
+                keep = [s for s in ready if self._usable(s)]
                 spent += [s for s in ready if s not in keep]
                 self._ready[key] = keep
-                if now - used < KEEP_FOR_S:
-                    wanted += [key] * (self.size - len(keep))
-                else:
-                    del self._used[key], self._ready[key]
+                wanted += [key] * (self.size - len(keep))
         for synthesizer in spent:
             synthesizer.close_soon()
         for key in wanted:
@@ -277,7 +278,7 @@ class _Preconnected:
                 continue
             with self._lock:
                 if not self._closed and key in self._used:
-                    self._ready[key].append(synthesizer)
+                    self._ready.setdefault(key, []).append(synthesizer)
                     synthesizer = None
             if synthesizer is not None:
                 synthesizer.close_soon()
