@@ -131,11 +131,14 @@ TURN_TTL_S = 3600
 
 
 def _redis() -> Any:
+    """Retries through a dropped connection or a restart of Redis (chat.layers.sync_retry)."""
     import redis
+
+    from chat.layers import sync_retry
 
     global _client
     if _client is None:
-        _client = redis.Redis.from_url(settings.REDIS_URL)
+        _client = redis.Redis.from_url(settings.REDIS_URL, retry=sync_retry())
     return _client
 
 
@@ -172,8 +175,19 @@ def unfinished_renders(session_id: uuid.UUID | str) -> list[str]:
 
 
 def stop_turn(session_id: uuid.UUID | str) -> bool:
-    """Revoke the session's upload chain and renders in flight. True if there was one."""
-    chain_ids, render_ids = take_turn(session_id), unfinished_renders(session_id)
-    revoke_tasks(chain_ids)
-    cancel_renders(render_ids)
+    """Revoke the session's upload chain and renders in flight. True if there was one.
+
+    With Redis unreachable past the clients' retries this stops nothing and says so in the
+    log; the tasks then find the session ended (or their files deleted) and stop by themselves.
+    """
+    import redis
+    from kombu.exceptions import OperationalError
+
+    try:
+        chain_ids, render_ids = take_turn(session_id), unfinished_renders(session_id)
+        revoke_tasks(chain_ids)
+        cancel_renders(render_ids)
+    except (redis.RedisError, OSError, OperationalError) as exc:
+        log.warning("could not stop the turn of session %s: %s", session_id, exc)
+        return False
     return bool(chain_ids or render_ids)

@@ -118,9 +118,10 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- redis: broker, results, channel layer -----------------------------------------------------
 REDIS_URL = env_url("REDIS_URL", "redis://127.0.0.1:6379/0", ["redis", "rediss", "unix"])
+# chat.layers: channels_redis's layer riding out Redis disconnects and restarts
 CHANNEL_LAYERS = {
     "default": {
-        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "BACKEND": "chat.layers.ResilientRedisChannelLayer",
         "CONFIG": {"hosts": [REDIS_URL], "capacity": 500, "expiry": 60},
     }
 }
