@@ -22,7 +22,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
 from avatars.models import Avatar
-from chat import sessions
+from chat import presence, sessions
 from chat.models import ChatSession, EndReason
 from chat.protocol import (
     AUDIO_FORMATS,
@@ -92,8 +92,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
             )
             return
         self.avatar = avatar
+        web_process = await presence.announce()  # its sessions end soon after it dies
         self.session = await database_sync_to_async(sessions.open_session)(
-            avatar, mode, language, self._client_info()
+            avatar, mode, language, self._client_info(), web_process
         )
         self.session_id = str(self.session.id)
         self.language = language

@@ -20,6 +20,7 @@ class EndReason(models.TextChoices):
     DISCONNECTED = "disconnected", "Connection dropped"
     TIMEOUT = "timeout", "Idle timeout"
     ERROR = "error", "Server error"
+    SERVER_LOST = "server_lost", "Its web process died"
 
 
 def new_token() -> str:
@@ -40,6 +41,9 @@ class ChatSession(models.Model):
     ended_at = models.DateTimeField(null=True, blank=True, db_index=True)
     end_reason = models.CharField(max_length=16, choices=EndReason.choices, blank=True)
     files_deleted = models.PositiveIntegerField(default=0)
+    # the web process holding the WebSocket (chat.presence): the cleanup ends the session
+    # soon after that process dies
+    web_process = models.CharField(max_length=64, blank=True, editable=False)
 
     class Meta:
         ordering = ["-started_at"]

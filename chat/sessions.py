@@ -20,10 +20,15 @@ log = logging.getLogger(__name__)
 
 
 def open_session(
-    avatar: Avatar, mode: str, language: str, client_info: dict[str, Any]
+    avatar: Avatar, mode: str, language: str, client_info: dict[str, Any], web_process: str = ""
 ) -> ChatSession:
+    """`web_process`: the announced process holding the WebSocket (chat.presence)."""
     return ChatSession.objects.create(
-        avatar=avatar, mode=mode, language=language, client_info=client_info
+        avatar=avatar,
+        mode=mode,
+        language=language,
+        client_info=client_info,
+        web_process=web_process,
     )
 
 
@@ -112,13 +117,46 @@ def purge_expired(now: Any = None) -> int:
     return per_model.get(ChatSession._meta.label, 0)
 
 
+def orphaned_sessions() -> list[uuid.UUID]:
+    """Open sessions whose web process died: it stopped renewing its presence in Redis.
+
+    Nothing when Redis cannot tell (unreachable, or restarted less than one presence TTL ago):
+    those sessions end by the idle timeout at the latest."""
+    import redis
+
+    from chat import presence
+
+    open_sessions = ChatSession.objects.filter(ended_at__isnull=True).exclude(web_process="")
+    processes = set(open_sessions.values_list("web_process", flat=True).distinct())
+    if not processes:
+        return []
+    try:
+        live = presence.alive(processes)
+    except (redis.RedisError, OSError) as exc:
+        log.warning("cleanup: cannot tell which web processes are alive: %s", exc)
+        return []
+    if live is None:
+        log.info("cleanup: Redis restarted recently, dead web processes are looked for later")
+        return []
+    dead = processes - live
+    if not dead:
+        return []
+    log.warning("cleanup: web process(es) gone: %s", ", ".join(sorted(dead)))
+    return list(open_sessions.filter(web_process__in=dead).values_list("id", flat=True))
+
+
 def cleanup(now: Any = None) -> dict[str, int]:
-    """End idle sessions (their consumers are gone or silent) and purge old history."""
+    """End the sessions of dead web processes and idle sessions (their consumers are gone or
+    silent), deleting their files, and purge old history."""
+    orphaned = 0
+    for session_id in orphaned_sessions():
+        end_session(session_id, EndReason.SERVER_LOST)
+        orphaned += 1
     ended = 0
     for session_id in idle_sessions(now):
         end_session(session_id, EndReason.TIMEOUT)
         ended += 1
-    return {"ended": ended, "purged": purge_expired(now)}
+    return {"ended": ended, "orphaned": orphaned, "purged": purge_expired(now)}
 
 
 USER = Role.USER

@@ -50,7 +50,7 @@ def test_history_past_retention_is_purged(avatars, media_root: Path) -> None:
     recent = make_session(avatars[0], timedelta(days=2), ended=timedelta(days=2))
     with override_settings(SESSION_RETENTION_DAYS=30):
         result = sessions.cleanup()
-    assert result == {"ended": 0, "purged": 1}
+    assert result == {"ended": 0, "orphaned": 0, "purged": 1}
     assert not ChatSession.objects.filter(pk=old.pk).exists()
     assert not Message.objects.filter(session_id=old.pk).exists()
     assert ChatSession.objects.filter(pk=recent.pk).exists()
