@@ -44,9 +44,15 @@ MAX_DELAY_S = 1.0
 
 def sync_retry(attempts: int = 10) -> Retry:
     """The retry policy of synchronous Redis clients (session turns, presence): ten attempts,
-    0.1 s doubling to 1 s apart, about 6 s in all: a restart or a short pause of Redis is
+    0.1 s doubling to 1 s apart, about 7.5 s in all: a restart or a short pause of Redis is
     ridden out, a longer outage fails the one operation."""
-    return Retry(ExponentialBackoff(cap=MAX_DELAY_S, base=FIRST_DELAY_S), attempts)
+    # OSError too: redis-py connects outside the command's retry, and a refused connect
+    # surfaces there as a plain ConnectionRefusedError
+    return Retry(
+        ExponentialBackoff(cap=MAX_DELAY_S, base=FIRST_DELAY_S),
+        attempts,
+        supported_errors=RETRYABLE,
+    )
 
 
 class ResilientRedisChannelLayer(RedisChannelLayer):

@@ -10,6 +10,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import F
 from django.utils import timezone
 
 from avatars.models import Avatar
@@ -85,13 +86,11 @@ def end_session(session_id: uuid.UUID | str, reason: EndReason | str) -> int:
     if updated:
         stop_turn(session_id)
     deleted = delete_session_files(session_id)
-    session = ChatSession.objects.filter(pk=session_id).first()
-    if session is None:
-        return deleted
-    if deleted:
-        session.files_deleted += deleted
-        session.save(update_fields=["files_deleted"])
-    return session.files_deleted
+    rows = ChatSession.objects.filter(pk=session_id)
+    if deleted:  # one UPDATE: the row may be gone meanwhile (history purged)
+        rows.update(files_deleted=F("files_deleted") + deleted)
+    total = rows.values_list("files_deleted", flat=True).first()
+    return deleted if total is None else total
 
 
 def idle_sessions(now: Any = None) -> list[uuid.UUID]:

@@ -11,6 +11,8 @@ from typing import Any
 from celery import chain
 from channels.db import database_sync_to_async
 from django.conf import settings
+from kombu.exceptions import OperationalError
+from redis.exceptions import RedisError
 
 from chat import sessions
 from chat.audio import TARGET_RATE, AudioInvalid, decode_upload, pcm_to_wav
@@ -72,6 +74,13 @@ async def start_upload_turn(consumer: Any, data: bytes, ref: str | None) -> None
         await database_sync_to_async(accept_upload)(consumer.session_id, pcm, ref)
     except UploadRefused as exc:
         await consumer.send_error(exc.code, exc.message, ref=ref)
+    except (RedisError, OperationalError):  # past the clients' retries: this turn only
+        await consumer.send_error(
+            Err.INTERNAL,
+            "the task queue (Redis) is unreachable, try again",
+            retryable=True,
+            ref=ref,
+        )
 
 
 async def cancel_running_turns(consumer: Any) -> bool:

@@ -76,6 +76,9 @@ class RedisServer:
 
     def restart(self) -> None:
         self.proc.stop()
+        self.start()
+
+    def start(self) -> None:
         self.proc = self._start()
 
     def stop(self) -> None:
@@ -238,3 +241,26 @@ def test_a_restarted_redis_is_rejoined_by_sessions_workers_and_heartbeats(
     wait_for(lambda: worker_heartbeat(redis_server, nodename), 30, "beating again")
     wait_for(lambda: healthz(stack["http"])[0] == 200, 60, "healthy")
     assert "Exception inside application" not in stack["web"].log_tail(200_000)
+
+
+def test_a_turn_while_redis_is_down_fails_with_its_code_and_the_session_goes_on(
+    stack: dict, redis_server: RedisServer
+) -> None:
+    async def body() -> tuple[list[int | None], dict, dict]:
+        clients = await open_sessions(stack["ws"], 3)
+        await asyncio.to_thread(redis_server.stop)
+        try:
+            await clients[0].ws.send(speak(UTTERANCE).read_bytes())
+            failure = await clients[0].until("error", timeout=120)
+            await ping_all(clients, 1)
+        finally:
+            await asyncio.to_thread(redis_server.start)
+        spoken = await text_turn(clients[0], "Are you still there?")
+        await ping_all(clients, 2)
+        return await close_all(clients), failure, spoken
+
+    codes, failure, spoken = run(body(), timeout=240)
+    assert codes == [None] * 3
+    assert failure["code"] == "ERR_INTERNAL" and failure["retryable"] is True
+    assert "Redis" in failure["message"]
+    assert spoken["audio_url"]
