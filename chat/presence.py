@@ -75,15 +75,19 @@ async def _write(client: Any) -> None:
 
 async def _keep_announcing(client: Any) -> None:
     """Renew the key for as long as the process lives; Redis errors only shorten the wait."""
-    delay = refresh_interval_s()
+    delay, failing = refresh_interval_s(), False
     while True:
         await asyncio.sleep(delay)
         try:
             await _write(client)
-            delay = refresh_interval_s()
         except (redis.RedisError, OSError) as exc:
-            log.warning("could not renew web process %s: %s", process_id(), exc)
-            delay = min(refresh_interval_s(), 1.0)
+            if not failing:
+                log.warning("could not renew web process %s, retrying: %s", process_id(), exc)
+            delay, failing = min(refresh_interval_s(), 1.0), True
+            continue
+        if failing:
+            log.warning("web process %s announced again", process_id())
+        delay, failing = refresh_interval_s(), False
 
 
 def alive(processes: Iterable[str]) -> set[str] | None:
