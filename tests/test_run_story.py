@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -176,3 +177,70 @@ def test_a_process_that_keeps_dying_stops_the_stack_with_one_line_naming_it(
     assert log.count("respawn: flaky exited with status 3; starting it again in 1 s") == 5
     assert "respawn: flaky exited with status 3, its 6th death in 60 s; giving up" in log
     assert "sending SIGTERM to steady" in log
+
+
+UNITS = ROOT / "deploy" / "systemd"
+ROLES = {  # unit -> the Procfile line it runs in production
+    "echoproject-web.service": "web",
+    "echoproject-speech.service": "speech",
+    "echoproject-render@.service": "render",
+    "echoproject-beat.service": "beat",
+    "echoproject-flower.service": "flower",
+}
+
+
+def unit_settings(text: str) -> dict[str, list[str]]:
+    values: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        if "=" in line and not line.startswith(("#", "[")):
+            name, value = line.split("=", 1)
+            values.setdefault(name, []).append(value)
+    return values
+
+
+def procfile() -> dict[str, list[str]]:
+    lines = (ROOT / "Procfile").read_text().splitlines()
+    return {name: cmd.split() for name, cmd in (line.split(": ", 1) for line in lines if line)}
+
+
+def test_every_role_has_a_systemd_unit_that_restarts_it_and_runs_its_procfile_command() -> None:
+    assert sorted(p.name for p in UNITS.glob("*.service")) == sorted(ROLES)
+    commands = procfile()
+    for unit, role in ROLES.items():
+        values = unit_settings((UNITS / unit).read_text())
+        assert values["Restart"] in (["always"], ["on-failure"]), unit
+        assert values["EnvironmentFile"] == ["/etc/echoproject/env"], unit
+        (exec_start,) = values["ExecStart"]
+        program, *args = exec_start.split()
+        assert program.startswith("/opt/echoproject/.venv/bin/"), unit
+        # the Procfile's command after `bash scripts/respawn.sh <role>`: same program, same
+        # subcommand and queue
+        wrapped = commands[role]
+        assert wrapped[:3] == ["bash", "scripts/respawn.sh", role]
+        expected_program, *expected_args = wrapped[3:]
+        assert program.rsplit("/", 1)[1] == expected_program, unit
+        assert args[:3] == expected_args[:3], unit
+        if "-Q" in expected_args:
+            queue = expected_args[expected_args.index("-Q") + 1]
+            assert args[args.index("-Q") + 1] == queue, unit
+        assert (ROOT / ".venv" / "bin" / expected_program).exists()
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze here")
+def test_systemd_units_pass_systemd_analyze_verify_against_this_checkout(tmp_path) -> None:
+    env_file = tmp_path / "env"
+    env_file.write_text("LOG_LEVEL=info\n")
+    for unit in ROLES:
+        text = (UNITS / unit).read_text().replace("/opt/echoproject", str(ROOT))
+        text = text.replace("/etc/echoproject/env", str(env_file))
+        (tmp_path / unit).write_text(text)
+    units = [str(tmp_path / u) for u in ROLES if "@" not in u]
+    units.append(str(tmp_path / "echoproject-render@0.service"))  # an instance of the template
+    result = subprocess.run(
+        ["systemd-analyze", "verify", "--man=no", *units],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "not executable" not in result.stderr
