@@ -32,10 +32,13 @@ return 0
 
 
 def client() -> redis.Redis:
-    """One connection pool per process (pools must not cross a fork)."""
+    """One connection pool per process (pools must not cross a fork); it retries through a
+    Redis restart or pause (chat.layers.sync_retry)."""
+    from chat.layers import sync_retry
+
     global _client
     if _client is None or _client[0] != os.getpid():
-        _client = (os.getpid(), redis.Redis.from_url(settings.REDIS_URL))
+        _client = (os.getpid(), redis.Redis.from_url(settings.REDIS_URL, retry=sync_retry()))
     return _client[1]
 
 
