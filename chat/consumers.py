@@ -23,6 +23,7 @@ from django.conf import settings
 
 from avatars.models import Avatar
 from chat import presence, sessions
+from chat.layers import RETRYABLE as REDIS_DOWN
 from chat.models import ChatSession, EndReason
 from chat.protocol import (
     AUDIO_FORMATS,
@@ -98,7 +99,13 @@ class ChatConsumer(AsyncWebsocketConsumer):
         )
         self.session_id = str(self.session.id)
         self.language = language
-        await self.channel_layer.group_add(self.session.group, self.channel_name)
+        try:
+            await self.channel_layer.group_add(self.session.group, self.channel_name)
+        except REDIS_DOWN:  # past the layer's retries: no events could reach this session
+            await self._end(EndReason.ERROR, notify=False)
+            await self.send_error(Err.INTERNAL, "Redis is unreachable, try again", retryable=True)
+            await self.close(code=Close.UNAVAILABLE)
+            return
         await self.send_event(self._init_frame())
         self._spawn(self._watch_idle())
 

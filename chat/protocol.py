@@ -42,6 +42,7 @@ class Close:
     AUTH = 4401
     NOT_FOUND = 4404  # unknown avatar
     TIMEOUT = 4408  # idle past SESSION_TIMEOUT_S
+    UNAVAILABLE = 4503  # a service the session needs (Redis) is unreachable at the handshake
 
 
 class ProtocolError(Exception):

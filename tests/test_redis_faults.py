@@ -243,24 +243,31 @@ def test_a_restarted_redis_is_rejoined_by_sessions_workers_and_heartbeats(
     assert "Exception inside application" not in stack["web"].log_tail(200_000)
 
 
-def test_a_turn_while_redis_is_down_fails_with_its_code_and_the_session_goes_on(
+def test_while_redis_is_down_a_turn_or_a_new_session_fails_with_its_code_and_sessions_go_on(
     stack: dict, redis_server: RedisServer
 ) -> None:
-    async def body() -> tuple[list[int | None], dict, dict]:
+    async def body() -> tuple[list[int | None], dict, dict, dict]:
         clients = await open_sessions(stack["ws"], 3)
         await asyncio.to_thread(redis_server.stop)
         try:
             await clients[0].ws.send(speak(UTTERANCE).read_bytes())
             failure = await clients[0].until("error", timeout=120)
             await ping_all(clients, 1)
+            async with websockets.connect(stack["ws"], max_size=None) as ws:  # a new session
+                refused = await Client(ws).until("error", timeout=60)
+                with pytest.raises(websockets.ConnectionClosed):
+                    await ws.recv()
+                refused["close"] = ws.close_code
         finally:
             await asyncio.to_thread(redis_server.start)
         spoken = await text_turn(clients[0], "Are you still there?")
         await ping_all(clients, 2)
-        return await close_all(clients), failure, spoken
+        return await close_all(clients), failure, refused, spoken
 
-    codes, failure, spoken = run(body(), timeout=240)
+    codes, failure, refused, spoken = run(body(), timeout=300)
     assert codes == [None] * 3
     assert failure["code"] == "ERR_INTERNAL" and failure["retryable"] is True
     assert "Redis" in failure["message"]
+    assert refused["code"] == "ERR_INTERNAL" and refused["retryable"] is True
+    assert refused["close"] == 4503  # unavailable: try again later
     assert spoken["audio_url"]
