@@ -1,5 +1,7 @@
 """The README's run command (scripts/run.sh) starts every process of the Procfile where it says;
-Ctrl-C stops them all."""
+Ctrl-C stops them all. A process that dies is started again (the others keep running, and
+beat's cleanup ends the sessions a killed web process held); one that keeps dying stops the
+stack with one line naming it. The production role files (deploy/systemd) run the same."""
 
 from __future__ import annotations
 
@@ -10,9 +12,14 @@ import signal
 import subprocess
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
+import websockets
+from django.conf import settings
 
+from chat.models import ChatSession
+from tests.fixtures_sessions import Client, run
 from tests.isolation import claim_redis_url
 from tests.procs import BIN, ROOT, Proc, child_env, free_port
 
@@ -106,6 +113,19 @@ def web_process(tree: dict[int, str]) -> int:
     return pid
 
 
+async def session_then_kill(url: str, pid: int) -> str:
+    """A voice session with the speech file of one text turn, open when `pid` is SIGKILLed."""
+    async with websockets.connect(url, max_size=None) as ws:
+        client = Client(ws)
+        init = await client.until("init", fail_on_error=True)
+        await client.send(type="text_message", text="Hello there.")
+        await client.until("tts_complete", timeout=60, fail_on_error=True)
+        os.kill(pid, signal.SIGKILL)
+        with pytest.raises(websockets.ConnectionClosed):
+            await client.recv(timeout=30)
+    return init["session_id"]
+
+
 @pytest.mark.django_db(transaction=True)
 def test_a_killed_web_process_is_started_again_and_the_others_keep_running(
     log_dir, tmp_path
@@ -116,6 +136,8 @@ def test_a_killed_web_process_is_started_again_and_the_others_keep_running(
         FLOWER_PORT=str(flower_port),
         VAR_DIR=str(tmp_path),
         REDIS_URL=claim_redis_url(),
+        WEB_PRESENCE_TTL_S="2",  # beat's cleanup ends the killed process's session soon
+        CLEANUP_INTERVAL_S="2",
     )
     honcho = Proc(
         "run-respawn",
@@ -133,7 +155,7 @@ def test_a_killed_web_process_is_started_again_and_the_others_keep_running(
         before = process_tree(honcho.popen.pid)
         killed = web_process(before)
         others = [pid for pid in before if pid != killed]
-        os.kill(killed, signal.SIGKILL)
+        session_id = run(session_then_kill(f"ws://127.0.0.1:{port}/ws/chat/?mode=voice", killed))
         honcho.wait_until(
             lambda: "respawn: web killed by SIGKILL; starting it again" in honcho.log_tail(20000),
             timeout=30,
@@ -144,6 +166,12 @@ def test_a_killed_web_process_is_started_again_and_the_others_keep_running(
         assert web_process(after) != killed and not alive(killed)
         assert [pid for pid in others if not alive(pid)] == []  # nothing else was restarted
         assert "stopped (rc=" not in honcho.log_tail(20000)  # honcho stopped no process
+
+        def ended() -> bool:
+            return ChatSession.objects.filter(pk=session_id, end_reason="server_lost").exists()
+
+        honcho.wait_until(ended, timeout=60, what="ending the killed process's session")
+        assert not list((Path(settings.MEDIA_ROOT) / "sessions" / session_id).rglob("*.*"))
         everything = process_tree(honcho.popen.pid)
         honcho.signal(signal.SIGINT)
         honcho.popen.wait(30)
