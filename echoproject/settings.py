@@ -249,7 +249,10 @@ CELERY_TASK_TRACK_STARTED = True
 CELERY_TASK_SEND_SENT_EVENT = True
 CELERY_WORKER_SEND_TASK_EVENTS = True
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
-# A render task whose worker died unacknowledged goes back to the queue after this long.
+# A turn's task whose pool process died is requeued at once (acks_late, reject_on_worker_lost);
+# after this many deliveries that all lost their worker it fails with its stage's error code.
+CELERY_TASK_MAX_DELIVERIES = env_int("CELERY_TASK_MAX_DELIVERIES", 3, minimum=1, maximum=20)
+# A task whose whole worker (main process too) died unacknowledged is redelivered after this.
 CELERY_VISIBILITY_TIMEOUT_S = env_int("CELERY_VISIBILITY_TIMEOUT_S", 900, minimum=1)
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": CELERY_VISIBILITY_TIMEOUT_S}
 CLEANUP_INTERVAL_S = env_int("CLEANUP_INTERVAL_S", 60, minimum=1)
