@@ -252,6 +252,9 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # A turn's task whose pool process died is requeued at once (acks_late, reject_on_worker_lost);
 # after this many deliveries that all lost their worker it fails with its stage's error code.
 CELERY_TASK_MAX_DELIVERIES = env_int("CELERY_TASK_MAX_DELIVERIES", 3, minimum=1, maximum=20)
+# How long the worker waits for the result of a job whose pool process died before it calls the
+# worker lost and requeues the job (Celery's default: 10 s); the steps are safe to run twice.
+CELERY_WORKER_LOST_WAIT = 1.0
 # A task whose whole worker (main process too) died unacknowledged is redelivered after this.
 CELERY_VISIBILITY_TIMEOUT_S = env_int("CELERY_VISIBILITY_TIMEOUT_S", 900, minimum=1)
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": CELERY_VISIBILITY_TIMEOUT_S}

@@ -174,9 +174,8 @@ def start_daphne(
     return proc, port
 
 
-def pool_children(proc: Proc) -> list[int]:
+def pool_children(pid: int) -> list[int]:
     """Process ids of a Celery worker's pool processes (the children of its main process)."""
-    pid = proc.popen.pid
     children: list[int] = []
     for task in Path(f"/proc/{pid}/task").glob("*"):
         try:
@@ -186,14 +185,16 @@ def pool_children(proc: Proc) -> list[int]:
     return sorted(set(children))
 
 
-def kill_pool_child(proc: Proc, timeout: float = 10.0) -> int:
-    """SIGKILL the only pool process of a worker started with concurrency 1, as the kernel's
-    out-of-memory killer would; the worker's main process lives on. Returns the pid killed."""
+def kill_pool_child(worker: Proc | int, timeout: float = 10.0) -> int:
+    """SIGKILL the only pool process of a worker (a Proc or its main pid) started with
+    concurrency 1, as the kernel's out-of-memory killer would; the worker's main process lives
+    on. Returns the pid killed."""
+    pid = worker.popen.pid if isinstance(worker, Proc) else worker
     deadline = time.monotonic() + timeout
-    while not (children := pool_children(proc)):
+    while not (children := pool_children(pid)):
         if time.monotonic() > deadline:
-            raise RuntimeError(f"{proc.name} has no pool process:\n{proc.log_tail()}")
+            raise RuntimeError(f"worker {pid} has no pool process")
         time.sleep(0.05)
-    assert len(children) == 1, f"{proc.name} has {len(children)} pool processes"
+    assert len(children) == 1, f"worker {pid} has {len(children)} pool processes"
     os.kill(children[0], signal.SIGKILL)
     return children[0]
