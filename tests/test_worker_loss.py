@@ -280,10 +280,15 @@ def test_render_whose_worker_dies_is_redelivered_with_one_video_ready(
 
 
 async def poisoned_turn(
-    stack: Stack, mode: str, dies_when: Callable[[Event], bool], worker: Proc
+    stack: Stack,
+    mode: str,
+    dies_when: Callable[[Event], bool],
+    worker: Proc,
+    release: Callable[[], None],
 ) -> Client:
     """An upload turn whose step kills its worker every time it runs (the test does the
-    killing each time the step shows it is running); then a text turn on the same session."""
+    killing each time the step shows it is running); then, once `release` has let the
+    providers answer again, a text turn on the same session."""
     async with websockets.connect(f"{stack.ws_url}?mode={mode}&avatar=aria", max_size=None) as ws:
         client = Client(ws)
         init = await client.recv()
@@ -300,30 +305,53 @@ async def poisoned_turn(
             assert not dies_when(event), "the step ran again past the bound"
         client.failure = event
         await drain(client, 2.0)
+        client.turn = list(client.events)  # the poisoned turn's events
+        release()
         await client.send(type="text_message", text="Are you still there?", id="after")
         client.after = await until(client, of_type("text_response"))
         return client
 
 
-def test_transcribe_that_kills_its_worker_every_time_fails_with_err_asr_failed(
-    stack: Stack, fake: DashScopeServer
+# step: (how the loopback DashScope holds it, the stage's code, results the client still gets)
+POISONED = {
+    "transcribe": ({"file_asr_fault": Fault("hang")}, "ERR_ASR_FAILED", []),
+    "reply": ({"first_token_delay": 120.0}, "ERR_LLM_FAILED", ["asr_result"]),
+    "synthesize": (
+        {"tts_first_chunk_delay": 120.0},
+        "ERR_TTS_FAILED",
+        ["asr_result", "text_response"],
+    ),
+}
+
+
+@pytest.mark.parametrize("step", list(POISONED))
+def test_speech_step_that_kills_its_worker_every_time_fails_with_its_error_code(
+    stack: Stack, fake: DashScopeServer, step: str
 ) -> None:
-    fake.behaviour.file_asr_fault = Fault("hang")
+    hold, code, results = POISONED[step]
+    for name, value in hold.items():
+        setattr(fake.behaviour, name, value)
     client = run(
-        poisoned_turn(stack, "voice", progress("transcribe", "started"), stack.speech),
+        poisoned_turn(stack, "voice", progress(step, "started"), stack.speech, fake.reset),
         timeout=280,
     )
     failure = client.failure
-    assert failure["code"] == "ERR_ASR_FAILED" and failure["ref"] == "poison-1"
+    assert failure["code"] == code and failure["ref"] == "poison-1"
     assert failure["retryable"] is False
-    started = [e for e in client.events if progress("transcribe", "started")(e)]
+    started = [e for e in client.events if progress(step, "started")(e)]
     assert len(started) == client.kills == MAX_DELIVERIES
-    assert [e["attempt"] for e in redeliveries(client, "transcribe")] == [2, 3]
-    failed = [e for e in client.events if progress("transcribe", "failed")(e)]
+    assert [e["attempt"] for e in redeliveries(client, step)] == [2, 3]
+    failed = [e for e in client.events if progress(step, "failed")(e)]
     assert len(failed) == 1 and client.events.index(failed[0]) < client.events.index(failure)
-    assert client.of("asr_result") == [] and client.of("tts_start") == []
-    user = Message.objects.get(pk=client.user_id)
-    assert user.error_code == "ERR_ASR_FAILED" and "3 times" in user.error_message
+    for kind in ("asr_result", "text_response", "tts_complete"):
+        assert len([e for e in client.turn if e["type"] == kind]) == (kind in results), kind
+    messages = list(Message.objects.filter(session_id=client.session_id).order_by("id"))
+    user, reply = messages[0], messages[1] if len(messages) > 1 else None
+    kept = user if step == "transcribe" else reply
+    assert kept is not None and kept.error_code == code and "3 times" in kept.error_message
+    if step != "transcribe":  # one reply message, however often the step ran
+        assert [m.reply_to_id for m in messages[1:2]] == [user.id] and not user.error_code
+        assert client.after["message_id"] == messages[-1].id and len(messages) == 4
     assert client.after["ref"] == "after" and client.after["text"]
 
 
@@ -333,7 +361,9 @@ def test_render_that_kills_its_worker_every_time_fails_with_err_render_failed(
     def render_running(event: Event) -> bool:
         return event["type"] == "video_progress" and event["stage"] in ("started", "redelivered")
 
-    client = run(poisoned_turn(stack, "video", render_running, stack.render), timeout=280)
+    client = run(
+        poisoned_turn(stack, "video", render_running, stack.render, fake.reset), timeout=280
+    )
     failure = client.failure
     assert failure["code"] == "ERR_RENDER_FAILED" and failure["ref"] == "poison-1"
     assert client.of("video_ready") == []
