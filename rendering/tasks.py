@@ -21,7 +21,7 @@ from typing import Any
 import redis
 from celery import Task, shared_task
 from celery.exceptions import SoftTimeLimitExceeded
-from celery.signals import worker_process_init
+from celery.signals import task_failure, worker_process_init
 from django.core.files import File
 from django.core.files.storage import default_storage
 from django.db import DatabaseError
@@ -215,6 +215,26 @@ def _render(
     with result.video.open("rb") as handle:
         name = save_for_session(session.id, video_name(message.pk), File(handle))
     return (name, result.duration_ms) if name else None
+
+
+@task_failure.connect
+def on_render_failure(
+    sender: Any = None,
+    task_id: str = "",
+    exception: BaseException | None = None,
+    args: Any = None,
+    kwargs: Any = None,
+    **extra: Any,
+) -> None:
+    """A render ended by what render_video cannot catch (its hard time limit kills the pool
+    process): the client still gets ERR_RENDER_FAILED and the message keeps it."""
+    if getattr(sender, "name", "") != render_video.name or not args:
+        return
+    message = Message.objects.filter(pk=args[0]).first()
+    if message is None or message.error_code or message.video:
+        return
+    reason = exception.__class__.__name__ if exception is not None else "an error"
+    _fail(message, task_id, f"rendering failed ({reason})", True, (kwargs or {}).get("ref"))
 
 
 def _fail(
