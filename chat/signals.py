@@ -77,8 +77,25 @@ def on_prerun(sender: Any = None, **kwargs: Any) -> None:
     if deliveries.exhausted(number):
         return  # the step gives up at once and says so (chat.tasks._begin)
     if number > 1:
-        _publish(sender, "redelivered", attempt=number)
+        _publish(sender, "redelivered", attempt=number, **_restarted_reply(sender))
     _publish(sender, "started")
+
+
+def _restarted_reply(task: Any) -> dict[str, Any]:
+    """For a redelivered reply step: the reply the lost run had begun (and maybe streamed
+    deltas of), which starts again from its beginning; the client clears its text."""
+    found = _step(task, task.request)
+    if found is None or found[0] != "reply" or found[2] is None:
+        return {}
+    from chat.models import Message, Role
+
+    reply = (
+        Message.objects.filter(reply_to_id=found[2], role=Role.ASSISTANT, text="", error_code="")
+        .order_by("id")
+        .values_list("id", flat=True)
+        .last()
+    )
+    return {"reply_message_id": reply} if reply is not None else {}
 
 
 @task_success.connect

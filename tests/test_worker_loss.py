@@ -220,7 +220,7 @@ def test_reply_killed_mid_stream_starts_again_under_the_same_message(
     )
     reply = assert_one_complete_turn(client)
     [again] = redeliveries(client, "reply")
-    assert again["attempt"] == 2
+    assert again["attempt"] == 2 and again["reply_message_id"] == reply.id
     deltas = client.of("text_delta")
     assert {d["message_id"] for d in deltas} == {reply.id}
     # the deltas after `redelivered` spell the whole reply again, from its start
