@@ -249,7 +249,7 @@ CELERY_TASK_TRACK_STARTED = True
 CELERY_TASK_SEND_SENT_EVENT = True
 CELERY_WORKER_SEND_TASK_EVENTS = True
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
-# A turn's task whose pool process died is requeued at once (acks_late, reject_on_worker_lost);
+# A turn's task whose pool process died is requeued (acks_late, reject_on_worker_lost);
 # after this many deliveries that all lost their worker it fails with its stage's error code.
 CELERY_TASK_MAX_DELIVERIES = env_int("CELERY_TASK_MAX_DELIVERIES", 3, minimum=1, maximum=20)
 # How long the worker waits for the result of a job whose pool process died before it calls the
