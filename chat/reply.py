@@ -121,9 +121,10 @@ class Reply:
 
         request = self.request
         self._task = asyncio.current_task()
-        self.message = await database_sync_to_async(sessions.add_message)(
-            request.session_id, sessions.ASSISTANT, reply_to_id=request.user_message_id
-        )
+        if self.message is None:  # else a redelivered upload step produces it again
+            self.message = await database_sync_to_async(sessions.add_message)(
+                request.session_id, sessions.ASSISTANT, reply_to_id=request.user_message_id
+            )
         history = await database_sync_to_async(sessions.history)(request.session_id, self.message)
         turn = ChatTurn(
             persona=request.persona,
@@ -278,13 +279,16 @@ class Reply:
         )
         if self.request.mode == "video":
             await database_sync_to_async(self._save_sync)()
-            await self._render()
+            await self.render()
 
-    async def _render(self) -> None:
+    async def render(self) -> None:
+        """Hand the stored reply to a render worker (or tell the client they are all busy)."""
         from rendering.scheduler import RenderBusy, submit_render
 
         try:
-            await database_sync_to_async(submit_render, thread_sensitive=False)(self.message.id)
+            await database_sync_to_async(submit_render, thread_sensitive=False)(
+                self.message.id, self.request.ref
+            )
         except RenderBusy as exc:
             await self._fail(Err.BUSY, str(exc), True)
 

@@ -3,10 +3,18 @@
 Each step takes IDs, records its result and timing on the chat history, and publishes its
 protocol events to the session's group. A failing step publishes the stage's error code, keeps
 the error on the message and stops the chain (the session stays usable for the next turn).
+
+A step whose pool process dies (SIGKILL, out of memory) is not lost: the steps are acknowledged
+late and requeued at once when their worker is lost, so each one must be safe to run again. A
+redelivered step picks up what the lost run stored (the recognised text, the reply message, the
+stored speech) and does not send again what the client already got; after
+CELERY_TASK_MAX_DELIVERIES deliveries that all lost their worker the step fails with its stage's
+error code (chat.deliveries).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 import time
@@ -17,14 +25,26 @@ from celery import Task, shared_task
 from celery.exceptions import Ignore
 from django.core.files.storage import default_storage
 
-from chat import sessions
+from chat import deliveries, sessions
 from chat.events import publish, publish_sync, run_sync
-from chat.models import Message
-from chat.protocol import error
+from chat.models import Message, Role
+from chat.protocol import Err, error
 from chat.providers.base import ProviderError
 from chat.reply import Reply, ReplyRequest
 
+log = logging.getLogger(__name__)
+
 RETRY_BACKOFF_S = (1, 4)
+
+# The stage's error code of each step of the upload chain, by step name (turn_progress.step).
+STAGE_ERRORS = {
+    "transcribe": Err.ASR_FAILED,
+    "reply": Err.LLM_FAILED,
+    "synthesize": Err.TTS_FAILED,
+}
+
+# Acknowledged when done, requeued when the pool process running it dies (see the module doc).
+STEP = {"bind": True, "acks_late": True, "reject_on_worker_lost": True}
 
 
 @shared_task(ignore_result=True)
@@ -38,6 +58,66 @@ def _load(message_id: int) -> Message:
     if message.session.is_ended:
         raise Ignore()  # the session ended while this waited in the queue
     return message
+
+
+def _begin(task: Task, step: str, message_id: int, session_id: str, ref: str | None) -> Message:
+    """The step's message; a delivery past the bound fails the step instead of running it."""
+    message = _load(message_id)
+    number = deliveries.delivery(task.request)
+    if deliveries.exhausted(number):
+        from chat.signals import publish_progress
+
+        publish_progress(step, "failed", task.request.id, session_id, message_id, ref)
+        fail_step(
+            step,
+            message_id,
+            session_id,
+            ref,
+            task.request.id,
+            f"the {step} step lost its worker {number - 1} times and was given up",
+        )
+        raise Ignore()
+    return message
+
+
+def step_message(step: str, message_id: int) -> Message | None:
+    """The message that keeps a failed step's error: the user's utterance for transcribe,
+    the reply (created if the step died before making it) for reply and synthesize."""
+    message = Message.objects.filter(pk=message_id).first()
+    if message is None or step != "reply":
+        return message
+    reply = Message.objects.filter(reply_to=message, role=Role.ASSISTANT).order_by("id").last()
+    return reply or sessions.add_message(message.session_id, Role.ASSISTANT, reply_to_id=message.pk)
+
+
+def fail_step(
+    step: str,
+    message_id: int,
+    session_id: str,
+    ref: str | None,
+    task_id: str,
+    text: str,
+    *,
+    retryable: bool = False,
+) -> None:
+    """A step that cannot complete: keep the stage's error on the message, tell the client with
+    the turn's ref, and end the turn (the session stays usable)."""
+    code = STAGE_ERRORS[step]
+    message = step_message(step, message_id)
+    if message is not None and not message.error_code:
+        message.error_code, message.error_message = code, text
+        message.save(update_fields=["error_code", "error_message"])
+    publish_sync(session_id, error(code, text, retryable=retryable, ref=ref))
+    sessions.finish_turn(session_id, task_id)
+
+
+def _publish_once(name: str, session_id: str, event: dict[str, Any]) -> None:
+    """Publish an event unless a lost run of the step already did (at least once: a worker
+    dying between the publish and the mark repeats it)."""
+    if deliveries.done(name):
+        return
+    publish_sync(session_id, event)
+    deliveries.mark_done(name)
 
 
 def _fail(task: Task, message: Message, exc: ProviderError, ref: str | None) -> None:
@@ -58,28 +138,33 @@ def _local_copy(name: str) -> str:
     return path
 
 
-@shared_task(bind=True, max_retries=len(RETRY_BACKOFF_S))
+@shared_task(**STEP, max_retries=len(RETRY_BACKOFF_S))
 def turn_transcribe(self: Task, message_id: int, *, session_id: str, ref: str | None = None) -> int:
     from chat.providers.registry import get_asr
 
-    message = _load(message_id)
-    step_started = time.perf_counter()
-    path = _local_copy(message.audio)
-    try:
-        started = time.perf_counter()
-        text = async_to_sync(get_asr().recognize_file)(
-            path, message.audio_url, message.session.language
-        )
-        message.add_timing("asr_ms", (time.perf_counter() - started) * 1000)
-    except ProviderError as exc:
-        _fail(self, message, exc, ref)
-    finally:
-        os.unlink(path)
-    message.text = text.strip()
-    message.add_timing("transcribe_step_ms", (time.perf_counter() - step_started) * 1000)
-    if not message.text:
-        message.error_code, message.error_message = "ERR_ASR_FAILED", "no speech was recognised"
-    message.save(update_fields=["text", "timings", "error_code", "error_message"])
+    message = _begin(self, "transcribe", message_id, session_id, ref)
+    if message.error_code:  # a lost run already failed the turn and told the client
+        sessions.finish_turn(session_id, self.request.id)
+        raise Ignore()
+    if not message.text:  # else a lost run recognised and stored it already
+        step_started = time.perf_counter()
+        path = _local_copy(message.audio)
+        try:
+            started = time.perf_counter()
+            text = async_to_sync(get_asr().recognize_file)(
+                path, message.audio_url, message.session.language
+            )
+            message.add_timing("asr_ms", (time.perf_counter() - started) * 1000)
+        except ProviderError as exc:
+            _fail(self, message, exc, ref)
+        finally:
+            os.unlink(path)
+        message.text = text.strip()
+        message.add_timing("transcribe_step_ms", (time.perf_counter() - step_started) * 1000)
+        if not message.text:
+            message.error_code = "ERR_ASR_FAILED"
+            message.error_message = "no speech was recognised"
+        message.save(update_fields=["text", "timings", "error_code", "error_message"])
     if message.error_code:
         publish_sync(session_id, error(message.error_code, message.error_message, ref=ref))
         sessions.finish_turn(session_id, self.request.id)
@@ -90,7 +175,7 @@ def turn_transcribe(self: Task, message_id: int, *, session_id: str, ref: str | 
         "utterance_id": f"upload-{message.id}",
         "message_id": message.id,
     }
-    publish_sync(session_id, {**event, "ref": ref} if ref else event)
+    _publish_once(f"asr_result:{message.id}", session_id, {**event, "ref": ref} if ref else event)
     return message.id
 
 
@@ -119,13 +204,29 @@ def _sender(session_id: str) -> Any:
     return send
 
 
-@shared_task(bind=True)
+@shared_task(**STEP)
 def turn_reply(self: Task, user_message_id: int, *, session_id: str, ref: str | None = None) -> int:
-    """The avatar's answer, its deltas streamed to the client as the model writes."""
-    user = _load(user_message_id)
+    """The avatar's answer, its deltas streamed to the client as the model writes.
+
+    Redelivered after a lost run, the step reuses the reply message that run created: a
+    finished reply (its text is stored after `text_response` went out) is not produced again;
+    an unfinished one is produced again from the start under the same message id.
+    """
+    user = _begin(self, "reply", user_message_id, session_id, ref)
+    earlier = (
+        Message.objects.filter(reply_to=user, role=Role.ASSISTANT).order_by("id").last()
+        if deliveries.delivery(self.request) > 1
+        else None
+    )
+    if earlier is not None and (earlier.text or earlier.error_code):
+        if earlier.error_code:  # the lost run failed the turn and told the client
+            sessions.finish_turn(session_id, self.request.id)
+            raise Ignore()
+        return earlier.id
     reply = Reply(
         _request(user, ref, speak=False, user_message_id=user.id), _sender(session_id), None
     )
+    reply.message = earlier
     started = time.perf_counter()
     run_sync(reply.run())
     message = reply.message
@@ -138,17 +239,30 @@ def turn_reply(self: Task, user_message_id: int, *, session_id: str, ref: str | 
     return message.id
 
 
-@shared_task(bind=True)
+@shared_task(**STEP)
 def turn_synthesize(
     self: Task, reply_message_id: int, *, session_id: str, ref: str | None = None
 ) -> int:
-    """Speech of the reply, stored for `tts_complete.audio_url`; video mode then renders."""
-    message = _load(reply_message_id)
+    """Speech of the reply, stored for `tts_complete.audio_url`; video mode then renders.
+
+    Redelivered after a lost run that had stored the speech (`tts_complete` went out before
+    the store), the step only hands the reply to rendering if that run had not.
+    """
+    message = _begin(self, "synthesize", reply_message_id, session_id, ref)
     reply = Reply(
         _request(message, ref, speak=True, user_message_id=message.reply_to_id or 0),
         _sender(session_id),
         None,
     )
+    if message.error_code:
+        sessions.finish_turn(session_id, self.request.id)
+        raise Ignore()
+    if message.audio:
+        if message.session.mode == "video" and not message.task_id:
+            reply.message = message
+            run_sync(reply.render())
+        sessions.finish_turn(session_id, self.request.id)
+        return message.id
     started = time.perf_counter()
     run_sync(reply.speak_message(message))
     message.refresh_from_db()

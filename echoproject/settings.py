@@ -257,7 +257,13 @@ CELERY_TASK_PUBLISH_RETRY_POLICY = {
     "interval_step": 0.2,
     "interval_max": 1.0,
 }
-# A render task whose worker died unacknowledged goes back to the queue after this long.
+# A turn's task whose pool process died is requeued (acks_late, reject_on_worker_lost);
+# after this many deliveries that all lost their worker it fails with its stage's error code.
+CELERY_TASK_MAX_DELIVERIES = env_int("CELERY_TASK_MAX_DELIVERIES", 3, minimum=1, maximum=20)
+# How long the worker waits for the result of a job whose pool process died before it calls the
+# worker lost and requeues the job (Celery's default: 10 s); the steps are safe to run twice.
+CELERY_WORKER_LOST_WAIT = 1.0
+# A task whose whole worker (main process too) died unacknowledged is redelivered after this.
 CELERY_VISIBILITY_TIMEOUT_S = env_int("CELERY_VISIBILITY_TIMEOUT_S", 900, minimum=1)
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": CELERY_VISIBILITY_TIMEOUT_S}
 CLEANUP_INTERVAL_S = env_int("CLEANUP_INTERVAL_S", 60, minimum=1)

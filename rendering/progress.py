@@ -8,7 +8,7 @@ import uuid
 from chat.events import publish_sync
 from rendering import store
 
-STAGES = ("started", "rendering", "encoding", "done")
+STAGES = ("started", "rendering", "encoding", "done")  # and "redelivered" (see below)
 MIN_INTERVAL_S = 0.2  # at most ~5 events a second while rendering
 
 
@@ -35,4 +35,19 @@ class ProgressReporter:
         publish_sync(
             self.session_id,
             {"type": "video_progress", "task_id": self.task_id, "progress": value, "stage": stage},
+        )
+
+    def redelivered(self, attempt: int) -> None:
+        """Tell the client that the render starts again after its worker was lost: the
+        progress it has seen so far, stage `redelivered`, and which delivery this is."""
+        seen = store.client().get(f"{store.PREFIX}progress:{self.task_id}")
+        publish_sync(
+            self.session_id,
+            {
+                "type": "video_progress",
+                "task_id": self.task_id,
+                "progress": max(0, int(seen or 0)),
+                "stage": "redelivered",
+                "attempt": attempt,
+            },
         )

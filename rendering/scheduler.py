@@ -120,8 +120,9 @@ def audio_seconds(message: Message) -> float:
         return 60.0
 
 
-def submit_render(message_id: int) -> RenderTicket:
-    """Send the render of an assistant message to the best worker and tell the client."""
+def submit_render(message_id: int, ref: str | None = None) -> RenderTicket:
+    """Send the render of an assistant message to the best worker and tell the client;
+    `ref` (the turn's) comes back on the render's error."""
     from rendering.tasks import render_video
 
     message = Message.objects.select_related("session").get(pk=message_id)
@@ -145,7 +146,12 @@ def submit_render(message_id: int) -> RenderTicket:
     }
     publish_sync(message.session_id, event)  # before the task can report progress
     render_video.apply_async(
-        (message_id,), task_id=task_id, queue=queue, soft_time_limit=soft, time_limit=hard
+        (message_id,),
+        {"ref": ref} if ref else {},
+        task_id=task_id,
+        queue=queue,
+        soft_time_limit=soft,
+        time_limit=hard,
     )
     log.info("render of message %s sent to %s (position %d)", message_id, queue, position)
     return RenderTicket(task_id=task_id, queue=queue, position=position)

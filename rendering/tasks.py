@@ -2,7 +2,9 @@
 
 render_video is acknowledged late and requeued when its worker dies, so it may run twice:
 its files have fixed names (a second run overwrites them), progress never goes back, each
-piece is announced once and `video_ready` is published once per message.
+piece is announced once and `video_ready` is published once per message. A render whose
+worker was lost CELERY_TASK_MAX_DELIVERIES times (one that kills its worker every time) fails
+with ERR_RENDER_FAILED instead of being redelivered again (chat.deliveries).
 """
 
 from __future__ import annotations
@@ -19,13 +21,15 @@ from typing import Any
 import redis
 from celery import Task, shared_task
 from celery.exceptions import SoftTimeLimitExceeded
-from celery.signals import worker_process_init
+from celery.signals import task_failure, worker_process_init
 from django.core.files import File
 from django.core.files.storage import default_storage
 from django.db import DatabaseError
 
+from chat import deliveries
 from chat.events import publish_sync
 from chat.models import Message
+from chat.protocol import Err, error
 from chat.storage import public_url, save_for_session
 from rendering import heartbeat, store
 from rendering.backends import get_backend
@@ -86,8 +90,9 @@ def _copy_from_storage(name: str, into: Path, what: str) -> Path:
 
 
 @shared_task(bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=MAX_RETRIES)
-def render_video(self: Task, message_id: int) -> dict[str, Any]:
-    """Render the talking-head video of an assistant message, publishing as it goes."""
+def render_video(self: Task, message_id: int, ref: str | None = None) -> dict[str, Any]:
+    """Render the talking-head video of an assistant message, publishing as it goes; `ref` is
+    the turn's, for the client to match an error to what it sent."""
     task_id: str = self.request.id
     message = Message.objects.select_related("session__avatar").filter(pk=message_id).first()
     if message is None:
@@ -99,8 +104,14 @@ def render_video(self: Task, message_id: int) -> dict[str, Any]:
         return {"status": "cancelled"}
     if store.done_before(f"ready:{message_id}"):
         return {"status": "done"}  # a redelivery after the video was already announced
+    number = deliveries.delivery(self.request)
+    if deliveries.exhausted(number):
+        text = f"the render worker was lost {number - 1} times rendering this video"
+        return _fail(message, task_id, text, False, ref)
     started = time.perf_counter()
     report = ProgressReporter(session.id, task_id)
+    if number > 1:
+        report.redelivered(number)
     report(0, "started")
     workdir = Path(tempfile.mkdtemp(prefix=f"render-{message_id}-"))
     try:
@@ -112,19 +123,19 @@ def render_video(self: Task, message_id: int) -> dict[str, Any]:
         if store.is_cancelled(task_id) or _session_ended(message):
             delete_outputs(session.id, message_id)
             return {"status": "cancelled"}
-        return _fail(message, task_id, "the video took too long to render", retryable=True)
+        return _fail(message, task_id, "the video took too long to render", True, ref)
     except RenderError as exc:
         if exc.retryable and self.request.retries < MAX_RETRIES:
             raise self.retry(countdown=2 ** (self.request.retries + 1)) from exc
-        return _fail(message, task_id, exc.message, exc.retryable)
+        return _fail(message, task_id, exc.message, exc.retryable, ref)
     except TRANSIENT as exc:
         if self.request.retries < MAX_RETRIES:
             log.warning("render %s: %s, retrying", task_id, exc)
             raise self.retry(countdown=2 ** (self.request.retries + 1)) from exc
-        return _fail(message, task_id, f"rendering failed: {exc}", retryable=True)
+        return _fail(message, task_id, f"rendering failed: {exc}", True, ref)
     except Exception as exc:
         log.exception("render %s failed", task_id)
-        return _fail(message, task_id, f"rendering failed: {exc.__class__.__name__}", False)
+        return _fail(message, task_id, f"rendering failed: {exc.__class__.__name__}", False, ref)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     if result is None:
@@ -206,14 +217,33 @@ def _render(
     return (name, result.duration_ms) if name else None
 
 
-def _fail(message: Message, task_id: str, text: str, retryable: bool) -> dict[str, Any]:
+@task_failure.connect
+def on_render_failure(
+    sender: Any = None,
+    task_id: str = "",
+    exception: BaseException | None = None,
+    args: Any = None,
+    kwargs: Any = None,
+    **extra: Any,
+) -> None:
+    """A render ended by what render_video cannot catch (its hard time limit kills the pool
+    process): the client still gets ERR_RENDER_FAILED and the message keeps it."""
+    if getattr(sender, "name", "") != render_video.name or not args:
+        return
+    message = Message.objects.filter(pk=args[0]).first()
+    if message is None or message.error_code or message.video:
+        return
+    reason = exception.__class__.__name__ if exception is not None else "an error"
+    _fail(message, task_id, f"rendering failed ({reason})", True, (kwargs or {}).get("ref"))
+
+
+def _fail(
+    message: Message, task_id: str, text: str, retryable: bool, ref: str | None = None
+) -> dict[str, Any]:
     log.warning("render %s of message %s failed: %s", task_id, message.pk, text)
     Message.objects.filter(pk=message.pk).update(
         error_code="ERR_RENDER_FAILED", error_message=text[:2000]
     )
     delete_outputs(message.session_id, message.pk)
-    publish_sync(
-        message.session_id,
-        {"type": "error", "code": "ERR_RENDER_FAILED", "message": text, "retryable": retryable},
-    )
+    publish_sync(message.session_id, error(Err.RENDER_FAILED, text, retryable=retryable, ref=ref))
     return {"status": "failed", "error": text}

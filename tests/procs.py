@@ -172,3 +172,29 @@ def start_daphne(
     )
     proc.wait_until(lambda: port_open(port), what="listening")
     return proc, port
+
+
+def pool_children(pid: int) -> list[int]:
+    """Process ids of a Celery worker's pool processes (the children of its main process)."""
+    children: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            children += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:  # the thread ended meanwhile
+            continue
+    return sorted(set(children))
+
+
+def kill_pool_child(worker: Proc | int, timeout: float = 10.0) -> int:
+    """SIGKILL the only pool process of a worker (a Proc or its main pid) started with
+    concurrency 1, as the kernel's out-of-memory killer would; the worker's main process lives
+    on. Returns the pid killed."""
+    pid = worker.popen.pid if isinstance(worker, Proc) else worker
+    deadline = time.monotonic() + timeout
+    while not (children := pool_children(pid)):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"worker {pid} has no pool process")
+        time.sleep(0.05)
+    assert len(children) == 1, f"worker {pid} has {len(children)} pool processes"
+    os.kill(children[0], signal.SIGKILL)
+    return children[0]

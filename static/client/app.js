@@ -240,6 +240,9 @@ function onSpeechComplete(event) {
 }
 
 function onTurnProgress(event) {
+  if (event.state === "redelivered" && event.reply_message_id) {
+    chat.setText(chat.reply(event.reply_message_id), ""); // its deltas start again
+  }
   const item = state.pendingUploads[0];
   if (item && event.step === "transcribe" && event.state !== "done") {
     chat.setStatus(item, "step.transcribe");

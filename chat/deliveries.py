@@ -1,0 +1,64 @@
+"""How often a task's message was delivered to a worker, so that a lost worker's task is
+redelivered but a task that kills its worker every time (poison) is not redelivered for ever.
+
+The turn's tasks are acknowledged late and requeued when their pool process dies
+(`acks_late` + `reject_on_worker_lost`): Celery then puts the message back at once and the
+next delivery carries the same task id and retry count. Counting deliveries per (task id,
+retry) in Redis tells a redelivery from a first run on any worker, and a step past
+CELERY_TASK_MAX_DELIVERIES gives up with its stage's error code instead of running again.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import redis
+from django.conf import settings
+
+PREFIX = "echo:deliveries:"
+ONCE_PREFIX = "echo:once:"
+TTL_S = 24 * 3600
+
+_client: tuple[int, redis.Redis] | None = None
+
+
+def client() -> redis.Redis:
+    """One connection pool per process (a pool must not cross a fork)."""
+    global _client
+    if _client is None or _client[0] != os.getpid():
+        _client = (os.getpid(), redis.Redis.from_url(settings.REDIS_URL))
+    return _client[1]
+
+
+def count(task_id: str, retries: int = 0) -> int:
+    """Record one more delivery of this run of the task; returns its number (1 = first)."""
+    key = f"{PREFIX}{task_id}:{retries}"
+    pipe = client().pipeline()
+    pipe.incr(key)
+    pipe.expire(key, TTL_S)
+    return int(pipe.execute()[0])
+
+
+def delivery(request: Any) -> int:
+    """The delivery number of the running task, counted once per delivery even when asked
+    several times (by the task_prerun signal and by the task body)."""
+    number = getattr(request, "echo_delivery", None)
+    if number is None:
+        number = count(request.id, request.retries or 0)
+        request.echo_delivery = number
+    return number
+
+
+def exhausted(number: int) -> bool:
+    """True for a delivery past the bound: the earlier ones all lost their worker."""
+    return number > settings.CELERY_TASK_MAX_DELIVERIES
+
+
+def done(name: str) -> bool:
+    return bool(client().exists(ONCE_PREFIX + name))
+
+
+def mark_done(name: str) -> None:
+    """Remember that an event went out, so that a redelivered step does not send it again."""
+    client().set(ONCE_PREFIX + name, "1", ex=TTL_S)
