@@ -31,8 +31,26 @@ def main(argv: list[str]) -> None:
         *argv,
         "echoproject.asgi:application",
     ]
+    close_oversized_messages_cleanly()
     tune_gc()
     CommandLineInterface().run(args)
+
+
+def close_oversized_messages_cleanly() -> None:
+    """Make daphne answer a message over the size limit with the close frame 1009 that
+    docs/protocol.md promises, instead of autobahn's default for servers (`failByDrop`): an
+    abort of the TCP connection, which the client sees as 1006 while it is still sending.
+    Other protocol failures (invalid UTF-8: 1007) get their close frame the same way; a client
+    that never answers it is dropped after autobahn's closing-handshake timeout."""
+    from daphne import server
+    from daphne.ws_protocol import WebSocketFactory
+
+    class ClosingWebSocketFactory(WebSocketFactory):
+        def resetProtocolOptions(self) -> None:
+            super().resetProtocolOptions()
+            self.failByDrop = False
+
+    server.WebSocketFactory = ClosingWebSocketFactory
 
 
 def tune_gc() -> None:
