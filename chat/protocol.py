@@ -92,7 +92,9 @@ def parse(text: str) -> tuple[str, dict[str, Any], str | None]:
         raise ProtocolError(Err.BAD_MESSAGE, "frame must be a JSON object")
     # Both walks are skipped for the usual frame: only `[`/`{` can nest and only an escape
     # (or a caller's raw surrogate) can produce one: daphne refuses frames that are not UTF-8.
-    surrogates = _ESCAPED_SURROGATE.search(text) is not None
+    surrogates = ("\\u" in text and _ESCAPED_SURROGATE.search(text) is not None) or (
+        not text.isascii() and _SURROGATE.search(text) is not None
+    )
     if surrogates or text.count("[") + text.count("{") > MAX_JSON_DEPTH:
         message = _checked(message, surrogates)
     ref = message.get("id")
@@ -117,7 +119,7 @@ def parse(text: str) -> tuple[str, dict[str, Any], str | None]:
 
 
 _TOO_DEEP = f"JSON nested deeper than {MAX_JSON_DEPTH} levels"
-_ESCAPED_SURROGATE = re.compile("\\\\u[dD][89a-fA-F]|[\ud800-\udfff]")
+_ESCAPED_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
