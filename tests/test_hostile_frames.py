@@ -12,6 +12,7 @@ import http.client
 import json
 import re
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -278,25 +279,64 @@ def test_lone_surrogates_are_stored_and_echoed_as_replacement_characters(
     assert "café \ufffd" in result["response"]["text"]  # the persona responder quotes it
 
 
+def test_lone_surrogates_from_the_model_are_streamed_and_stored_as_replacement_characters(
+    log_dir: Path, openai_server: Any
+) -> None:
+    """The same rule for the other way in: an LLM stream may escape a broken emoji."""
+    openai_server.reset()
+    openai_server.behaviour.reply = "Smile \ud83d now."
+    proc, port = daphne_with(
+        log_dir,
+        "daphne-surrogate-llm",
+        LLM_BACKEND="openai",
+        LLM_BASE_URL=openai_server.base_url,
+        LLM_MODEL="fake-model",
+        LLM_API_KEY=openai_server.api_key,
+    )
+    try:
+
+        async def body() -> list[dict[str, Any]]:
+            async with websockets.connect(f"ws://127.0.0.1:{port}/ws/chat/") as ws:
+                await ws.recv()
+                await ws.send(json.dumps({"type": "text_message", "text": "Hello"}))
+                events: list[dict[str, Any]] = []
+                while not events or events[-1]["type"] not in ("tts_complete", "error"):
+                    events.append(json.loads(await asyncio.wait_for(ws.recv(), 30)))
+                return events
+
+        events = run(body())
+        [response] = [e for e in events if e["type"] == "text_response"]
+        deltas = "".join(e["delta"] for e in events if e["type"] == "text_delta")
+        assert response["text"] == deltas == "Smile \ufffd now."
+        assert events[-1]["type"] == "tts_complete"
+        assert Message.objects.get(pk=response["message_id"]).text == "Smile \ufffd now."
+        assert "Traceback" not in proc.log_path.read_text(errors="replace")
+    finally:
+        proc.stop()
+        openai_server.reset()
+
+
 def test_oversized_message_is_closed_with_1009_and_the_server_keeps_serving(
     hostile_server: Daphne,
 ) -> None:
-    async def body() -> tuple[int | None, dict[str, Any]]:
+    async def body() -> tuple[int | None, str, dict[str, Any]]:
         async with websockets.connect(hostile_server.url, max_size=None) as ws:
-            await ws.recv()
+            init = json.loads(await ws.recv())
             try:  # 21 MiB, over 2 × MAX_UPLOAD_BYTES
                 await ws.send(b"\x00" * (21 * 1024 * 1024))
                 await asyncio.wait_for(ws.recv(), 30)
             except websockets.ConnectionClosed:
                 pass
             code = ws.close_code
+            session_id = init["session_id"]
         async with websockets.connect(hostile_server.url, max_size=None) as ws:
             await ws.recv()
             await ws.send(json.dumps({"type": "ping", "id": "after"}))
-            return code, json.loads(await asyncio.wait_for(ws.recv(), 10))
+            return code, session_id, json.loads(await asyncio.wait_for(ws.recv(), 10))
 
-    code, pong = run(body())
+    code, session_id, pong = run(body())
     assert code == 1009
+    _wait_ended(session_id)
     assert pong["type"] == "pong" and pong["ref"] == "after"
 
 
@@ -315,11 +355,16 @@ def test_text_frame_that_is_not_utf8_is_closed_with_1007_and_the_session_ends(
 
     session_id, code = run(body())
     assert code == 1007
+    _wait_ended(session_id)
+
+
+def _wait_ended(session_id: str) -> None:
+    """The session's row ends as disconnected (handled beside the closing handshake)."""
     session = ChatSession.objects.get(pk=session_id)
-    for _ in range(50):  # the disconnect is handled beside the close handshake
+    for _ in range(100):
         if session.ended_at is not None:
             break
-        run(asyncio.sleep(0.1))
+        time.sleep(0.1)
         session.refresh_from_db()
     assert session.end_reason == EndReason.DISCONNECTED
 
