@@ -312,7 +312,13 @@ def test_lone_surrogates_from_the_model_are_streamed_and_stored_as_replacement_c
         deltas = "".join(e["delta"] for e in events if e["type"] == "text_delta")
         assert response["text"] == deltas == "Smile \ufffd now."
         assert events[-1]["type"] == "tts_complete"
-        assert Message.objects.get(pk=response["message_id"]).text == "Smile \ufffd now."
+        reply = Message.objects.get(pk=response["message_id"])
+        for _ in range(100):  # saved once the speech is done, beside the last event
+            if reply.text:
+                break
+            time.sleep(0.1)
+            reply.refresh_from_db()
+        assert reply.text == "Smile \ufffd now."
         assert "Traceback" not in proc.log_path.read_text(errors="replace")
     finally:
         proc.stop()
