@@ -90,8 +90,8 @@ def parse(text: str) -> tuple[str, dict[str, Any], str | None]:
         raise ProtocolError(Err.BAD_MESSAGE, "frame is not valid JSON") from None
     if not isinstance(message, dict):
         raise ProtocolError(Err.BAD_MESSAGE, "frame must be a JSON object")
-    # Both walks are skipped for the usual frame: only `[`/`{` can nest and only an escape
-    # (or a caller's raw surrogate) can produce one: daphne refuses frames that are not UTF-8.
+    # The walk runs only when it may be needed: only `[`/`{` nest, and a surrogate comes from
+    # a `\u` escape (daphne refuses text frames that are not UTF-8) or an in-process caller.
     surrogates = ("\\u" in text and _ESCAPED_SURROGATE.search(text) is not None) or (
         not text.isascii() and _SURROGATE.search(text) is not None
     )
