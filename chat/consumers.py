@@ -51,6 +51,7 @@ def _find_avatar(slug: str | None) -> Avatar | None:
 
 class ChatConsumer(AsyncWebsocketConsumer):
     session: ChatSession | None = None
+    _ending: asyncio.Future[None] | None = None  # the end on disconnect, once started
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         """Channels' dispatch, without its `aclose_old_connections()` before every frame: that
@@ -70,7 +71,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         try:
             await super().__call__(scope, receive, send)
         finally:
-            await self.disconnect(Close.ABNORMAL)
+            await self.disconnect(Close.ABNORMAL)  # waits for an end already under way too
 
     # --- connection ---------------------------------------------------------------------------
     async def connect(self) -> None:
@@ -177,9 +178,17 @@ class ChatConsumer(AsyncWebsocketConsumer):
         }
 
     async def disconnect(self, code: int) -> None:
-        """The socket is gone (or the consumer is ending): end the session at once."""
-        if self.session is not None and not self.ended:
-            await self._end(EndReason.DISCONNECTED, notify=False)
+        """The socket is gone (or the consumer is ending): end the session at once.
+
+        The end runs as a task of its own that a cancellation of the consumer (daphne's
+        shutdown) cannot cut short: a peer connection left open would keep the process alive.
+        """
+        if self.session is None:
+            return
+        if self._ending is None and not self.ended:
+            self._ending = asyncio.ensure_future(self._end(EndReason.DISCONNECTED, notify=False))
+        if self._ending is not None:
+            await asyncio.shield(self._ending)
 
     # --- sending ------------------------------------------------------------------------------
     async def send_event(self, event: dict[str, Any]) -> None:

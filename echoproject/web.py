@@ -33,7 +33,9 @@ def main(argv: list[str]) -> None:
     ]
     close_oversized_messages_cleanly()
     tune_gc()
-    CommandLineInterface().run(args)
+    cli = CommandLineInterface()
+    cli.server_class = _server_waiting_for_every_consumer()
+    cli.run(args)
 
 
 def close_oversized_messages_cleanly() -> None:
@@ -51,6 +53,38 @@ def close_oversized_messages_cleanly() -> None:
             self.failByDrop = False
 
     server.WebSocketFactory = ClosingWebSocketFactory
+
+
+def _server_waiting_for_every_consumer() -> type:
+    """daphne's Server, whose shutdown waits until every cancelled consumer has finished.
+
+    daphne cancels each application instance on SIGTERM/SIGINT and waits for them with a plain
+    `asyncio.gather`, which returns at the first instance that ends cancelled: the reactor then
+    stopped while the other sessions were still ending, their tasks were destroyed pending
+    ("Task was destroyed but it is pending!"), and a WebRTC peer left open kept aiortc's
+    decoder thread, and so the process, alive."""
+    import asyncio
+    import logging
+
+    from daphne.server import Server
+    from twisted.internet import defer
+
+    logger = logging.getLogger("daphne.server")
+
+    class WaitingServer(Server):
+        def kill_all_applications(self) -> defer.Deferred:
+            instances = [
+                details["application_instance"]
+                for details in self.connections.values()
+                if details.get("application_instance") is not None
+                and not details["application_instance"].done()
+            ]
+            for instance in instances:
+                instance.cancel()
+            logger.info("Killed %i pending application instances", len(instances))
+            return defer.Deferred.fromFuture(asyncio.gather(*instances, return_exceptions=True))
+
+    return WaitingServer
 
 
 def tune_gc() -> None:
