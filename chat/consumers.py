@@ -35,6 +35,7 @@ from chat.protocol import (
     error,
     now_ms,
     parse,
+    scrub,
 )
 from chat.reply import Reply, ReplyRequest, WebRTCSink, WebSocketSink
 
@@ -51,6 +52,7 @@ def _find_avatar(slug: str | None) -> Avatar | None:
 
 class ChatConsumer(AsyncWebsocketConsumer):
     session: ChatSession | None = None
+    _ending: asyncio.Future[None] | None = None  # the end on disconnect, once started
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         """Channels' dispatch, without its `aclose_old_connections()` before every frame: that
@@ -61,6 +63,16 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if handler is None:
             raise ValueError(f"No handler for message type {message['type']}")
         await handler(message)
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        """Channels' consumer loop, and the session's end however the loop ends: an exception
+        that escaped a handler, or daphne cancelling the consumer (shutdown, a socket lost
+        without its disconnect), would otherwise leave the session's row open, its group
+        joined and its tasks pending until `cleanup_sessions` found it."""
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self.disconnect(Close.ABNORMAL)  # waits for an end already under way too
 
     # --- connection ---------------------------------------------------------------------------
     async def connect(self) -> None:
@@ -174,15 +186,28 @@ class ChatConsumer(AsyncWebsocketConsumer):
         }
 
     async def disconnect(self, code: int) -> None:
-        if self.session is not None and not self.ended:
-            await self._end(EndReason.DISCONNECTED, notify=False)
+        """The socket is gone (or the consumer is ending): end the session at once.
+
+        The end runs as a task of its own that a cancellation of the consumer (daphne's
+        shutdown) cannot cut short: a peer connection left open would keep the process alive.
+        """
+        if self.session is None:
+            return
+        if self._ending is None and not self.ended:
+            self._ending = asyncio.ensure_future(self._end(EndReason.DISCONNECTED, notify=False))
+        if self._ending is not None:
+            await asyncio.shield(self._ending)
 
     # --- sending ------------------------------------------------------------------------------
     async def send_event(self, event: dict[str, Any]) -> None:
         field = URL_FIELDS.get(event["type"])
         if field and isinstance(event.get(field), str):  # site-relative media URLs made absolute
             event[field] = self._absolute(event[field])
-        await self.send(text_data=json.dumps(event, ensure_ascii=False))
+        data = json.dumps(event, ensure_ascii=False)
+        try:
+            await self.send(text_data=data)
+        except UnicodeEncodeError:  # a lone surrogate from a provider or a worker's event
+            await self.send(text_data=scrub(data))
 
     async def send_error(
         self, code: str, message: str, *, retryable: bool = False, ref: str | None = None
@@ -202,27 +227,37 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     # --- receiving ----------------------------------------------------------------------------
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        """One client frame. Whatever it holds, the session outlives it: a refusal is a protocol
+        error, and a failure of ours is ERR_INTERNAL (logged with its traceback, to be fixed)."""
         if self.ended or self.session is None:
             return
         self.last_seen = time.monotonic()
         if self.last_seen - self.last_touch > sessions.touch_interval_s():
             self.last_touch = self.last_seen
             self._spawn(database_sync_to_async(sessions.touch)(self.session_id))
-        if bytes_data is not None:
-            await self._receive_audio(bytes_data)
-            return
-        if not self.limiter.allow():
-            await self._rate_limited()
-            return
+        ref = None
         try:
-            kind, message, ref = parse(text_data or "")
-        except ProtocolError as exc:
-            await self.send_error(exc.code, exc.message, ref=exc.ref)
-            return
-        if kind in REALTIME_TYPES:
-            await self._realtime_handler().handle(kind, message, ref)
-        else:
-            await getattr(self, f"on_{kind}")(message, ref)
+            if bytes_data is not None:
+                await self._receive_audio(bytes_data)
+                return
+            if not self.limiter.allow():
+                await self._rate_limited()
+                return
+            try:
+                kind, message, ref = parse(text_data or "")
+            except ProtocolError as exc:
+                await self.send_error(exc.code, exc.message, ref=exc.ref)
+                return
+            if kind in REALTIME_TYPES:
+                await self._realtime_handler().handle(kind, message, ref)
+            else:
+                await getattr(self, f"on_{kind}")(message, ref)
+        except Exception:
+            log.exception("a client frame failed in session %s", self.session_id)
+            if not self.ended:
+                await self.send_error(
+                    Err.INTERNAL, "the server failed to handle this message", ref=ref
+                )
 
     async def _rate_limited(self) -> None:
         if self.limiter.should_warn():

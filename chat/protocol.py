@@ -6,6 +6,7 @@ Validation is table-driven so the consumer's receive path stays a dispatch on `t
 from __future__ import annotations
 
 import json
+import re
 import time
 from enum import StrEnum
 from typing import Any
@@ -13,6 +14,7 @@ from typing import Any
 PROTOCOL_VERSION = "1.0"
 MAX_ID_CHARS = 64
 MAX_TEXT_FRAME_BYTES = 64 * 1024
+MAX_JSON_DEPTH = 32  # no message of the protocol nests deeper than 4
 AUDIO_FORMATS = ["wav", "webm/opus", "ogg/opus", "mp3"]
 
 
@@ -43,6 +45,7 @@ class Close:
     NOT_FOUND = 4404  # unknown avatar
     TIMEOUT = 4408  # idle past SESSION_TIMEOUT_S
     UNAVAILABLE = 4503  # a service the session needs (Redis) is unreachable at the handshake
+    ABNORMAL = 1006  # the connection was lost without a close frame
 
 
 class ProtocolError(Exception):
@@ -70,17 +73,31 @@ FIELDS: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
 
 
 def parse(text: str) -> tuple[str, dict[str, Any], str | None]:
-    """Decode one client text frame into (type, message, ref) or raise ProtocolError."""
+    """Decode one client text frame into (type, message, ref) or raise ProtocolError.
+
+    Every string of the message (keys too) is safe to store and to echo: JSON may escape lone
+    UTF-16 surrogates ("\\ud800") that no UTF-8 encoder accepts, so they become U+FFFD here, once,
+    instead of failing later in the database or in the WebSocket send.
+    """
     if len(text) > MAX_TEXT_FRAME_BYTES:
         raise ProtocolError(
             Err.TOO_LARGE, f"text frames are limited to {MAX_TEXT_FRAME_BYTES} bytes"
         )
     try:
         message = json.loads(text)
+    except RecursionError:
+        raise ProtocolError(Err.BAD_MESSAGE, _TOO_DEEP) from None
     except ValueError:
         raise ProtocolError(Err.BAD_MESSAGE, "frame is not valid JSON") from None
     if not isinstance(message, dict):
         raise ProtocolError(Err.BAD_MESSAGE, "frame must be a JSON object")
+    # The walk runs only when it may be needed: only `[`/`{` nest, and a surrogate comes from
+    # a `\u` escape (daphne refuses text frames that are not UTF-8) or an in-process caller.
+    surrogates = ("\\u" in text and _ESCAPED_SURROGATE.search(text) is not None) or (
+        not text.isascii() and _SURROGATE.search(text) is not None
+    )
+    if surrogates or text.count("[") + text.count("{") > MAX_JSON_DEPTH:
+        message = _checked(message, surrogates)
     ref = message.get("id")
     if ref is not None and (not isinstance(ref, str) or len(ref) > MAX_ID_CHARS):
         raise ProtocolError(
@@ -100,6 +117,43 @@ def parse(text: str) -> tuple[str, dict[str, Any], str | None]:
         elif not isinstance(value, types) or isinstance(value, bool):
             raise ProtocolError(Err.BAD_MESSAGE, f"{kind}: field '{name}' has the wrong type", ref)
     return kind, message, ref
+
+
+_TOO_DEEP = f"JSON nested deeper than {MAX_JSON_DEPTH} levels"
+_ESCAPED_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def scrub(text: str) -> str:
+    """The text with every lone surrogate replaced by U+FFFD, so that it encodes as UTF-8."""
+    return _SURROGATE.sub("\ufffd", text)
+
+
+def _checked(message: dict[str, Any], surrogates: bool) -> dict[str, Any]:
+    """The message with its strings scrubbed (when `surrogates`), refused past MAX_JSON_DEPTH.
+
+    Iterative, so that no depth json.loads accepts can exhaust the stack here.
+    """
+    fix = scrub if surrogates else str
+    root: dict[str, Any] = {}
+    stack: list[tuple[Any, dict[str, Any] | list[Any], int]] = [(message, root, 1)]
+    while stack:
+        source, target, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise ProtocolError(Err.BAD_MESSAGE, _TOO_DEEP)
+        items = source.items() if isinstance(source, dict) else enumerate(source)
+        for key, value in items:
+            if isinstance(value, str):
+                value = fix(value)
+            elif isinstance(value, dict | list):
+                child: dict[str, Any] | list[Any] = {} if isinstance(value, dict) else []
+                stack.append((value, child, depth + 1))
+                value = child
+            if isinstance(target, dict):
+                target[fix(key)] = value
+            else:
+                target.append(value)
+    return root
 
 
 def error(

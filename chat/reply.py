@@ -23,7 +23,7 @@ from channels.db import database_sync_to_async
 from chat import sessions
 from chat.audio import pcm_duration_ms, pcm_to_wav
 from chat.models import Message
-from chat.protocol import Err, error
+from chat.protocol import Err, error, scrub
 from chat.providers.base import ChatTurn, ProviderError
 from chat.storage import public_url, save_for_session
 
@@ -195,6 +195,7 @@ class Reply:
             if not delta:
                 continue
             self._mark("llm_first_ms")
+            delta = scrub(delta)  # a lone surrogate from the model would fail the save
             self.text += delta
             await self.send({"type": "text_delta", "delta": delta, "message_id": self.message.id})
             yield delta

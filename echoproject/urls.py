@@ -5,9 +5,9 @@ from __future__ import annotations
 from django.conf import settings
 from django.contrib import admin
 from django.urls import include, path, re_path
-from django.views.static import serve
 
 from echoproject.health import healthz
+from echoproject.media import serve_media
 from echoproject.views import index
 
 urlpatterns = [
@@ -20,6 +20,4 @@ urlpatterns = [
 
 if settings.SERVE_MEDIA and settings.STORAGES["default"]["BACKEND"].endswith("FileSystemStorage"):
     # The embedded set-up serves its own media; at scale put a CDN or S3 in front instead.
-    urlpatterns.append(
-        re_path(r"^media/(?P<path>.*)$", serve, {"document_root": settings.MEDIA_ROOT})
-    )
+    urlpatterns.append(re_path(r"^media/(?P<path>.*)$", serve_media))

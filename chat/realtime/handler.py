@@ -10,6 +10,7 @@ negotiate again (after reconnecting, as the protocol says, or on the same socket
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from typing import Any, Protocol
 
@@ -36,6 +37,8 @@ MIN_SAMPLE_RATE = 8000
 MAX_SAMPLE_RATE = 48000
 DIRECTIONS = ("both", "send", "recv")
 TRANSPORTS = ("webrtc", "websocket")
+MAX_CANDIDATES = 64  # in one offer; a browser sends a handful per network interface
+MAX_CANDIDATE_CHARS = 512
 
 
 class SessionContext(Protocol):
@@ -174,12 +177,10 @@ class RealtimeHandler:
             raise BadMessage('`sdp_type` must be "offer"')
         if not isinstance(candidates, list) or not all(isinstance(c, dict) for c in candidates):
             raise BadMessage("`candidates` must be a list of ice_candidate objects")
+        if len(candidates) > MAX_CANDIDATES:
+            raise BadMessage(f"an offer carries at most {MAX_CANDIDATES} candidates")
         for candidate in candidates:
             _check_candidate(candidate)
-            try:
-                parse_candidate(candidate["candidate"], None, 0)
-            except CandidateError as exc:
-                raise BadMessage(str(exc)) from exc
         if self.state != INITIALIZED:
             await self.ctx.send_error(
                 "ERR_STATE", f"offer not allowed in state {self.state}", ref=ref
@@ -394,15 +395,45 @@ class RealtimeHandler:
 
 
 def _check_candidate(msg: dict[str, Any]) -> None:
+    """Refuse a candidate aiortc would choke on later, beside the loop (absurd ports,
+    addresses that are neither IP nor mDNS names), while the client can still be told."""
     candidate = msg.get("candidate")
     sdp_mid = msg.get("sdpMid")
     index = msg.get("sdpMLineIndex")
-    if not isinstance(candidate, str):
-        raise BadMessage("`candidate` must be a string")
-    if sdp_mid is not None and not isinstance(sdp_mid, str):
-        raise BadMessage("`sdpMid` must be a string or null")
-    if index is not None and (isinstance(index, bool) or not isinstance(index, int) or index < 0):
-        raise BadMessage("`sdpMLineIndex` must be a non-negative integer or null")
+    if not isinstance(candidate, str) or len(candidate) > MAX_CANDIDATE_CHARS:
+        raise BadMessage(f"`candidate` must be a string of at most {MAX_CANDIDATE_CHARS} chars")
+    if sdp_mid is not None and (not isinstance(sdp_mid, str) or len(sdp_mid) > 32):
+        raise BadMessage("`sdpMid` must be a string (at most 32 chars) or null")
+    if index is not None and (
+        isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < 1024
+    ):
+        raise BadMessage("`sdpMLineIndex` must be an integer from 0 to 1023, or null")
+    try:
+        parsed = parse_candidate(candidate, None, 0)
+    except CandidateError as exc:
+        raise BadMessage(str(exc)) from exc
+    if parsed is None:  # end of candidates
+        return
+    ports = [parsed.port] + ([parsed.relatedPort] if parsed.relatedPort is not None else [])
+    if (
+        not all(0 <= port <= 65535 for port in ports)
+        or not 1 <= parsed.component <= 256
+        or not 0 <= parsed.priority < 2**32
+        or parsed.protocol.lower() not in ("udp", "tcp")
+        or not _candidate_address(parsed.ip)
+    ):
+        raise BadMessage(f"unusable ICE candidate: {candidate[:100]!r}")
+
+
+def _candidate_address(host: str) -> bool:
+    """An IP address, or the mDNS name (`<uuid>.local`) browsers put in place of one."""
+    if host.endswith(".local") and 6 < len(host) <= 255:
+        return all(c.isascii() and (c.isalnum() or c in "-.") for c in host)
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _with_ref(event: dict[str, Any], ref: str | None) -> dict[str, Any]:
