@@ -257,6 +257,10 @@ CELERY_BEAT_SCHEDULE: dict[str, dict] = {
     "cleanup-sessions": {"task": "chat.tasks.cleanup_sessions", "schedule": CLEANUP_INTERVAL_S},
 }
 
+# --- web process and health (echoproject/web.py, echoproject/health.py) ---------------------
+WEB_GC = env_choice("WEB_GC", ["tuned", "default", "off"], "tuned")
+HEALTHZ_TOKEN = env_str("HEALTHZ_TOKEN")
+
 # --- admin and auth ---------------------------------------------------------------------------
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
