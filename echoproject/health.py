@@ -112,9 +112,15 @@ async def _check_redis() -> tuple[dict[str, Any], dict[str, Any]]:
 
 async def _check_channel_layer() -> tuple[dict[str, Any], dict[str, Any]]:
     """A message through the layer and back, on the web process's own loop (a sync view's
-    `async_to_sync` queued it behind the thread that serves every database call)."""
+    `async_to_sync` queued it behind the thread that serves every database call).
+
+    The channel has the layer's default prefix on purpose: channels_redis keeps the messages
+    of all of a process's own channels under one key per prefix, read by whichever receiver
+    holds the process's receive lock. With a prefix of its own ("healthz.") the message sat
+    under a key that the session consumers holding that lock never read, and the check timed
+    out whenever a session was open."""
     layer = get_channel_layer()
-    channel = await layer.new_channel("healthz.")
+    channel = await layer.new_channel()
     await layer.send(channel, {"type": "healthz.ping"})
     message = await layer.receive(channel)
     if message.get("type") != "healthz.ping":

@@ -3,11 +3,14 @@ anonymous caller nothing more than that."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import socket
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +21,7 @@ from django.conf import settings
 from django.test import Client
 from django.test.utils import override_settings
 
+from tests.fixtures_sessions import run
 from tests.procs import Proc, child_env, start_celery_worker
 
 pytestmark = pytest.mark.django_db
@@ -46,6 +50,37 @@ def test_healthy_with_redis_and_a_worker(client: Client, celery_worker: Proc) ->
     assert checks["workers"]["queues"]["speech"] >= 1
     assert checks["workers"]["queues"]["render"] >= 1
     assert response["Cache-Control"] == "no-store"
+
+
+def _get(url: str) -> tuple[int, dict[str, Any]]:
+    try:
+        with urllib.request.urlopen(url, timeout=15) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+@pytest.mark.django_db(transaction=True)
+def test_healthy_through_daphne_while_sessions_are_open(
+    celery_worker: Proc, live_avatars: list, chat_server: str, connect: Any
+) -> None:
+    """The view on the web process's own loop, next to session consumers that hold the
+    channel layer's receive lock: the round trip must still come back."""
+    url = chat_server.replace("ws://", "http://") + "/healthz"
+
+    async def body() -> list[tuple[int, dict[str, Any]]]:
+        async with connect() as first, connect("?mode=video") as second:
+            for client in (first, second):
+                await client.until("init")
+            return [await asyncio.to_thread(_get, url) for _ in range(3)]
+
+    for status, answer in run(body()):
+        assert status == 200, answer
+        assert answer["checks"]["channel_layer"] == {
+            **answer["checks"]["channel_layer"],
+            "ok": True,
+            "attempts": 1,
+        }
 
 
 def test_anonymous_answer_names_no_version_vendor_host_or_worker(
