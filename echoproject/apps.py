@@ -10,5 +10,6 @@ class EchoprojectConfig(AppConfig):
     verbose_name = "echoproject"
 
     def ready(self) -> None:
-        # Celery workers publish their presence for /healthz (connects `worker_ready`)
-        from echoproject import health  # noqa: F401
+        # Celery workers publish their presence for /healthz (connects `worker_ready`) and
+        # yield the CPU to web processes (`worker_init`)
+        from echoproject import health, workers  # noqa: F401
