@@ -138,34 +138,42 @@ async def upload_turns(url: str, turns: int, audio: bytes, errors: list[str]) ->
 
 
 async def poll_healthz(
-    http: str, stop: asyncio.Event, polls: list[tuple[float, float, int]]
+    http: str, stop: asyncio.Event, polls: list[tuple[float, float, int, list[str]]]
 ) -> None:
-    """GET /healthz every half second until `stop`: (send time, ms, HTTP status) each."""
+    """GET /healthz every half second until `stop`: (send time, ms, HTTP status, the checks
+    that failed) each."""
     host, port = http.removeprefix("http://").split(":")
     while not stop.is_set():
         sent = time.monotonic()
+        failed: list[str] = []
         try:
             reader, writer = await asyncio.open_connection(host, int(port))
-            writer.write(
-                f"GET /healthz HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode()
-            )
-            status = int((await asyncio.wait_for(reader.readline(), 30)).split()[1])
-            await reader.read()
+            request = f"GET /healthz HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+            writer.write(request.encode())
+            response = await asyncio.wait_for(reader.read(), 60)
             writer.close()
-        except (OSError, TimeoutError, IndexError, ValueError):
+            head, _, body = response.partition(b"\r\n\r\n")
+            status = int(head.split()[1])
+            checks = json.loads(body)["checks"]
+            failed = [name for name, check in checks.items() if not check["ok"]]
+        except (OSError, TimeoutError, IndexError, ValueError, KeyError):
             status = 0
-        polls.append((sent, (time.monotonic() - sent) * 1000, status))
+        polls.append((sent, (time.monotonic() - sent) * 1000, status, failed))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), 0.5)
 
 
-def health_figures(polls: list[tuple[float, float, int]], start: float, end: float) -> dict:
-    took = [ms for sent, ms, _ in polls if start <= sent < end]
+def health_figures(
+    polls: list[tuple[float, float, int, list[str]]], start: float, end: float
+) -> dict[str, Any]:
+    inside = [poll for poll in polls if start <= poll[0] < end]
+    took = [poll[1] for poll in inside]
     return {
         "healthz_polls": len(took),
         "healthz_p50_ms": round(statistics.median(took), 1) if took else None,
         "healthz_max_ms": round(max(took), 1) if took else None,
-        "healthz_not_200": sum(1 for sent, _, code in polls if start <= sent < end and code != 200),
+        "healthz_not_200": sum(1 for poll in inside if poll[2] != 200),
+        "healthz_failed_checks": sorted({name for poll in inside for name in poll[3]}),
     }
 
 
@@ -188,7 +196,7 @@ async def client(
     for _ in range(sessions):
         tasks.append(asyncio.create_task(session(url, stop, samples, errors)))
         await asyncio.sleep(ramp / sessions)
-    polls: list[tuple[float, float, int]] = []
+    polls: list[tuple[float, float, int, list[str]]] = []
     if healthz:
         http = url.replace("ws://", "http://").removesuffix("/ws/chat/")
         tasks.append(asyncio.create_task(poll_healthz(http, stop, polls)))
