@@ -207,6 +207,7 @@ async def client(
     quiet_end = time.monotonic()
     at_end = probe(server_pid)
     result: dict[str, Any] = {"sessions": sessions, **figures(samples, quiet_start, quiet_end)}
+    result["window_monotonic"] = [round(quiet_start, 1), round(quiet_end, 1)]
     result.update(shares(at_start, at_end))
     if healthz:
         result.update(health_figures(polls, quiet_start, quiet_end))
