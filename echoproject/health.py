@@ -58,7 +58,8 @@ PRESENCE_TTL_S = 3 * PRESENCE_INTERVAL_S  # a killed worker is gone from the che
 PRESENCE_INDEX = "health:workers"  # zset nodename -> time of its last presence
 
 # Blocking checks (the database, the rare broadcast) run on threads of their own: the loop's
-# default executor is shared with upload decoding, and a health check must not queue behind it.
+# default executor is shared with everything else run in threads, and a health check must not
+# queue behind that work.
 _executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="healthz")
 
 
