@@ -70,6 +70,7 @@ def tune_gc() -> None:
     gc.freeze()
     if mode == "tuned":
         gc.set_threshold(*TUNED_GC_THRESHOLDS)
+        import daphne.server  # noqa: F401 - installs the asyncio reactor the call runs on
         from twisted.internet.task import LoopingCall
 
         LoopingCall(IdleCollector().tick).start(IDLE_CHECK_S, now=False)
