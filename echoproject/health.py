@@ -43,11 +43,12 @@ from redis.backoff import NoBackoff
 log = logging.getLogger(__name__)
 
 REQUIRED_QUEUES = ("speech", "render")
-ATTEMPT_TIMEOUT_S = 0.5  # one try of one check
-# The channel layer's round trip runs on the web process's event loop: when that loop is
-# behind (a saturated process, a starved machine) the message waits its turn there, which
-# is load, not an outage; Redis being down is the Redis check's, and fails at once.
-LAYER_TIMEOUT_S = 2.0
+# One try of one check. The checks' answers come back through the web process's event loop:
+# when that loop is behind (a saturated process, a starved machine) they wait their turn
+# there, which is load, not an outage. A dependency that is down refuses the connection at
+# once; only a hung one makes a check wait this long.
+ATTEMPT_TIMEOUT_S = 1.0
+LAYER_TIMEOUT_S = 2.0  # the round trip waits on the loop twice (send, then receive)
 RETRY_AFTER_S = 0.1  # the pause before the one retry of a failed check
 # The broadcast asked only when a queue seems to have no worker: replies are awaited for
 # ASK_WORKERS_TIMEOUT_S, but kombu's Redis transport polls in 1 s steps, so it takes ~1.1 s.
