@@ -1,11 +1,22 @@
 """The upload turn: one recorded utterance (a binary frame or an HTTP upload) is decoded,
 stored under the session's prefix and answered by a Celery chain on the `speech` queue:
-transcribe → reply → synthesize (→ render in video mode)."""
+transcribe → reply → synthesize (→ render in video mode).
+
+The decoding runs in a process of its own, not a thread: PyAV's Python-level loop over the
+frames (30–130 ms of CPU for a few seconds of WAV or WebM/Opus) held the GIL in 5 ms slices
+against the event loop serving every session of the web process, and with 1000 sessions
+pinging their latency tail grew with every upload (docs/benchmarks.md).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import multiprocessing
+import threading
 import uuid
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from celery import chain
@@ -28,16 +39,73 @@ class UploadRefused(Exception):
         self.message = message
 
 
-def check_and_decode(data: bytes) -> bytes:
-    """Size and format checks; the 16 kHz PCM of the utterance, or UploadRefused."""
+_decoder: ProcessPoolExecutor | None = None
+_decoder_lock = threading.Lock()
+
+
+def _decoder_pool(renew: bool = False) -> ProcessPoolExecutor:
+    """The decoding process of this process, started on first use (spawned: forking a
+    process that runs threads and an event loop is unsafe); `renew` replaces it."""
+    global _decoder
+    with _decoder_lock:
+        if renew and _decoder is not None:
+            _decoder.shutdown(wait=False, cancel_futures=True)
+            _decoder = None
+        if _decoder is None:
+            _decoder = ProcessPoolExecutor(
+                max_workers=1, mp_context=multiprocessing.get_context("spawn")
+            )
+        return _decoder
+
+
+def _check_size(data: bytes) -> None:
     if len(data) > settings.MAX_UPLOAD_BYTES:
         raise UploadRefused(
             Err.TOO_LARGE, f"uploads are limited to {settings.MAX_UPLOAD_BYTES} bytes"
         )
+
+
+def _submit(data: bytes, renew: bool) -> Future[bytes]:
     try:
-        return decode_upload(data, settings.MAX_AUDIO_SECONDS)
+        return _decoder_pool(renew).submit(decode_upload, data, settings.MAX_AUDIO_SECONDS)
+    except BrokenProcessPool:  # it died since its last decoding: a new one
+        return _decoder_pool(renew=True).submit(decode_upload, data, settings.MAX_AUDIO_SECONDS)
+
+
+def _outcome(future: Future[bytes]) -> bytes:
+    try:
+        return future.result()
     except AudioInvalid as exc:
         raise UploadRefused(Err.AUDIO_INVALID, str(exc)) from None
+
+
+UNDECODABLE = "not a decodable audio file (the decoder stopped on it)"
+
+
+def check_and_decode(data: bytes) -> bytes:
+    """Size and format checks; the 16 kHz PCM of the utterance, or UploadRefused. A file
+    that kills the decoding process twice is refused as undecodable (the web process lives)."""
+    _check_size(data)
+    for renew in (False, True):
+        try:
+            return _outcome(_submit(data, renew))
+        except BrokenProcessPool:
+            continue
+    raise UploadRefused(Err.AUDIO_INVALID, UNDECODABLE)
+
+
+async def check_and_decode_async(data: bytes) -> bytes:
+    """check_and_decode without holding a thread (or the GIL) while the decoding runs."""
+    _check_size(data)
+    for renew in (False, True):
+        future = _submit(data, renew)
+        with contextlib.suppress(Exception):  # its outcome is read (and raised) just below
+            await asyncio.wrap_future(future)
+        try:
+            return _outcome(future)
+        except BrokenProcessPool:
+            continue
+    raise UploadRefused(Err.AUDIO_INVALID, UNDECODABLE)
 
 
 def accept_upload(session_id: uuid.UUID | str, pcm: bytes, ref: str | None) -> Message:
@@ -69,7 +137,7 @@ def accept_upload(session_id: uuid.UUID | str, pcm: bytes, ref: str | None) -> M
 
 async def start_upload_turn(consumer: Any, data: bytes, ref: str | None) -> None:
     try:
-        pcm = await asyncio.to_thread(check_and_decode, data)
+        pcm = await check_and_decode_async(data)
         await consumer.interrupt()
         await database_sync_to_async(accept_upload)(consumer.session_id, pcm, ref)
     except UploadRefused as exc:

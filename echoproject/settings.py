@@ -273,6 +273,11 @@ CELERY_BEAT_SCHEDULE: dict[str, dict] = {
     "cleanup-sessions": {"task": "chat.tasks.cleanup_sessions", "schedule": CLEANUP_INTERVAL_S},
 }
 
+# --- web process, workers' priority, health (echoproject/web.py, workers.py, health.py) -----
+WEB_GC = env_choice("WEB_GC", ["tuned", "default", "off"], "tuned")
+HEALTHZ_TOKEN = env_str("HEALTHZ_TOKEN")
+WORKER_NICE = env_int("WORKER_NICE", 10, minimum=0, maximum=19)
+
 # --- admin and auth ---------------------------------------------------------------------------
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 
 
 def main(argv: list[str]) -> None:
@@ -87,23 +88,70 @@ def _server_waiting_for_every_consumer() -> type:
     return WaitingServer
 
 
-def tune_gc() -> None:
-    """Keep the cyclic collector's full passes off the message path (PERFORMANCE.md: at 1000
-    sessions the tail latency is gen-2 collections over long-lived objects, not CPU).
+# young generation every 50 000 net allocations, the middle one every 10 of those; the oldest
+# at every middle pass, as CPython's own rule allows (see tune_gc)
+TUNED_GC_THRESHOLDS = (50_000, 10, 1)
+IDLE_CHECK_S = 1.0  # how often the web process looks whether it is idle
+IDLE_CPU_SHARE = 0.05  # idle: under 5 % of a core over the last IDLE_CHECK_S
+IDLE_COLLECT_GAP_S = 5.0  # at most one idle-time full collection per this many seconds
+IDLE_MIN_YOUNG = 10_000  # young objects that justify one when nothing was promoted
 
-    Everything loaded at start-up is frozen out of the collector's sight, and the young
-    generation is collected less often, so each pass is rarer and scans only new objects."""
+
+def tune_gc() -> None:
+    """Keep the cyclic collector's passes off the message path without keeping garbage.
+
+    Everything loaded at start-up is frozen out of the collector's sight, so no pass ever
+    scans Django, Twisted and the rest again (the full passes over them were the tail latency
+    at 1000 sessions, docs/benchmarks.md), and the young generation is collected less often.
+    What sessions leave behind (reference cycles of consumers, tasks, exceptions) reaches the
+    oldest generation, which must still be collected: its earlier threshold of 1000 meant one
+    full pass per 2.5 billion net allocations, i.e. never, and the process grew ~21 MB per
+    1000 sessions (bench/memory.py). Now the oldest generation is considered at every middle
+    pass, under CPython's own rule (a full pass only once the objects promoted since the
+    last one exceed a quarter of those it kept, so its cost stays proportional), and a full
+    pass also runs when the process goes idle, so a wave of closed sessions is reclaimed
+    before the next wave piles on it."""
     import gc
 
-    mode = os.environ.get("WEB_GC", "tuned")
+    from django.conf import settings
+
+    mode = settings.WEB_GC
     if mode == "default":
         return
     gc.collect()
     gc.freeze()
     if mode == "tuned":
-        gc.set_threshold(50_000, 50, 1000)
+        gc.set_threshold(*TUNED_GC_THRESHOLDS)
+        import daphne.server  # noqa: F401 - installs the asyncio reactor the call runs on
+        from twisted.internet.task import LoopingCall
+
+        LoopingCall(IdleCollector().tick).start(IDLE_CHECK_S, now=False)
     elif mode == "off":  # diagnostic only: no cyclic collection at all
         gc.disable()
+
+
+class IdleCollector:
+    """A full collection when the web process is idle and has allocated since the last one:
+    a pass then delays no message, and the heap returns to what its live sessions need."""
+
+    def __init__(self) -> None:
+        self.cpu = time.process_time()
+        self.last = time.monotonic()
+
+    def tick(self) -> None:
+        import gc
+
+        cpu, now = time.process_time(), time.monotonic()
+        busy = (cpu - self.cpu) / IDLE_CHECK_S
+        self.cpu = cpu
+        if busy > IDLE_CPU_SHARE or now - self.last < IDLE_COLLECT_GAP_S:
+            return
+        young, middle_passes, old_passes = gc.get_count()
+        if middle_passes == 0 and old_passes == 0 and young < IDLE_MIN_YOUNG:
+            return  # nothing has been promoted since the last pass: no garbage can hide there
+        gc.collect()
+        self.last = now
+        self.cpu = time.process_time()  # the pass itself is not load
 
 
 if __name__ == "__main__":

@@ -1,0 +1,30 @@
+"""What every Celery worker process of the service does at start, whatever its queues.
+
+Workers yield the CPU to web processes: a web process serves every session's messages on one
+event loop, where a few milliseconds of waiting for a core show in every session's latency,
+while a turn on a worker (seconds of recognition or rendering) loses nothing it would notice.
+On a machine shared by both (`make run`, small deployments) the kernel then runs the web
+process first; on a machine of its own the worker's priority changes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from celery.signals import worker_init
+from django.conf import settings
+
+log = logging.getLogger(__name__)
+
+
+@worker_init.connect
+def yield_cpu_to_web_processes(**kwargs: Any) -> None:
+    """Lower this worker's scheduling priority by WORKER_NICE, before its pool's processes
+    and threads start (they inherit it)."""
+    if settings.WORKER_NICE:
+        try:
+            os.nice(settings.WORKER_NICE)
+        except OSError as exc:
+            log.warning("could not lower the worker's priority: %s", exc)
