@@ -1,0 +1,270 @@
+"""The cluster test's users: run inside `echo-client` (behind the NAT router, reaching only the
+edge) with `SSL_CERT_FILE=<ca_file>`, exactly as a browser would use the service.
+
+    python -m tests.cluster.client SCENARIO EDGE_URL [options]
+
+It prints one JSON line per phase (`{"phase": …}`) and, between phases, waits for a line on
+stdin, so the test (outside, as the operator) can look at the hosts while sessions are open.
+Everything is bounded in time; an unexpected failure is reported as `{"phase": "failed"}`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import ssl
+import sys
+import time
+import traceback
+import urllib.error
+import urllib.request
+from typing import Any
+
+import websockets
+
+from tests.audio import rms, speak
+
+SENTENCE = "Hello there. What is the weather like today?"
+URL_FIELDS = {"tts_complete": "audio_url", "video_segment": "url", "video_ready": "video_url"}
+
+
+class Session:
+    """One user's session: a reader task keeps every event, with its arrival time."""
+
+    def __init__(self, ws: Any, edge: str) -> None:
+        self.ws = ws
+        self.edge = edge
+        self.events: list[tuple[float, dict[str, Any]]] = []
+        self.closed_code: int | None = None
+        self._reader = asyncio.create_task(self._read())
+
+    @classmethod
+    async def open(cls, edge: str, query: str) -> Session:
+        url = edge.replace("https://", "wss://").rstrip("/") + "/ws/chat/" + query
+        ws = await asyncio.wait_for(
+            websockets.connect(url, max_size=None, origin=edge.rstrip("/"), open_timeout=20), 30
+        )
+        session = cls(ws, edge)
+        await session.until("init")
+        return session
+
+    async def _read(self) -> None:
+        try:
+            async for frame in self.ws:
+                if isinstance(frame, str):
+                    self.events.append((time.monotonic(), json.loads(frame)))
+        except websockets.ConnectionClosed:
+            pass
+        finally:
+            self.closed_code = self.ws.close_code
+
+    @property
+    def init(self) -> dict[str, Any]:
+        return self.of("init")[0]
+
+    @property
+    def session_id(self) -> str:
+        return self.init["session_id"]
+
+    async def send(self, **message: Any) -> None:
+        await self.ws.send(json.dumps(message))
+
+    def of(self, kind: str) -> list[dict[str, Any]]:
+        return [e for _, e in self.events if e["type"] == kind]
+
+    def at(self, kind: str) -> float:
+        return next(t for t, e in self.events if e["type"] == kind)
+
+    def summary(self) -> list[str]:
+        return [e["type"] if e["type"] != "error" else f"error:{e['code']}" for _, e in self.events]
+
+    async def until(self, kind: str, count: int = 1, timeout: float = 60) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while len(self.of(kind)) < count:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no {kind!r} after {timeout}s: {self.summary()}")
+            if self._reader.done():
+                raise AssertionError(
+                    f"closed ({self.closed_code}) before {kind!r}: {self.summary()}"
+                )
+            await asyncio.sleep(0.05)
+        return self.of(kind)[count - 1]
+
+    def urls(self) -> list[str]:
+        found = [self.init["avatar"]["image_url"]]
+        for _, event in self.events:
+            field = URL_FIELDS.get(event["type"])
+            if field and event.get(field):
+                found.append(event[field])
+        return found
+
+    async def stop(self) -> dict[str, Any]:
+        await self.send(type="stop_session")
+        ended = await self.until("session_ended", timeout=30)
+        await self.ws.close()
+        return ended
+
+    async def close(self) -> None:
+        await self.ws.close()
+        await asyncio.gather(self._reader, return_exceptions=True)
+
+
+def http(
+    url: str, data: bytes | None = None, headers: dict[str, str] | None = None
+) -> tuple[int, bytes]:
+    """GET or POST through the edge with the system's (SSL_CERT_FILE) trust: a browser's view."""
+    request = urllib.request.Request(url, data=data, headers=headers or {})
+    context = ssl.create_default_context()
+    try:
+        with urllib.request.urlopen(request, timeout=30, context=context) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+async def upload(session: Session, wav: bytes) -> dict[str, Any]:
+    url = f"{session.edge.rstrip('/')}/api/sessions/{session.session_id}/audio"
+    headers = {
+        "Authorization": f"Bearer {session.init['session_token']}",
+        "Content-Type": "audio/wav",
+    }
+    status, body = await asyncio.to_thread(http, url, wav, headers)
+    if status != 202:
+        raise AssertionError(f"upload answered {status}: {body[:300]!r}")
+    return json.loads(body)
+
+
+async def text_turn(session: Session) -> dict[str, Any]:
+    await session.send(type="text_message", text="What should I see in Kyoto?", id="t1")
+    await session.until("tts_complete", timeout=150)
+    return {"kind": "text", "reply": session.of("text_response")[0]["text"][:80]}
+
+
+async def voice_upload_turn(session: Session, wav: bytes) -> dict[str, Any]:
+    await upload(session, wav)
+    result = await session.until("asr_result", timeout=150)
+    await session.until("tts_complete", timeout=150)
+    return {"kind": "upload-voice", "heard": result["text"]}
+
+
+async def video_upload_turn(session: Session, wav: bytes) -> dict[str, Any]:
+    await upload(session, wav)
+    ready = await session.until("video_ready", timeout=240)
+    await asyncio.sleep(1.0)  # a duplicate would arrive right behind
+    return {
+        "kind": "upload-video",
+        "video_ready": len(session.of("video_ready")),
+        "segments": len(session.of("video_segment")),
+        "duration_ms": ready["duration_ms"],
+    }
+
+
+def selected_pair(pc: Any) -> tuple[str, str] | None:
+    """The candidate types (local, remote) of the pair ICE chose (aioice's nominated pair)."""
+    for transceiver in pc.getTransceivers():
+        connection = transceiver.receiver.transport.transport._connection
+        for pair in getattr(connection, "_nominated", {}).values():
+            return pair.local_candidate.type, pair.remote_candidate.type
+    return None
+
+
+async def webrtc_turn(session: Session) -> dict[str, Any]:
+    from tests.fixtures_realtime import ClientPeer
+
+    client = ClientPeer(session.init["server_info"]["ice_servers"])
+    try:
+        await session.send(type="offer", sdp=await client.offer(), sdp_type="offer", id="o1")
+        answer = await session.until("answer", timeout=60)
+        await client.accept(answer["sdp"])
+        await session.until("connected", timeout=60)
+        await session.send(type="ready", direction="both", id="r1")
+        await session.until("ready", timeout=30)
+        await session.send(type="asr_start", language="en-US", id="a1")
+        client.mic.play_wav(speak(SENTENCE))
+        result = await session.until("asr_result", timeout=90)
+        await session.until("tts_complete", timeout=120)
+        await asyncio.sleep(0.5)
+        heard = client.audio_since(session.at("tts_start") - 0.1)
+        return {
+            "kind": "webrtc",
+            "heard": result["text"],
+            "reply_rms": float(rms(heard)) if len(heard) else 0.0,
+            "pair": selected_pair(client.pc),
+        }
+    finally:
+        await client.close()
+
+
+def check_url(url: str, edge: str) -> dict[str, Any]:
+    status, body = http(url)
+    return {"url": url, "status": status, "bytes": len(body), "edge": url.startswith(edge)}
+
+
+def say(**report: Any) -> None:
+    print(json.dumps(report), flush=True)
+
+
+async def wait_for_go(timeout: float = 300) -> str:
+    line = await asyncio.wait_for(asyncio.to_thread(sys.stdin.readline), timeout)
+    return line.strip()
+
+
+# --- scenarios ------------------------------------------------------------------------------
+async def spread(edge: str, sessions: int) -> None:
+    """Scenario 1 and 6: `sessions` sessions through the edge, each with a text turn; four
+    also upload a voice turn, two are video sessions uploading a turn, two talk over WebRTC;
+    then every media URL any of them got is fetched from here."""
+    wav = speak("what is the weather like in london").read_bytes()
+    videos, webrtc, uploads = 2, 2, 4
+    queries = ["?mode=video&avatar=aria"] * videos + ["?mode=voice"] * (sessions - videos)
+    opened = await asyncio.gather(*(Session.open(edge, q) for q in queries))
+    say(phase="open", sessions=[s.session_id for s in opened])
+
+    jobs: list[Any] = []
+    for index, session in enumerate(opened):
+        if index < videos:
+            jobs.append(video_upload_turn(session, wav))
+        elif index < videos + webrtc:
+            jobs.append(webrtc_turn(session))
+        elif index < videos + webrtc + uploads:
+            jobs.append(voice_upload_turn(session, wav))
+        else:
+            jobs.append(text_turn(session))
+    turns = await asyncio.gather(*jobs, return_exceptions=True)
+    results = [
+        t if isinstance(t, dict) else {"kind": "failed", "error": repr(t)[:500]} for t in turns
+    ]
+    urls = sorted({u for s in opened for u in s.urls()})
+    fetched = await asyncio.gather(*(asyncio.to_thread(check_url, u, edge) for u in urls))
+    errors = [e for s in opened for e in s.of("error")]
+    say(phase="turns", turns=results, urls=list(fetched), errors=errors)
+
+    await wait_for_go()  # the test looks at every host's MEDIA_ROOT and at the bucket
+    ended = await asyncio.gather(*(s.stop() for s in opened), return_exceptions=True)
+    say(
+        phase="ended",
+        files_deleted=[e["files_deleted"] if isinstance(e, dict) else repr(e) for e in ended],
+    )
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    scenarios = {"spread": lambda: spread(args.edge, args.sessions)}
+    await scenarios[args.scenario]()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("scenario", choices=["spread"])
+    parser.add_argument("edge")
+    parser.add_argument("--sessions", type=int, default=40)
+    args = parser.parse_args()
+    try:
+        asyncio.run(asyncio.wait_for(main_async(args), 600))
+    except BaseException as exc:  # noqa: BLE001 - reported to the test, which fails on it
+        say(phase="failed", error=repr(exc)[:2000], trace=traceback.format_exc()[-3000:])
+        raise SystemExit(1) from None
+
+
+if __name__ == "__main__":
+    main()
