@@ -37,6 +37,7 @@ class Session:
         self.edge = edge
         self.events: list[tuple[float, dict[str, Any]]] = []
         self.closed_code: int | None = None
+        self.peer: Any = None  # a WebRTC client peer, closed after the session
         self._reader = asyncio.create_task(self._read())
 
     @classmethod
@@ -101,9 +102,12 @@ class Session:
 
     async def stop(self) -> dict[str, Any]:
         await self.send(type="stop_session")
-        ended = await self.until("session_ended", timeout=30)
-        await self.ws.close()
-        return ended
+        try:
+            return await self.until("session_ended", timeout=30)
+        finally:
+            await self.ws.close()
+            if self.peer is not None:
+                await self.peer.close()
 
     async def close(self) -> None:
         await self.ws.close()
@@ -173,27 +177,25 @@ async def webrtc_turn(session: Session) -> dict[str, Any]:
     from tests.fixtures_realtime import ClientPeer
 
     client = ClientPeer(session.init["server_info"]["ice_servers"])
-    try:
-        await session.send(type="offer", sdp=await client.offer(), sdp_type="offer", id="o1")
-        answer = await session.until("answer", timeout=60)
-        await client.accept(answer["sdp"])
-        await session.until("connected", timeout=60)
-        await session.send(type="ready", direction="both", id="r1")
-        await session.until("ready", timeout=30)
-        await session.send(type="asr_start", language="en-US", id="a1")
-        client.mic.play_wav(speak(SENTENCE))
-        result = await session.until("asr_result", timeout=90)
-        await session.until("tts_complete", timeout=120)
-        await asyncio.sleep(0.5)
-        heard = client.audio_since(session.at("tts_start") - 0.1)
-        return {
-            "kind": "webrtc",
-            "heard": result["text"],
-            "reply_rms": float(rms(heard)) if len(heard) else 0.0,
-            "pair": selected_pair(client.pc),
-        }
-    finally:
-        await client.close()
+    session.peer = client  # kept open until the session stops, as a browser tab would
+    await session.send(type="offer", sdp=await client.offer(), sdp_type="offer", id="o1")
+    answer = await session.until("answer", timeout=60)
+    await client.accept(answer["sdp"])
+    await session.until("connected", timeout=60)
+    await session.send(type="ready", direction="both", id="r1")
+    await session.until("ready", timeout=30)
+    await session.send(type="asr_start", language="en-US", id="a1")
+    client.mic.play_wav(speak(SENTENCE))
+    result = await session.until("asr_result", timeout=90)
+    await session.until("tts_complete", timeout=120)
+    await asyncio.sleep(0.5)
+    heard = client.audio_since(session.at("tts_start") - 0.1)
+    return {
+        "kind": "webrtc",
+        "heard": result["text"],
+        "reply_rms": float(rms(heard)) if len(heard) else 0.0,
+        "pair": selected_pair(client.pc),
+    }
 
 
 def check_url(url: str, edge: str) -> dict[str, Any]:
