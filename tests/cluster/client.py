@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 import ssl
 import sys
 import time
@@ -250,16 +251,134 @@ async def spread(edge: str, sessions: int) -> None:
     )
 
 
+async def video(edge: str, avatars: list[str]) -> None:
+    """Scenario 2: one video session per avatar, their upload turns at the same time."""
+    wav = speak("what is the weather like in london").read_bytes()
+    opened = await asyncio.gather(*(Session.open(edge, f"?mode=video&avatar={a}") for a in avatars))
+    turns = await asyncio.gather(*(video_upload_turn(s, wav) for s in opened))
+    say(
+        phase="done",
+        turns=[
+            {**turn, "avatar": avatar, "task_id": s.of("video_queued")[0]["task_id"]}
+            for avatar, s, turn in zip(avatars, opened, turns, strict=True)
+        ],
+        errors=[e for s in opened for e in s.of("error")],
+    )
+    ended = await asyncio.gather(*(s.stop() for s in opened))
+    say(
+        phase="ended",
+        sessions=[s.session_id for s in opened],
+        files_deleted=[e["files_deleted"] for e in ended],
+    )
+
+
+async def long_render(edge: str, avatar: str) -> None:
+    """Scenarios 2 and 3: a long video turn; meanwhile the test sends another turn (which must
+    go to the other GPU host) or kills the GPU host rendering this one."""
+    wav = speak(
+        "I would like to travel to Japan next spring. Which cities should I visit, and how"
+        " many days should I stay in each of them?"
+    ).read_bytes()
+    session = await Session.open(edge, f"?mode=video&avatar={avatar}")
+    await upload(session, wav)
+    progress = await session.until("video_progress", timeout=150)
+    say(phase="rendering", session=session.session_id, task_id=progress["task_id"])
+    await wait_for_go()  # the test is done with the GPU host rendering it
+    ready = await session.until("video_ready", timeout=240)
+    ready_at = session.at("video_ready")
+    await asyncio.sleep(3.0)  # a second video_ready would come in this time
+    say(
+        phase="done",
+        video_ready=len(session.of("video_ready")),
+        video_url=ready["video_url"],
+        video_ready_at=ready_at,  # time.monotonic(): one clock for every namespace
+        errors=[e for e in session.of("error")],
+        closed=session.closed_code,
+    )
+    ended = await session.stop()
+    say(phase="ended", files_deleted=ended["files_deleted"])
+
+
+async def attempt(job: Any) -> str:
+    try:
+        await job
+        return "ok"
+    except AssertionError as exc:
+        found = re.search(r"error:(ERR_[A-Z_]+)|closed \((\d+)\)", str(exc))
+        return f"failed:{found.group(0) if found else str(exc)[:200]}"
+
+
+async def web_fail(edge: str, sessions: int) -> None:
+    """Scenario 4: sessions with a turn each; the test kills a web host; the clients whose
+    connection closed reconnect through the edge and carry on, the others just carry on."""
+    opened = await asyncio.gather(*(Session.open(edge, "?mode=voice") for _ in range(sessions)))
+    await asyncio.gather(*(text_turn(s) for s in opened))
+    say(phase="open", sessions=[s.session_id for s in opened])
+    await wait_for_go()  # one web host has been killed
+    deadline = time.monotonic() + 30
+    lost = [s for s in opened if s._reader.done()]
+    while not lost and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+        lost = [s for s in opened if s._reader.done()]
+    await asyncio.sleep(2.0)  # every connection of the dead host has closed by now
+    lost = [s for s in opened if s._reader.done()]
+    kept = [s for s in opened if s not in lost]
+    again = await asyncio.gather(*(Session.open(edge, "?mode=voice") for _ in lost))
+    outcomes = await asyncio.gather(*(attempt(text_turn(s)) for s in [*again, *kept]))
+    say(
+        phase="after",
+        lost=[{"session": s.session_id, "code": s.closed_code} for s in lost],
+        reconnected=[s.session_id for s in again],
+        kept=[s.session_id for s in kept],
+        outcomes=outcomes,
+    )
+    await asyncio.gather(*(s.stop() for s in [*again, *kept]), return_exceptions=True)
+    say(phase="ended")
+
+
+async def redis_restart(edge: str, sessions: int) -> None:
+    """Scenario 5: sessions open while the test restarts Redis; each then tries a turn, and a
+    new session must work fully (text and an upload turn)."""
+    wav = speak("what is the weather like in london").read_bytes()
+    opened = await asyncio.gather(*(Session.open(edge, "?mode=voice") for _ in range(sessions)))
+    await asyncio.gather(*(text_turn(s) for s in opened))
+    say(phase="open", sessions=[s.session_id for s in opened])
+    await wait_for_go()  # Redis on echo-data has been restarted
+    started = time.monotonic()
+    outcomes = await asyncio.gather(*(attempt(text_turn(s)) for s in opened))
+    fresh = await Session.open(edge, "?mode=voice")
+    fresh_text = await attempt(text_turn(fresh))
+    fresh_upload = await attempt(voice_upload_turn(fresh, wav))
+    say(
+        phase="after",
+        outcomes=outcomes,
+        closed=[s.closed_code for s in opened],
+        fresh=[fresh_text, fresh_upload],
+        seconds=round(time.monotonic() - started, 1),
+    )
+    await asyncio.gather(*(s.stop() for s in [*opened, fresh]), return_exceptions=True)
+    say(phase="ended")
+
+
 async def main_async(args: argparse.Namespace) -> None:
-    scenarios = {"spread": lambda: spread(args.edge, args.sessions)}
+    scenarios = {
+        "spread": lambda: spread(args.edge, args.sessions),
+        "video": lambda: video(args.edge, args.avatars),
+        "long-render": lambda: long_render(args.edge, args.avatars[0]),
+        "web-fail": lambda: web_fail(args.edge, args.sessions),
+        "redis-restart": lambda: redis_restart(args.edge, args.sessions),
+    }
     await scenarios[args.scenario]()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("scenario", choices=["spread"])
+    parser.add_argument(
+        "scenario", choices=["spread", "video", "long-render", "web-fail", "redis-restart"]
+    )
     parser.add_argument("edge")
     parser.add_argument("--sessions", type=int, default=40)
+    parser.add_argument("--avatars", nargs="+", default=["aria"])
     args = parser.parse_args()
     try:
         asyncio.run(asyncio.wait_for(main_async(args), 600))

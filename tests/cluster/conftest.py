@@ -23,6 +23,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = [sys.executable, str(ROOT / "scripts" / "cluster.py")]
 WORK = Path("/tmp/echoproject-cluster")
+ADDRESSES = {"web1": "10.77.0.11", "web2": "10.77.0.12", "data": "10.77.0.16"}
 
 if os.environ.get("CLUSTER_TEST") != "1":
     collect_ignore_glob = ["test_*.py"]
@@ -150,6 +151,59 @@ class Cluster:
     def log(self, host: str, name: str) -> str:
         path = WORK / host / "logs" / f"{name}.log"
         return path.read_text(errors="replace") if path.exists() else ""
+
+    def rendered_on(self, task_id: str, timeout: float = 15) -> str:
+        """The GPU host whose render worker finished the task (from its log)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            done = [
+                h for h in ("gpu1", "gpu2") if f"[{task_id}] succeeded" in self.log(h, "render")
+            ]
+            if done:
+                assert len(done) == 1, f"{task_id} finished on {done}"
+                return f"echo-{done[0]}"
+            time.sleep(0.5)
+        raise AssertionError(f"no render worker finished {task_id}")
+
+    def rendering_on(self, task_id: str, timeout: float = 30) -> str:
+        """The GPU host whose render worker received the task (from its log)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            got = [h for h in ("gpu1", "gpu2") if f"[{task_id}] received" in self.log(h, "render")]
+            if got:
+                return f"echo-{got[0]}"
+            time.sleep(0.2)
+        raise AssertionError(f"no render worker received {task_id}")
+
+    def pids(self, host: str) -> set[int]:
+        out = subprocess.run(
+            ["ip", "netns", "pids", f"echo-{host}"], capture_output=True, text=True, timeout=10
+        ).stdout
+        return {int(p) for p in out.split()}
+
+    def restart(self, host: str, *names: str, ready: str = "", port: int = 0) -> None:
+        """Start a host's processes again and wait until they serve (a log line or a port)."""
+        name = names[0] if names else ""
+        before = self.log(host, name).count(ready) if ready else 0
+        self.script("start", host, *names)
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            if ready and self.log(host, name).count(ready) > before:
+                return
+            if port and self.tcp_open(host, port):
+                return
+            time.sleep(0.5)
+        raise AssertionError(f"echo-{host} {names} not back after 180s")
+
+    def tcp_open(self, host: str, port: int) -> bool:
+        address = ADDRESSES[host]
+        probe = f"exec 3<>/dev/tcp/{address}/{port}"
+        result = subprocess.run(
+            ["ip", "netns", "exec", "echo-edge", "timeout", "2", "bash", "-c", probe],
+            capture_output=True,
+            timeout=10,  # fmt: skip
+        )
+        return result.returncode == 0
 
 
 def _env_file(path: Path) -> dict[str, str]:

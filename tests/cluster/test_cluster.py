@@ -8,9 +8,12 @@ these tests look at the hosts as an operator would.
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import time
 from collections import Counter
+from pathlib import Path
 
 from tests.cluster.conftest import Cluster
 
@@ -64,3 +67,122 @@ def test_1_and_6_forty_sessions_through_the_edge_on_both_web_hosts(cluster: Clus
         assert time.monotonic() < deadline, "files of ended sessions left in the bucket"
         time.sleep(1)
     assert cluster.media_files() == []
+
+
+def test_2_video_turns_render_on_both_gpu_hosts_and_follow_a_warm_avatar(
+    cluster: Cluster,
+) -> None:
+    # a long render keeps one GPU host busy ...
+    long = cluster.client("long-render", "--avatars", "aria")
+    first = long.phase("rendering", timeout=240)
+    busy = cluster.rendering_on(first["task_id"])
+    # ... so a turn for another avatar meanwhile goes to the other one
+    other = cluster.client("video", "--avatars", "lin")
+    done = other.phase("done", timeout=240)
+    assert not done["errors"], done["errors"]
+    lin_host = cluster.rendered_on(done["turns"][0]["task_id"])
+    assert {busy, lin_host} == {"echo-gpu1", "echo-gpu2"}
+    long.go()
+    assert long.phase("done", timeout=240)["video_ready"] == 1
+    assert cluster.rendered_on(first["task_id"]) == busy
+    long.phase("ended", timeout=60)
+    other.phase("ended", timeout=60)
+
+    # both idle now: lin's next turn goes where lin is warm
+    again = cluster.client("video", "--avatars", "lin")
+    turn = again.phase("done", timeout=240)["turns"][0]
+    assert turn["video_ready"] == 1
+    assert cluster.rendered_on(turn["task_id"]) == lin_host
+    again.phase("ended", timeout=60)
+
+
+def test_3_a_gpu_host_killed_mid_render_the_turn_finishes_on_the_other(
+    cluster: Cluster,
+) -> None:
+    run = cluster.client("long-render", "--avatars", "aria")
+    rendering = run.phase("rendering", timeout=240)
+    victim = cluster.rendering_on(rendering["task_id"])
+    host = victim.removeprefix("echo-")
+    killed_at = time.monotonic()
+    cluster.script("kill", host)
+    assert cluster.pids(host) == set()
+    run.go()
+    done = run.phase("done", timeout=300)
+    assert done["video_ready"] == 1, done  # exactly one, though two workers started it
+    assert not done["errors"], done["errors"]
+    survivor = cluster.rendered_on(rendering["task_id"], timeout=30)
+    assert survivor != victim
+    print(f"kill of {victim} → video_ready: {done['video_ready_at'] - killed_at:.1f} s")
+    ended = run.phase("ended", timeout=60)
+    assert ended["files_deleted"] >= 3  # the upload, the reply's audio, the video (+ pieces)
+    session = rendering["session"]
+    deadline = time.monotonic() + 20
+    while [k for k in cluster.s3_keys(f"sessions/{session}/")]:
+        assert time.monotonic() < deadline, "objects of the ended session left in the bucket"
+        time.sleep(1)
+    cluster.restart(host, "render", ready=" ready.")
+
+
+def test_4_a_web_host_killed_its_clients_reconnect_and_its_sessions_are_cleaned_up(
+    cluster: Cluster,
+) -> None:
+    run = cluster.client("web-fail", "--sessions", "8")
+    opened = run.phase("open", timeout=240)["sessions"]
+    hosts = cluster.web_hosts(opened)
+    on_web1 = {s for s, h in hosts.items() if h == "echo-web1"}
+    assert on_web1 and len(on_web1) < len(opened), hosts
+    stored = {k.split("/")[1] for k in cluster.s3_keys()}
+    assert on_web1 <= stored  # their files exist before the kill
+
+    cluster.script("kill", "web1")
+    run.go()
+    after = run.phase("after", timeout=240)
+    assert {lost["session"] for lost in after["lost"]} == on_web1
+    assert all(lost["code"] is not None for lost in after["lost"]), after["lost"]
+    assert set(after["outcomes"]) == {"ok"}, after["outcomes"]  # everyone carried on
+    assert set(cluster.web_hosts(after["reconnected"]).values()) == {"echo-web2"}
+    run.phase("ended", timeout=120)
+
+    # cleanup on echo-data ends the dead host's sessions (server_lost) and deletes their files:
+    # within WEB_PRESENCE_TTL_S (6) and two CLEANUP_INTERVAL_S (5) of the kill, plus slack
+    ids = ",".join(f"'{s}'" for s in on_web1)
+    query = (
+        f"select count(*) from chat_chatsession where id in ({ids}) and end_reason = 'server_lost'"
+    )
+    deadline = time.monotonic() + 6 + 2 * 5 + 15
+    while cluster.sql(query)[0][0] < len(on_web1):
+        assert time.monotonic() < deadline, cluster.sql(
+            f"select id, end_reason, ended_at from chat_chatsession where id in ({ids})"
+        )
+        time.sleep(1)
+    assert not on_web1 & {k.split("/")[1] for k in cluster.s3_keys()}
+    cluster.restart("web1", "web", port=8000)
+
+
+def test_5_redis_restarted_under_open_sessions_the_service_recovers(cluster: Cluster) -> None:
+    others = {h: cluster.pids(h) for h in ("web1", "web2", "speech", "gpu1", "gpu2", "edge")}
+    run = cluster.client("redis-restart", "--sessions", "6")
+    run.phase("open", timeout=240)
+    redis = [
+        pid
+        for pid in cluster.pids("data")
+        if Path(f"/proc/{pid}/comm").read_text().strip() == "redis-server"
+    ]
+    assert len(redis) == 1
+    os.kill(redis[0], signal.SIGTERM)
+    deadline = time.monotonic() + 20
+    while cluster.tcp_open("data", 6379):
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    cluster.restart("data", "redis", port=6379)
+    run.go()
+    after = run.phase("after", timeout=400)
+    # each open session either kept working or ended with a documented code; none hung
+    for outcome in after["outcomes"]:
+        assert outcome == "ok" or re.fullmatch(
+            r"failed:(error:ERR_[A-Z_]+|closed \(\d+\))", outcome
+        ), after
+    assert after["fresh"] == ["ok", "ok"], after  # a new session: a text and an upload turn
+    run.phase("ended", timeout=120)
+    # no other host was restarted
+    assert {h: cluster.pids(h) for h in others} == others
