@@ -19,6 +19,7 @@ import sys
 import time
 import traceback
 import urllib.error
+import urllib.parse
 import urllib.request
 from typing import Any
 
@@ -27,6 +28,7 @@ import websockets
 from tests.audio import rms, speak
 
 SENTENCE = "Hello there. What is the weather like today?"
+DIRECT = ""  # --direct ADDRESS: talk to that web process itself, not through the edge
 URL_FIELDS = {"tts_complete": "audio_url", "video_segment": "url", "video_ready": "video_url"}
 
 
@@ -43,9 +45,17 @@ class Session:
 
     @classmethod
     async def open(cls, edge: str, query: str) -> Session:
-        url = edge.replace("https://", "wss://").rstrip("/") + "/ws/chat/" + query
+        url = edge.replace("https://", "wss://").replace("http://", "ws://").rstrip("/")
+        extra = {"host": DIRECT, "port": 8000} if DIRECT else {}
         ws = await asyncio.wait_for(
-            websockets.connect(url, max_size=None, origin=edge.rstrip("/"), open_timeout=20), 30
+            websockets.connect(
+                url + "/ws/chat/" + query,
+                max_size=None,
+                origin=edge.rstrip("/"),
+                open_timeout=20,
+                **extra,
+            ),
+            30,
         )
         session = cls(ws, edge)
         await session.until("init")
@@ -77,6 +87,9 @@ class Session:
 
     def at(self, kind: str) -> float:
         return next(t for t, e in self.events if e["type"] == kind)
+
+    def at_last(self, kind: str) -> float:
+        return [t for t, e in self.events if e["type"] == kind][-1]
 
     def summary(self) -> list[str]:
         return [e["type"] if e["type"] != "error" else f"error:{e['code']}" for _, e in self.events]
@@ -119,7 +132,12 @@ def http(
     url: str, data: bytes | None = None, headers: dict[str, str] | None = None
 ) -> tuple[int, bytes]:
     """GET or POST through the edge with the system's (SSL_CERT_FILE) trust: a browser's view."""
-    request = urllib.request.Request(url, data=data, headers=headers or {})
+    headers = dict(headers or {})
+    if DIRECT:  # straight to a web process: its address, the public name as Host
+        parts = urllib.parse.urlsplit(url)
+        headers["Host"] = parts.netloc
+        url = urllib.parse.urlunsplit(parts._replace(netloc=f"{DIRECT}:8000"))
+    request = urllib.request.Request(url, data=data, headers=headers)
     context = ssl.create_default_context()
     try:
         with urllib.request.urlopen(request, timeout=30, context=context) as response:
@@ -360,6 +378,54 @@ async def redis_restart(edge: str, sessions: int) -> None:
     say(phase="ended")
 
 
+def speech_end_s(path: Any, threshold: float = 300.0) -> float:
+    """Where the last speech-like 20 ms of a WAV ends, in seconds from its start."""
+    from tests.audio import read_wav
+
+    pcm, rate = read_wav(path)
+    step = rate // 50
+    loud = [i for i in range(0, len(pcm) - step + 1, step) if rms(pcm[i : i + step]) > threshold]
+    return (loud[-1] + step) / rate if loud else 0.0
+
+
+async def measure(edge: str, turns: int) -> None:
+    """bench/cluster.py: WebRTC turns (end of speech → first reply audio heard) and upload
+    turns (POST → tts_complete), through the edge and TURN, or (--direct) on the web host."""
+    from tests.fixtures_realtime import ClientPeer
+
+    wav_path = speak(SENTENCE)
+    speech_s = speech_end_s(wav_path)
+    session = await Session.open(edge, "?mode=voice")
+    client = ClientPeer([] if DIRECT else session.init["server_info"]["ice_servers"])
+    session.peer = client
+    await session.send(type="offer", sdp=await client.offer(), sdp_type="offer", id="o1")
+    await client.accept((await session.until("answer", timeout=60))["sdp"])
+    await session.until("connected", timeout=60)
+    await session.send(type="ready", direction="both", id="r1")
+    await session.until("ready", timeout=30)
+    await session.send(type="asr_start", language="en-US", id="a1")
+    webrtc_ms = []
+    for turn in range(1, turns + 1):
+        await asyncio.sleep(1.0)
+        played_at = time.monotonic()
+        client.mic.play_wav(wav_path)
+        await session.until("tts_complete", count=turn, timeout=120)
+        speech_end = played_at + speech_s
+        loud = [t for t, pcm in client.received if t > speech_end and rms(pcm) > 300]
+        webrtc_ms.append(round((loud[0] - speech_end) * 1000) if loud else None)
+    pair = selected_pair(client.pc)
+    upload_ms = []
+    wav = speak("what is the weather like in london").read_bytes()
+    for _ in range(turns):
+        done = len(session.of("tts_complete"))
+        started = time.monotonic()
+        await upload(session, wav)
+        await session.until("tts_complete", count=done + 1, timeout=120)
+        upload_ms.append(round((session.at_last("tts_complete") - started) * 1000))
+    say(phase="measured", webrtc_ms=webrtc_ms, upload_ms=upload_ms, pair=pair)
+    await session.stop()
+
+
 async def main_async(args: argparse.Namespace) -> None:
     scenarios = {
         "spread": lambda: spread(args.edge, args.sessions),
@@ -367,6 +433,7 @@ async def main_async(args: argparse.Namespace) -> None:
         "long-render": lambda: long_render(args.edge, args.avatars[0]),
         "web-fail": lambda: web_fail(args.edge, args.sessions),
         "redis-restart": lambda: redis_restart(args.edge, args.sessions),
+        "measure": lambda: measure(args.edge, args.turns),
     }
     await scenarios[args.scenario]()
 
@@ -374,12 +441,17 @@ async def main_async(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument(
-        "scenario", choices=["spread", "video", "long-render", "web-fail", "redis-restart"]
+        "scenario",
+        choices=["spread", "video", "long-render", "web-fail", "redis-restart", "measure"],
     )
     parser.add_argument("edge")
     parser.add_argument("--sessions", type=int, default=40)
     parser.add_argument("--avatars", nargs="+", default=["aria"])
+    parser.add_argument("--turns", type=int, default=5)
+    parser.add_argument("--direct", default="", help="a web process's address, not the edge")
     args = parser.parse_args()
+    global DIRECT
+    DIRECT = args.direct
     try:
         asyncio.run(asyncio.wait_for(main_async(args), 600))
     except BaseException as exc:  # noqa: BLE001 - reported to the test, which fails on it
