@@ -6,7 +6,8 @@ Brings up a fresh `make cluster` (scripts/cluster.py; root) and takes it down at
 1. WebRTC turns, end of the user's speech → first reply audio heard: a client in `echo-client`
    (behind NAT, reaching only the edge; media relayed by coturn, signalling through nginx with
    TLS) against a client on `echo-web1` itself talking to its web process directly (host
-   candidates, no TURN, no edge), one session each, the same utterance, alternating paths.
+   host candidates only, no TURN, no edge), one session each, the same utterance; the edge
+   path runs first, then the direct one.
    End of speech = when the played utterance's last speech-like 20 ms ends; first reply audio =
    the first received frame over -35 dBFS after it.
 2. Upload turns, POST → `tts_complete`, through the edge (HTTPS) against direct (HTTP to the
