@@ -18,6 +18,7 @@ network.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -500,6 +501,8 @@ def down(quiet: bool = False) -> None:
     links = sh("ip", "-o", "link", "show", check=False).stdout
     for match in re.finditer(r"^\d+: (ec[sch]\d+)[@:]", links, re.MULTILINE):
         sh("ip", "link", "del", match.group(1), check=False, quiet=True)
+    with contextlib.suppress(OSError):  # /etc/netns itself, when we were its only users
+        Path("/etc/netns").rmdir()
     shutil.rmtree(WORK, ignore_errors=True)
     if not quiet:
         print("cluster: down")
