@@ -294,8 +294,9 @@ async def long_render(edge: str, avatar: str) -> None:
     """Scenarios 2 and 3: a long video turn; meanwhile the test sends another turn (which must
     go to the other GPU host) or kills the GPU host rendering this one."""
     wav = speak(
-        "I would like to travel to Japan next spring. Which cities should I visit, and how"
-        " many days should I stay in each of them?"
+        "I would like to travel to Japan next spring with my family. Which cities should we"
+        " visit, how many days should we stay in each of them, and which trains should we"
+        " take between them? We like old temples, gardens, good food and quiet places."
     ).read_bytes()
     session = await Session.open(edge, f"?mode=video&avatar={avatar}")
     await upload(session, wav)

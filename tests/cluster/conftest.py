@@ -8,6 +8,7 @@ They are collected only with CLUSTER_TEST=1 (`make cluster-test`), as root.
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import select
@@ -164,6 +165,14 @@ class Cluster:
                 return f"echo-{done[0]}"
             time.sleep(0.5)
         raise AssertionError(f"no render worker finished {task_id}")
+
+    def log_time(self, host: str, marker: str) -> datetime.datetime:
+        """When a Celery log line with `marker` was written on `host` (echo-<name>)."""
+        for line in self.log(host.removeprefix("echo-"), "render").splitlines():
+            if marker in line:
+                stamp = line[1 : line.index("]")].split(": ")[0]  # [2026-11-30 17:20:03,300: …
+                return datetime.datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f")
+        raise AssertionError(f"no {marker!r} in {host}'s render log")
 
     def rendering_on(self, task_id: str, timeout: float = 30) -> str:
         """The GPU host whose render worker received the task (from its log)."""

@@ -72,27 +72,38 @@ def test_1_and_6_forty_sessions_through_the_edge_on_both_web_hosts(cluster: Clus
 def test_2_video_turns_render_on_both_gpu_hosts_and_follow_a_warm_avatar(
     cluster: Cluster,
 ) -> None:
-    # a long render keeps one GPU host busy ...
-    long = cluster.client("long-render", "--avatars", "aria")
-    first = long.phase("rendering", timeout=240)
-    busy = cluster.rendering_on(first["task_id"])
-    # ... so a turn for another avatar meanwhile goes to the other one
-    other = cluster.client("video", "--avatars", "lin")
-    done = other.phase("done", timeout=240)
-    assert not done["errors"], done["errors"]
-    lin_host = cluster.rendered_on(done["turns"][0]["task_id"])
-    assert {busy, lin_host} == {"echo-gpu1", "echo-gpu2"}
-    long.go()
-    assert long.phase("done", timeout=240)["video_ready"] == 1
-    assert cluster.rendered_on(first["task_id"]) == busy
-    long.phase("ended", timeout=60)
-    other.phase("ended", timeout=60)
+    # A long render keeps one GPU host busy; a turn for another avatar that reaches the
+    # scheduler meanwhile must go to the other host. Whether it arrives in time depends on the
+    # machine's speed, so an attempt where the long render finished first does not count.
+    lin_hosts = set()
+    for _ in range(3):
+        long = cluster.client("long-render", "--avatars", "aria")
+        first = long.phase("rendering", timeout=240)
+        busy = cluster.rendering_on(first["task_id"])
+        other = cluster.client("video", "--avatars", "lin")
+        done = other.phase("done", timeout=240)
+        assert not done["errors"], done["errors"]
+        lin_task = done["turns"][0]["task_id"]
+        lin_host = cluster.rendered_on(lin_task)
+        lin_hosts.add(lin_host)
+        long.go()
+        assert long.phase("done", timeout=240)["video_ready"] == 1
+        assert cluster.rendered_on(first["task_id"]) == busy
+        long.phase("ended", timeout=60)
+        other.phase("ended", timeout=60)
+        long_done = cluster.log_time(busy, f"[{first['task_id']}] succeeded")
+        if cluster.log_time(lin_host, f"[{lin_task}] received") < long_done:
+            assert {busy, lin_host} == {"echo-gpu1", "echo-gpu2"}  # they overlapped
+            break
+    else:
+        raise AssertionError("the long render never outlasted another turn's way to the GPU")
 
-    # both idle now: lin's next turn goes where lin is warm
+    # both idle now: lin's next turn goes to a host holding lin warm (the only one, unless an
+    # attempt above that did not count rendered lin on the other host too)
     again = cluster.client("video", "--avatars", "lin")
     turn = again.phase("done", timeout=240)["turns"][0]
     assert turn["video_ready"] == 1
-    assert cluster.rendered_on(turn["task_id"]) == lin_host
+    assert cluster.rendered_on(turn["task_id"]) in lin_hosts
     again.phase("ended", timeout=60)
 
 
