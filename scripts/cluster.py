@@ -210,7 +210,6 @@ def values_for(host: str, secret: dict[str, str]) -> dict[str, str]:
 CLUSTER_OVERRIDES = {
     "RENDER_MAX_SIZE": "128",
     "OMP_NUM_THREADS": "1",
-    "SPEECH_CONCURRENCY": "1",
     "CLEANUP_INTERVAL_S": "5",
     "WEB_PRESENCE_TTL_S": "6",
     "RENDER_HEARTBEAT_S": "1",

@@ -72,31 +72,31 @@ def test_1_and_6_forty_sessions_through_the_edge_on_both_web_hosts(cluster: Clus
 def test_2_video_turns_render_on_both_gpu_hosts_and_follow_a_warm_avatar(
     cluster: Cluster,
 ) -> None:
-    # A long render keeps one GPU host busy; a turn for another avatar that reaches the
-    # scheduler meanwhile must go to the other host. Whether it arrives in time depends on the
-    # machine's speed, so an attempt where the long render finished first does not count.
+    # Two video turns at once (the speech worker runs two chains at a time): while one GPU host
+    # renders the first, the second must go to the other host. Whether the two renders really
+    # overlap depends on the machine's speed, so an attempt where they did not does not count.
     lin_hosts = set()
     for _ in range(3):
-        long = cluster.client("long-render", "--avatars", "aria")
-        first = long.phase("rendering", timeout=240)
-        busy = cluster.rendering_on(first["task_id"])
-        other = cluster.client("video", "--avatars", "lin")
-        done = other.phase("done", timeout=240)
+        run = cluster.client("video", "--avatars", "aria", "lin")
+        done = run.phase("done", timeout=300)
         assert not done["errors"], done["errors"]
-        lin_task = done["turns"][0]["task_id"]
-        lin_host = cluster.rendered_on(lin_task)
-        lin_hosts.add(lin_host)
-        long.go()
-        assert long.phase("done", timeout=240)["video_ready"] == 1
-        assert cluster.rendered_on(first["task_id"]) == busy
-        long.phase("ended", timeout=60)
-        other.phase("ended", timeout=60)
-        long_done = cluster.log_time(busy, f"[{first['task_id']}] succeeded")
-        if cluster.log_time(lin_host, f"[{lin_task}] received") < long_done:
-            assert {busy, lin_host} == {"echo-gpu1", "echo-gpu2"}  # they overlapped
+        assert [t["video_ready"] for t in done["turns"]] == [1, 1]
+        run.phase("ended", timeout=60)
+        tasks = {t["avatar"]: t["task_id"] for t in done["turns"]}
+        hosts = {a: cluster.rendered_on(task) for a, task in tasks.items()}
+        lin_hosts.add(hosts["lin"])
+        spans = [
+            (
+                cluster.log_time(hosts[a], f"[{task}] received"),
+                cluster.log_time(hosts[a], f"[{task}] succeeded"),
+            )
+            for a, task in tasks.items()
+        ]
+        if spans[0][0] < spans[1][1] and spans[1][0] < spans[0][1]:  # rendering at once
+            assert set(hosts.values()) == {"echo-gpu1", "echo-gpu2"}, hosts
             break
     else:
-        raise AssertionError("the long render never outlasted another turn's way to the GPU")
+        raise AssertionError("two video turns sent at once never rendered at the same time")
 
     # both idle now: lin's next turn goes to a host holding lin warm (the only one, unless an
     # attempt above that did not count rendered lin on the other host too)
@@ -116,7 +116,10 @@ def test_3_a_gpu_host_killed_mid_render_the_turn_finishes_on_the_other(
     host = victim.removeprefix("echo-")
     killed_at = time.monotonic()
     cluster.script("kill", host)
-    assert cluster.pids(host) == set()
+    deadline = time.monotonic() + 10
+    while cluster.pids(host):  # SIGKILLed processes leave as the kernel reaps them
+        assert time.monotonic() < deadline, f"processes of {victim} survived SIGKILL"
+        time.sleep(0.2)
     run.go()
     done = run.phase("done", timeout=300)
     assert done["video_ready"] == 1, done  # exactly one, though two workers started it
