@@ -12,6 +12,7 @@ import datetime
 import json
 import os
 import select
+import shutil
 import subprocess
 import sys
 import time
@@ -237,5 +238,12 @@ def cluster() -> Iterator[Cluster]:
     finally:
         for run in made.runs if made else []:
             run.close()
+        # every host's logs and the clients' stderr outlive the cluster, for a post-mortem
+        saved = ROOT / "test-artifacts" / "cluster"
+        shutil.rmtree(saved, ignore_errors=True)
+        for log in [*WORK.glob("*/logs/*.log"), *WORK.glob("client-*.log")]:
+            target = saved / log.relative_to(WORK)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(log, target)
         if os.environ.get("CLUSTER_KEEP") != "1":  # keep it up for a post-mortem
             subprocess.run([*SCRIPT, "down"], cwd=ROOT, capture_output=True, timeout=180)
