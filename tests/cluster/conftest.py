@@ -191,6 +191,20 @@ class Cluster:
         ).stdout
         return {int(p) for p in out.split()}
 
+    def main_pids(self, host: str) -> set[int]:
+        """The host's started processes: those whose parent is not on the host as well."""
+        pids = self.pids(host)
+        roots = set()
+        for pid in pids:
+            try:
+                stat = Path(f"/proc/{pid}/stat").read_text()
+            except OSError:
+                continue
+            parent = int(stat.rsplit(")", 1)[1].split()[1])
+            if parent not in pids:
+                roots.add(pid)
+        return roots
+
     def restart(self, host: str, *names: str, ready: str = "", port: int = 0) -> None:
         """Start a host's processes again and wait until they serve (a log line or a port)."""
         name = names[0] if names else ""

@@ -174,7 +174,7 @@ def test_4_a_web_host_killed_its_clients_reconnect_and_its_sessions_are_cleaned_
 
 
 def test_5_redis_restarted_under_open_sessions_the_service_recovers(cluster: Cluster) -> None:
-    others = {h: cluster.pids(h) for h in ("web1", "web2", "speech", "gpu1", "gpu2", "edge")}
+    others = {h: cluster.main_pids(h) for h in ("web1", "web2", "speech", "gpu1", "gpu2", "edge")}
     run = cluster.client("redis-restart", "--sessions", "6")
     run.phase("open", timeout=240)
     redis = [
@@ -198,5 +198,6 @@ def test_5_redis_restarted_under_open_sessions_the_service_recovers(cluster: Clu
         ), after
     assert after["fresh"] == ["ok", "ok"], after  # a new session: a text and an upload turn
     run.phase("ended", timeout=120)
-    # no other host was restarted
-    assert {h: cluster.pids(h) for h in others} == others
+    # no other host's processes were restarted (a Celery pool child replaced after a revoked
+    # task of an ended session is the worker's own business, not a restart)
+    assert {h: cluster.main_pids(h) for h in others} == others
