@@ -22,7 +22,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
 from avatars.models import Avatar
-from chat import presence, sessions
+from chat import ice, presence, sessions
 from chat.layers import RETRYABLE as REDIS_DOWN
 from chat.models import ChatSession, EndReason
 from chat.protocol import (
@@ -172,7 +172,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 "version": PROTOCOL_VERSION,
                 "heartbeat_interval_s": settings.HEARTBEAT_INTERVAL_S,
                 "session_timeout_s": settings.SESSION_TIMEOUT_S,
-                "ice_servers": settings.ICE_SERVERS,
+                "ice_servers": ice.session_ice_servers(self.session_id),
                 "max_upload_bytes": settings.MAX_UPLOAD_BYTES,
                 "max_audio_seconds": settings.MAX_AUDIO_SECONDS,
                 "audio_formats": AUDIO_FORMATS,

@@ -142,8 +142,10 @@ S3_BUCKET = env_str("S3_BUCKET")
 S3_URL_EXPIRY_S = env_int("S3_URL_EXPIRY_S", 3600, minimum=60, maximum=7 * 24 * 3600)
 if S3_BUCKET:
     _media_storage = {
-        "BACKEND": "storages.backends.s3.S3Storage",
+        "BACKEND": "chat.s3.PublicS3Storage",
         "OPTIONS": {
+            # URLs handed to clients name this endpoint (OSS's public one, or an edge proxy)
+            "public_endpoint_url": env_str("S3_PUBLIC_ENDPOINT_URL"),
             "bucket_name": S3_BUCKET,
             "endpoint_url": env_str("S3_ENDPOINT_URL") or None,
             "region_name": env_str("S3_REGION") or None,
@@ -187,6 +189,14 @@ if not isinstance(ICE_SERVERS, list) or not all(
     isinstance(s, dict) and "urls" in s for s in ICE_SERVERS
 ):
     raise SettingsError('ICE_SERVERS must be a JSON list like [{"urls": "stun:host:3478"}]')
+# TURN with per-session credentials (chat.ice): coturn's use-auth-secret scheme
+TURN_URLS = env_list("TURN_URLS", [])
+TURN_SECRET = env_str("TURN_SECRET")
+TURN_TTL_S = env_int("TURN_TTL_S", 3600, minimum=60, maximum=7 * 24 * 3600)
+if TURN_URLS and not TURN_SECRET:
+    raise SettingsError("TURN_SECRET must be set when TURN_URLS is (coturn's static-auth-secret)")
+if any(not url.startswith(("turn:", "turns:")) for url in TURN_URLS):
+    raise SettingsError("TURN_URLS must be turn: or turns: URLs, e.g. turn:turn.example:3478")
 WEBRTC_TIMEOUT_S = env_float("WEBRTC_TIMEOUT_S", 15.0, minimum=1.0)
 
 # --- providers --------------------------------------------------------------------------------

@@ -8,6 +8,8 @@ cd "$(dirname "$0")/.."
 # names and chat text in Chinese) for the browser tests.
 packages=(espeak-ng)
 [ "${WITH_BROWSER:-0}" = 1 ] && packages+=(chromium fonts-wqy-microhei)
+# the simulated cluster (make cluster): the edge's proxy and TURN server, the NAT router
+[ "${WITH_CLUSTER:-0}" = 1 ] && packages+=(nginx coturn iptables redis-server postgresql)
 installed() { command -v "$1" >/dev/null 2>&1 || dpkg -s "$1" >/dev/null 2>&1; }
 missing=()
 for pkg in "${packages[@]}"; do

@@ -17,7 +17,7 @@ from typing import Any
 import av
 import numpy as np
 import pytest
-from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from chat.providers.base import ASRProvider, ASRStream, Hypothesis
@@ -123,8 +123,13 @@ class PcmTrack(MediaStreamTrack):
 class ClientPeer:
     """A browser stand-in: an aiortc peer sending `mic` and recording the server's audio."""
 
-    def __init__(self) -> None:
-        self.pc = RTCPeerConnection()
+    def __init__(self, ice_servers: list[dict[str, Any]] | None = None) -> None:
+        # ice_servers: the init frame's list, as a browser passes it to RTCPeerConnection
+        self.pc = RTCPeerConnection(
+            RTCConfiguration([RTCIceServer(**server) for server in ice_servers])
+            if ice_servers
+            else None
+        )
         self.mic = PcmTrack()
         self.pc.addTrack(self.mic)
         # (arrival time, 16 kHz mono samples) of every frame the server sent.

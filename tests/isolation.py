@@ -28,7 +28,7 @@ def claim_redis_url() -> str:
 
 def _isolate() -> None:
     for name in list(os.environ):
-        if name.startswith(("DASHSCOPE_", "LLM_", "S3_", "CHAT_")) or name in {
+        if name.startswith(("DASHSCOPE_", "LLM_", "S3_", "CHAT_", "TURN_")) or name in {
             "DATABASE_URL",
             "ASR_BACKEND",
             "TTS_BACKEND",

@@ -65,7 +65,7 @@ def test_values_from_the_environment() -> None:
     assert values["broker"] == values["layer"] == "redis://cache.internal:6380/2"
     assert values["debug"] is True
     assert values["hosts"] == ["avatar.example", "www.avatar.example"]
-    assert values["storage"] == "storages.backends.s3.S3Storage"
+    assert values["storage"] == "chat.s3.PublicS3Storage"
     # a DashScope key makes the cloud providers the default
     assert (values["asr"], values["llm"], values["tts"]) == ("dashscope", "dashscope", "dashscope")
     assert values["timeout"] == 120
@@ -83,6 +83,9 @@ def test_values_from_the_environment() -> None:
         ({"LLM_BACKEND": "dashscope"}, "DASHSCOPE_API_KEY"),
         ({"LLM_BACKEND": "openai"}, "LLM_BASE_URL"),
         ({"ICE_SERVERS": "stun:example.org"}, "ICE_SERVERS"),
+        ({"TURN_URLS": "turn:turn.example:3478"}, "TURN_SECRET"),
+        ({"TURN_URLS": "stun:turn.example:3478", "TURN_SECRET": "s"}, "TURN_URLS"),
+        ({"TURN_TTL_S": "5"}, "TURN_TTL_S"),
         ({"SECRET_KEY": "short"}, "SECRET_KEY"),
         ({"SECRET_KEY_FILE": "/nonexistent/secret"}, "SECRET_KEY_FILE"),
         ({"CHAT_REQUIRE_TOKEN": "true"}, "CHAT_TOKENS"),

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 from django.conf import settings
 
+from chat.ice import session_ice_servers
 from chat.providers.base import ASRProvider, ProviderError
 from chat.realtime.listener import SAMPLE_RATE, Listener
 from chat.realtime.pcm import PcmResampler
@@ -193,7 +194,7 @@ class RealtimeHandler:
         peer = PeerSession(
             on_audio=self._on_webrtc_audio,
             on_state=self._on_peer_state,
-            ice_servers=list(settings.ICE_SERVERS),
+            ice_servers=session_ice_servers(self.ctx.session_id),
             timeout_s=float(settings.WEBRTC_TIMEOUT_S),
         )
         self._peer = peer
