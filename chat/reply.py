@@ -20,10 +20,10 @@ from typing import Any, Protocol
 from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
 
-from chat import sessions
+from chat import protocol, sessions
 from chat.audio import pcm_duration_ms, pcm_to_wav
 from chat.models import Message
-from chat.protocol import Err, error, scrub
+from chat.protocol import Err, scrub
 from chat.providers.base import ChatTurn, ProviderError
 from chat.storage import public_url, save_for_session
 
@@ -108,8 +108,6 @@ class Reply:
         self._task: asyncio.Task[Any] | None = None
 
     async def send(self, event: dict[str, Any]) -> None:
-        if self.request.ref is not None:
-            event["ref"] = self.request.ref
         await self._send(event)
 
     def _mark(self, stage: str) -> None:
@@ -145,12 +143,9 @@ class Reply:
                 sentences.put_nowait(None)
             self._mark("llm_done_ms")
             await self.send(
-                {
-                    "type": "text_response",
-                    "text": self.text,
-                    "message_id": self.message.id,
-                    "reply_to": request.user_message_id,
-                }
+                protocol.text_response(
+                    self.text, self.message.id, request.user_message_id, request.ref
+                )
             )
             await speech
         except ProviderError as exc:
@@ -197,7 +192,7 @@ class Reply:
             self._mark("llm_first_ms")
             delta = scrub(delta)  # a lone surrogate from the model would fail the save
             self.text += delta
-            await self.send({"type": "text_delta", "delta": delta, "message_id": self.message.id})
+            await self.send(protocol.text_delta(delta, self.message.id, self.request.ref))
             yield delta
 
     async def speak_message(self, message: Message) -> None:
@@ -249,14 +244,13 @@ class Reply:
         self.request_id = uuid.uuid4().hex[:12]
         self._mark("tts_first_ms")
         await self.send(
-            {
-                "type": "tts_start",
-                "request_id": self.request_id,
-                "message_id": self.message.id,
-                "transport": self.sink.transport if self.sink is not None else "url",
-                "format": "pcm16",
-                "sample_rate": sample_rate,
-            }
+            protocol.tts_start(
+                self.request_id,
+                self.message.id,
+                self.sink.transport if self.sink is not None else "url",
+                sample_rate,
+                self.request.ref,
+            )
         )
 
     async def _complete_speech(self, pcm: bytes, sample_rate: int) -> None:
@@ -271,12 +265,9 @@ class Reply:
         message.duration_ms = pcm_duration_ms(pcm, sample_rate)
         self.speaking = False
         await self.send(
-            {
-                "type": "tts_complete",
-                "request_id": self.request_id,
-                "audio_url": message.audio_url,
-                "duration_ms": message.duration_ms,
-            }
+            protocol.tts_complete(
+                self.request_id, message.audio_url, message.duration_ms, self.request.ref
+            )
         )
         if self.request.mode == "video":
             await database_sync_to_async(self._save_sync)()
@@ -298,7 +289,7 @@ class Reply:
             self.message.error_code = str(code)
             self.message.error_message = message
             await self._save()  # the history shows the failure before the client hears of it
-        await self.send(error(code, message, retryable=retryable))
+        await self.send(protocol.error(code, message, retryable=retryable, ref=self.request.ref))
 
     async def _interrupted(self) -> None:
         """Close what the client has open: the speech span and the text of the reply."""
@@ -310,22 +301,18 @@ class Reply:
         try:
             if self.speaking:
                 await self.send(
-                    {
-                        "type": "tts_complete",
-                        "request_id": self.request_id,
-                        "audio_url": None,
-                        "duration_ms": 0,
-                        "interrupted": True,
-                    }
+                    protocol.tts_complete(
+                        self.request_id, None, 0, self.request.ref, interrupted=True
+                    )
                 )
             await self.send(
-                {
-                    "type": "text_response",
-                    "text": self.text,
-                    "message_id": self.message.id,
-                    "reply_to": self.request.user_message_id,
-                    "interrupted": True,
-                }
+                protocol.text_response(
+                    self.text,
+                    self.message.id,
+                    self.request.user_message_id,
+                    self.request.ref,
+                    interrupted=True,
+                )
             )
         except Exception:  # the socket may already be gone
             log.debug("could not report the interruption", exc_info=True)

@@ -13,7 +13,7 @@ from typing import Any
 
 from celery.signals import task_failure, task_prerun, task_retry, task_success
 
-from chat import deliveries
+from chat import deliveries, protocol
 from chat.events import publish_sync
 
 log = logging.getLogger(__name__)
@@ -34,17 +34,9 @@ def publish_progress(
     ref: str | None,
     **extra: Any,
 ) -> None:
-    event: dict[str, Any] = {
-        "type": "turn_progress",
-        "step": step,
-        "state": state,
-        "task_id": task_id,
-        **extra,
-    }
     if message_id is not None:
-        event["message_id"] = message_id
-    if ref:
-        event["ref"] = ref
+        extra["message_id"] = message_id
+    event = protocol.event("turn_progress", ref, step=step, state=state, task_id=task_id, **extra)
     publish_sync(session_id, event)
 
 

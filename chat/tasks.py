@@ -25,7 +25,7 @@ from celery import Task, shared_task
 from celery.exceptions import Ignore
 from django.core.files.storage import default_storage
 
-from chat import deliveries, sessions
+from chat import deliveries, protocol, sessions
 from chat.events import publish, publish_sync, run_sync
 from chat.models import Message, Role
 from chat.protocol import Err, error
@@ -162,20 +162,15 @@ def turn_transcribe(self: Task, message_id: int, *, session_id: str, ref: str | 
         message.text = text.strip()
         message.add_timing("transcribe_step_ms", (time.perf_counter() - step_started) * 1000)
         if not message.text:
-            message.error_code = "ERR_ASR_FAILED"
+            message.error_code = Err.ASR_FAILED
             message.error_message = "no speech was recognised"
         message.save(update_fields=["text", "timings", "error_code", "error_message"])
     if message.error_code:
         publish_sync(session_id, error(message.error_code, message.error_message, ref=ref))
         sessions.finish_turn(session_id, self.request.id)
         raise Ignore()
-    event = {
-        "type": "asr_result",
-        "text": message.text,
-        "utterance_id": f"upload-{message.id}",
-        "message_id": message.id,
-    }
-    _publish_once(f"asr_result:{message.id}", session_id, {**event, "ref": ref} if ref else event)
+    event = protocol.asr_result(message.text, f"upload-{message.id}", message.id, ref)
+    _publish_once(f"asr_result:{message.id}", session_id, event)
     return message.id
 
 

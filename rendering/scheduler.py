@@ -14,11 +14,11 @@ import random
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any
 
 from django.conf import settings
 
 from celery_app import RENDER_QUEUE, worker_queue
+from chat import protocol
 from chat.events import publish_sync
 from chat.models import Message
 from rendering import store
@@ -138,12 +138,9 @@ def submit_render(message_id: int, ref: str | None = None) -> RenderTicket:
         pipe.expire(store.claims_key(node), 3600)
         pipe.execute()
     Message.objects.filter(pk=message_id).update(task_id=task_id)
-    event: dict[str, Any] = {
-        "type": "video_queued",
-        "task_id": task_id,
-        "message_id": message_id,
-        "position": position,
-    }
+    event = protocol.event(
+        "video_queued", None, task_id=task_id, message_id=message_id, position=position
+    )
     publish_sync(message.session_id, event)  # before the task can report progress
     render_video.apply_async(
         (message_id,),
