@@ -1,4 +1,4 @@
-"""The session WebSocket `/ws/chat/` of PROTOCOL.md.
+"""The session WebSocket `/ws/chat/` of docs/protocol.md.
 
 `receive` only decodes and dispatches on `type`; anything slow (a reply, an upload turn, WebRTC
 negotiation) runs in a task of the session, and every such task is cancelled when the session

@@ -3,7 +3,7 @@
 The consumer hands this class the client messages `offer`, `ice_candidate`, `ready`,
 `asr_start`, `asr_stop` and the binary frames of a websocket span; it answers through the
 `SessionContext` the consumer implements. Field and state checks live here so that the consumer
-stays a dispatcher. States follow PROTOCOL.md: Initialized → OfferReceived → AnswerSent →
+stays a dispatcher. States follow docs/protocol.md: Initialized → OfferReceived → AnswerSent →
 WebRTCConnected → Ready; a failed connection goes back to Initialized, so the client may
 negotiate again (after reconnecting, as the protocol says, or on the same socket).
 """
