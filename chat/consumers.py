@@ -365,6 +365,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
     # --- realtime (SessionContext for chat.realtime.handler) ----------------------------------
     def _realtime_handler(self) -> Any:
         if self.realtime is None:
+            # local: defers aiortc (heavy) until a session first negotiates or streams audio
             from chat.realtime.handler import RealtimeHandler
 
             self.realtime = RealtimeHandler(self)

@@ -20,12 +20,15 @@ from typing import Any, Protocol
 from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
 
-from chat import protocol, sessions
+from chat import protocol, sessions, video
 from chat.audio import pcm_duration_ms, pcm_to_wav
 from chat.models import Message
 from chat.protocol import Err, scrub
 from chat.providers.base import ChatTurn, ProviderError
+from chat.providers.registry import get_llm, get_tts
+from chat.providers.text import split_sentences, stream_sentences
 from chat.storage import public_url, save_for_session
+from chat.video import RenderBusy
 
 log = logging.getLogger(__name__)
 
@@ -114,9 +117,6 @@ class Reply:
         self.timings.setdefault(stage, round((time.perf_counter() - self._started) * 1000, 1))
 
     async def run(self) -> None:
-        from chat.providers.registry import get_llm
-        from chat.providers.text import stream_sentences
-
         request = self.request
         self._task = asyncio.current_task()
         if self.message is None:  # else a redelivered upload step produces it again
@@ -197,8 +197,6 @@ class Reply:
 
     async def speak_message(self, message: Message) -> None:
         """Speak an existing reply (the upload chain's synthesize step)."""
-        from chat.providers.text import split_sentences
-
         self.message, self.text = message, message.text
         try:
             await self._speak(_iterate(split_sentences(message.text)))
@@ -207,8 +205,6 @@ class Reply:
 
     async def _speak(self, sentences: AsyncIterator[str]) -> None:
         """TTS of each sentence as soon as it is complete, into the sink; then store the audio."""
-        from chat.providers.registry import get_tts
-
         request = self.request
         if not request.speak or request.mode not in ("voice", "video"):
             async for _ in sentences:
@@ -275,10 +271,8 @@ class Reply:
 
     async def render(self) -> None:
         """Hand the stored reply to a render worker (or tell the client they are all busy)."""
-        from rendering.scheduler import RenderBusy, submit_render
-
         try:
-            await database_sync_to_async(submit_render, thread_sensitive=False)(
+            await database_sync_to_async(video.renderer().submit, thread_sensitive=False)(
                 self.message.id, self.request.ref
             )
         except RenderBusy as exc:

@@ -30,6 +30,7 @@ from chat.events import publish, publish_sync, run_sync
 from chat.models import Message, Role
 from chat.protocol import Err, error
 from chat.providers.base import ProviderError
+from chat.providers.registry import get_asr
 from chat.reply import Reply, ReplyRequest
 
 log = logging.getLogger(__name__)
@@ -65,7 +66,7 @@ def _begin(task: Task, step: str, message_id: int, session_id: str, ref: str | N
     message = _load(message_id)
     number = deliveries.delivery(task.request)
     if deliveries.exhausted(number):
-        from chat.signals import publish_progress
+        from chat.signals import publish_progress  # local: chat.signals imports this module
 
         publish_progress(step, "failed", task.request.id, session_id, message_id, ref)
         fail_step(
@@ -140,8 +141,6 @@ def _local_copy(name: str) -> str:
 
 @shared_task(**STEP, max_retries=len(RETRY_BACKOFF_S))
 def turn_transcribe(self: Task, message_id: int, *, session_id: str, ref: str | None = None) -> int:
-    from chat.providers.registry import get_asr
-
     message = _begin(self, "transcribe", message_id, session_id, ref)
     if message.error_code:  # a lost run already failed the turn and told the client
         sessions.finish_turn(session_id, self.request.id)

@@ -19,6 +19,7 @@ from django.conf import settings
 from chat import protocol
 from chat.protocol import Err
 from chat.providers.base import ASRProvider, ProviderError
+from chat.providers.registry import get_asr
 from chat.realtime.listener import SAMPLE_RATE, Listener
 from chat.realtime.pcm import PcmResampler
 from chat.realtime.peer import CandidateError, PeerSession, WebRTCError, parse_candidate
@@ -78,8 +79,6 @@ class _Span:
 
 def _get_asr() -> ASRProvider:
     # Imported on first use: the providers registry loads backends lazily.
-    from chat.providers.registry import get_asr
-
     return get_asr()
 
 
