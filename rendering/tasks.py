@@ -244,7 +244,7 @@ def _fail(
 ) -> dict[str, Any]:
     log.warning("render %s of message %s failed: %s", task_id, message.pk, text)
     Message.objects.filter(pk=message.pk).update(
-        error_code="ERR_RENDER_FAILED", error_message=text[:2000]
+        error_code=Err.RENDER_FAILED, error_message=text[:2000]
     )
     delete_outputs(message.session_id, message.pk)
     publish_sync(message.session_id, error(Err.RENDER_FAILED, text, retryable=retryable, ref=ref))

@@ -11,12 +11,14 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Self
 
+from chat.protocol import Err
+
 
 class ProviderError(Exception):
     """A provider failed. `code` is the protocol's error code, `retryable` tells the client
     whether trying again may help, `provider_message` is what the provider itself said."""
 
-    code = "ERR_INTERNAL"
+    code: str = Err.INTERNAL
 
     def __init__(
         self, message: str, *, retryable: bool = False, provider_message: str = ""
@@ -28,15 +30,15 @@ class ProviderError(Exception):
 
 
 class ASRError(ProviderError):
-    code = "ERR_ASR_FAILED"
+    code: str = Err.ASR_FAILED
 
 
 class LLMError(ProviderError):
-    code = "ERR_LLM_FAILED"
+    code: str = Err.LLM_FAILED
 
 
 class TTSError(ProviderError):
-    code = "ERR_TTS_FAILED"
+    code: str = Err.TTS_FAILED
 
 
 class Configurable:
