@@ -321,17 +321,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
     async def start_reply(self, user_message_id: int, ref: str | None) -> None:
         """Answer a user message; a reply still running is superseded (cancelled) first."""
         await self.interrupt()
-        avatar = self.avatar
-        request = ReplyRequest(
-            session_id=self.session_id,
-            mode=self.session.mode,
-            language=self.language,
-            voice=avatar.voice,
-            persona=avatar.persona,
-            avatar_name=avatar.name,
-            greeting=avatar.greeting,
-            user_message_id=user_message_id,
-            ref=ref,
+        request = ReplyRequest.of(
+            self.session_id, self.session.mode, self.language, self.avatar, user_message_id, ref
         )
         self.reply = Reply(request, self.send_event, self.reply_sink())
         self.reply_task = self._spawn(self._run_reply(self.reply))

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
 
+from avatars.models import Avatar
 from chat import protocol, sessions, video
 from chat.audio import pcm_duration_ms, pcm_to_wav
 from chat.models import Message
@@ -93,6 +94,33 @@ class ReplyRequest:
     user_message_id: int
     ref: str | None = None
     speak: bool = True  # False: text only (the upload chain speaks in its own step)
+
+    @classmethod
+    def of(
+        cls,
+        session_id: str,
+        mode: str,
+        language: str,
+        avatar: Avatar | None,
+        user_message_id: int,
+        ref: str | None,
+        *,
+        speak: bool = True,
+    ) -> ReplyRequest:
+        """The one place that reads a reply's voice and persona off the avatar (a session whose
+        avatar was deleted keeps replying, with the defaults)."""
+        return cls(
+            session_id=session_id,
+            mode=mode,
+            language=language,
+            voice=avatar.voice if avatar else "",
+            persona=avatar.persona if avatar else "",
+            avatar_name=avatar.name if avatar else "",
+            greeting=avatar.greeting if avatar else "",
+            user_message_id=user_message_id,
+            ref=ref,
+            speak=speak,
+        )
 
 
 class Reply:

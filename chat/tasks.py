@@ -177,17 +177,8 @@ def _request(
     message: Message, ref: str | None, *, speak: bool, user_message_id: int
 ) -> ReplyRequest:
     session, avatar = message.session, message.session.avatar
-    return ReplyRequest(
-        session_id=str(session.id),
-        mode=session.mode,
-        language=session.language,
-        voice=avatar.voice if avatar else "",
-        persona=avatar.persona if avatar else "",
-        avatar_name=avatar.name if avatar else "",
-        greeting=avatar.greeting if avatar else "",
-        user_message_id=user_message_id,
-        ref=ref,
-        speak=speak,
+    return ReplyRequest.of(
+        str(session.id), session.mode, session.language, avatar, user_message_id, ref, speak=speak
     )
 
 
