@@ -13,6 +13,9 @@ from typing import Self
 
 from chat.protocol import Err
 
+# The rate speech is recognised at: uploads are decoded to it, ASR streams default to it.
+SPEECH_RATE = 16000
+
 
 class ProviderError(Exception):
     """A provider failed. `code` is the protocol's error code, `retryable` tells the client
@@ -85,7 +88,7 @@ class ASRProvider(Configurable, ABC):
     name: str
 
     @abstractmethod
-    def stream(self, language: str, sample_rate: int = 16000) -> ASRStream: ...
+    def stream(self, language: str, sample_rate: int = SPEECH_RATE) -> ASRStream: ...
 
     @abstractmethod
     async def recognize_file(self, path: str, url: str, language: str) -> str:
