@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import wave
 
+from chat.providers.base import SPEECH_RATE
+
 
 def pcm_to_wav(pcm: bytes, sample_rate: int) -> bytes:
     buffer = io.BytesIO()
@@ -23,7 +25,7 @@ def pcm_duration_ms(pcm: bytes, sample_rate: int) -> int:
 # --- uploads: any accepted container/codec → 16 kHz mono PCM16 -------------------------------
 
 ACCEPTED_CONTAINERS = {"wav": "wav", "matroska,webm": "webm", "ogg": "ogg", "mp3": "mp3"}
-TARGET_RATE = 16000
+TARGET_RATE = SPEECH_RATE
 SILENCE_PEAK = 200  # int16 peak below this (about -44 dBFS) counts as silence
 
 

@@ -1,4 +1,4 @@
-"""The session WebSocket `/ws/chat/` of PROTOCOL.md.
+"""The session WebSocket `/ws/chat/` of docs/protocol.md.
 
 `receive` only decodes and dispatches on `type`; anything slow (a reply, an upload turn, WebRTC
 negotiation) runs in a task of the session, and every such task is cancelled when the session
@@ -22,7 +22,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
 from avatars.models import Avatar
-from chat import ice, presence, sessions
+from chat import ice, presence, protocol, sessions
 from chat.layers import RETRYABLE as REDIS_DOWN
 from chat.models import ChatSession, EndReason
 from chat.protocol import (
@@ -33,7 +33,6 @@ from chat.protocol import (
     ProtocolError,
     RateLimiter,
     error,
-    now_ms,
     parse,
     scrub,
 )
@@ -152,13 +151,14 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     def _init_frame(self) -> dict[str, Any]:
         avatar = self.avatar
-        return {
-            "type": "init",
-            "session_id": self.session_id,
-            "session_token": self.session.token,
-            "mode": self.session.mode,
-            "language": self.language,
-            "avatar": {
+        return protocol.event(
+            "init",
+            None,
+            session_id=self.session_id,
+            session_token=self.session.token,
+            mode=self.session.mode,
+            language=self.language,
+            avatar={
                 "id": avatar.id,
                 "slug": avatar.slug,
                 "name": avatar.name,
@@ -168,7 +168,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 "voice": avatar.voice,
                 "language": avatar.language,
             },
-            "server_info": {
+            server_info={
                 "version": PROTOCOL_VERSION,
                 "heartbeat_interval_s": settings.HEARTBEAT_INTERVAL_S,
                 "session_timeout_s": settings.SESSION_TIMEOUT_S,
@@ -183,7 +183,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
                     "renderer": settings.RENDER_BACKEND,
                 },
             },
-        }
+        )
 
     async def disconnect(self, code: int) -> None:
         """The socket is gone (or the consumer is ending): end the session at once.
@@ -268,10 +268,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             )
 
     async def on_ping(self, message: dict[str, Any], ref: str | None) -> None:
-        pong = {"type": "pong", "timestamp": message.get("timestamp"), "server_time": now_ms()}
-        if ref is not None:
-            pong["ref"] = ref
-        await self.send_event(pong)
+        await self.send_event(protocol.pong(message.get("timestamp"), ref))
 
     async def on_text_message(self, message: dict[str, Any], ref: str | None) -> None:
         text = message["text"].strip()
@@ -324,17 +321,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
     async def start_reply(self, user_message_id: int, ref: str | None) -> None:
         """Answer a user message; a reply still running is superseded (cancelled) first."""
         await self.interrupt()
-        avatar = self.avatar
-        request = ReplyRequest(
-            session_id=self.session_id,
-            mode=self.session.mode,
-            language=self.language,
-            voice=avatar.voice,
-            persona=avatar.persona,
-            avatar_name=avatar.name,
-            greeting=avatar.greeting,
-            user_message_id=user_message_id,
-            ref=ref,
+        request = ReplyRequest.of(
+            self.session_id, self.session.mode, self.language, self.avatar, user_message_id, ref
         )
         self.reply = Reply(request, self.send_event, self.reply_sink())
         self.reply_task = self._spawn(self._run_reply(self.reply))
@@ -368,6 +356,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
     # --- realtime (SessionContext for chat.realtime.handler) ----------------------------------
     def _realtime_handler(self) -> Any:
         if self.realtime is None:
+            # local: defers aiortc (heavy) until a session first negotiates or streams audio
             from chat.realtime.handler import RealtimeHandler
 
             self.realtime = RealtimeHandler(self)
@@ -377,14 +366,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         user = await database_sync_to_async(sessions.add_message)(
             self.session_id, sessions.USER, text
         )
-        await self.send_event(
-            {
-                "type": "asr_result",
-                "text": text,
-                "utterance_id": utterance_id,
-                "message_id": user.id,
-            }
-        )
+        await self.send_event(protocol.asr_result(text, utterance_id, user.id, None))
         await self.start_reply(user.id, None)
 
     async def barge_in(self) -> None:
@@ -426,11 +408,6 @@ class ChatConsumer(AsyncWebsocketConsumer):
         files_deleted = await database_sync_to_async(sessions.end_session)(self.session_id, reason)
         if notify:
             await self.send_event(
-                {
-                    "type": "session_ended",
-                    "session_id": self.session_id,
-                    "reason": str(reason),
-                    "files_deleted": files_deleted,
-                }
+                protocol.session_ended(self.session_id, str(reason), files_deleted)
             )
             await self.close(code=close_code)

@@ -1,6 +1,6 @@
 """Publishing protocol events to a session's WebSocket from anywhere (consumer, task, worker).
 
-Every event is a server→client frame of PROTOCOL.md (a dict with `type`); the session's consumer
+Every event is a server→client frame of docs/protocol.md (a dict with `type`); the session's consumer
 forwards it unchanged. Workers on other machines publish through the same Redis channel layer.
 
 Synchronous code (Celery tasks and signals) publishes through one event loop per process that

@@ -24,6 +24,8 @@ import redis
 from django.conf import settings
 from redis import asyncio as aioredis
 
+from chat.layers import sync_retry
+
 log = logging.getLogger(__name__)
 KEY_PREFIX = "echo:web:"
 
@@ -93,8 +95,6 @@ async def _keep_announcing(client: Any) -> None:
 def alive(processes: Iterable[str]) -> set[str] | None:
     """Which of `processes` are announced now; None when that cannot be told: a Redis that
     restarted less than one TTL ago has not yet heard again from every live process."""
-    from chat.layers import sync_retry
-
     processes = list(processes)
     client = redis.Redis.from_url(settings.REDIS_URL, retry=sync_retry())
     try:

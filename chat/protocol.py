@@ -1,5 +1,9 @@
-"""The wire contract of PROTOCOL.md as data: error codes, close codes, message validation.
+"""The wire contract of docs/protocol.md in both directions: error codes, close codes, the
+validation of client frames and a builder for every server event.
 
+Every server→client frame is made here, so that adding an event is one builder plus its row in
+docs/protocol.md and its handler in the web client (tests/test_wire_contract.py checks that the
+three agree), and so that `ref` is attached one way: present when the causing frame had an `id`.
 Validation is table-driven so the consumer's receive path stays a dispatch on `type`.
 """
 
@@ -156,16 +160,114 @@ def _checked(message: dict[str, Any], surrogates: bool) -> dict[str, Any]:
     return root
 
 
+# Every server→client event type; tests/test_wire_contract.py checks docs and client against it.
+EVENTS = (
+    "init",
+    "pong",
+    "answer",
+    "connected",
+    "ready",
+    "asr_interim",
+    "asr_result",
+    "text_delta",
+    "text_response",
+    "tts_start",
+    "tts_complete",
+    "turn_progress",
+    "video_queued",
+    "video_progress",
+    "video_segment",
+    "video_ready",
+    "session_ended",
+    "error",
+)
+
+
+def event(kind: str, ref: str | None = None, /, **fields: Any) -> dict[str, Any]:
+    """A server event of type `kind`: the one place that attaches `ref` (when there is one)."""
+    if kind not in EVENTS:
+        raise ValueError(f"{kind!r} is not an event of the protocol")
+    frame: dict[str, Any] = {"type": kind, **fields}
+    if ref is not None:
+        frame["ref"] = ref
+    return frame
+
+
 def error(
     code: Err | str, message: str, *, retryable: bool = False, ref: str | None = None
 ) -> dict[str, Any]:
+    """The `error` event; unlike the others it always carries `ref` (null without one). A code
+    outside `Err` is a bug of ours and fails here rather than reaching a client."""
     return {
         "type": "error",
-        "code": str(code),
+        "code": str(Err(code)),
         "message": message,
         "retryable": retryable,
         "ref": ref,
     }
+
+
+def pong(timestamp: Any, ref: str | None) -> dict[str, Any]:
+    return event("pong", ref, timestamp=timestamp, server_time=now_ms())
+
+
+def asr_result(text: str, utterance_id: str, message_id: int, ref: str | None) -> dict[str, Any]:
+    """Built here once for both the realtime path and the upload chain's transcribe step."""
+    return event("asr_result", ref, text=text, utterance_id=utterance_id, message_id=message_id)
+
+
+def asr_interim(text: str, utterance_id: str, ref: str | None) -> dict[str, Any]:
+    return event("asr_interim", ref, text=text, utterance_id=utterance_id)
+
+
+def text_delta(delta: str, message_id: int, ref: str | None) -> dict[str, Any]:
+    return event("text_delta", ref, delta=delta, message_id=message_id)
+
+
+def text_response(
+    text: str, message_id: int, reply_to: int | None, ref: str | None, *, interrupted: bool = False
+) -> dict[str, Any]:
+    extra = {"interrupted": True} if interrupted else {}
+    return event("text_response", ref, text=text, message_id=message_id, reply_to=reply_to, **extra)
+
+
+def tts_start(
+    request_id: str, message_id: int, transport: str, sample_rate: int, ref: str | None
+) -> dict[str, Any]:
+    return event(
+        "tts_start",
+        ref,
+        request_id=request_id,
+        message_id=message_id,
+        transport=transport,
+        format="pcm16",
+        sample_rate=sample_rate,
+    )
+
+
+def tts_complete(
+    request_id: str,
+    audio_url: str | None,
+    duration_ms: int,
+    ref: str | None,
+    *,
+    interrupted: bool = False,
+) -> dict[str, Any]:
+    extra = {"interrupted": True} if interrupted else {}
+    return event(
+        "tts_complete",
+        ref,
+        request_id=request_id,
+        audio_url=audio_url,
+        duration_ms=duration_ms,
+        **extra,
+    )
+
+
+def session_ended(session_id: str, reason: str, files_deleted: int) -> dict[str, Any]:
+    return event(
+        "session_ended", None, session_id=session_id, reason=reason, files_deleted=files_deleted
+    )
 
 
 def now_ms() -> int:

@@ -20,12 +20,16 @@ from typing import Any, Protocol
 from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
 
-from chat import sessions
+from avatars.models import Avatar
+from chat import protocol, sessions, video
 from chat.audio import pcm_duration_ms, pcm_to_wav
 from chat.models import Message
-from chat.protocol import Err, error, scrub
+from chat.protocol import Err, scrub
 from chat.providers.base import ChatTurn, ProviderError
+from chat.providers.registry import get_llm, get_tts
+from chat.providers.text import split_sentences, stream_sentences
 from chat.storage import public_url, save_for_session
+from chat.video import RenderBusy
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +95,33 @@ class ReplyRequest:
     ref: str | None = None
     speak: bool = True  # False: text only (the upload chain speaks in its own step)
 
+    @classmethod
+    def of(
+        cls,
+        session_id: str,
+        mode: str,
+        language: str,
+        avatar: Avatar | None,
+        user_message_id: int,
+        ref: str | None,
+        *,
+        speak: bool = True,
+    ) -> ReplyRequest:
+        """The one place that reads a reply's voice and persona off the avatar (a session whose
+        avatar was deleted keeps replying, with the defaults)."""
+        return cls(
+            session_id=session_id,
+            mode=mode,
+            language=language,
+            voice=avatar.voice if avatar else "",
+            persona=avatar.persona if avatar else "",
+            avatar_name=avatar.name if avatar else "",
+            greeting=avatar.greeting if avatar else "",
+            user_message_id=user_message_id,
+            ref=ref,
+            speak=speak,
+        )
+
 
 class Reply:
     """Produces one reply; `run()` is meant to be a task that the session may cancel."""
@@ -108,17 +139,12 @@ class Reply:
         self._task: asyncio.Task[Any] | None = None
 
     async def send(self, event: dict[str, Any]) -> None:
-        if self.request.ref is not None:
-            event["ref"] = self.request.ref
         await self._send(event)
 
     def _mark(self, stage: str) -> None:
         self.timings.setdefault(stage, round((time.perf_counter() - self._started) * 1000, 1))
 
     async def run(self) -> None:
-        from chat.providers.registry import get_llm
-        from chat.providers.text import stream_sentences
-
         request = self.request
         self._task = asyncio.current_task()
         if self.message is None:  # else a redelivered upload step produces it again
@@ -145,12 +171,9 @@ class Reply:
                 sentences.put_nowait(None)
             self._mark("llm_done_ms")
             await self.send(
-                {
-                    "type": "text_response",
-                    "text": self.text,
-                    "message_id": self.message.id,
-                    "reply_to": request.user_message_id,
-                }
+                protocol.text_response(
+                    self.text, self.message.id, request.user_message_id, request.ref
+                )
             )
             await speech
         except ProviderError as exc:
@@ -197,13 +220,11 @@ class Reply:
             self._mark("llm_first_ms")
             delta = scrub(delta)  # a lone surrogate from the model would fail the save
             self.text += delta
-            await self.send({"type": "text_delta", "delta": delta, "message_id": self.message.id})
+            await self.send(protocol.text_delta(delta, self.message.id, self.request.ref))
             yield delta
 
     async def speak_message(self, message: Message) -> None:
         """Speak an existing reply (the upload chain's synthesize step)."""
-        from chat.providers.text import split_sentences
-
         self.message, self.text = message, message.text
         try:
             await self._speak(_iterate(split_sentences(message.text)))
@@ -212,8 +233,6 @@ class Reply:
 
     async def _speak(self, sentences: AsyncIterator[str]) -> None:
         """TTS of each sentence as soon as it is complete, into the sink; then store the audio."""
-        from chat.providers.registry import get_tts
-
         request = self.request
         if not request.speak or request.mode not in ("voice", "video"):
             async for _ in sentences:
@@ -249,14 +268,13 @@ class Reply:
         self.request_id = uuid.uuid4().hex[:12]
         self._mark("tts_first_ms")
         await self.send(
-            {
-                "type": "tts_start",
-                "request_id": self.request_id,
-                "message_id": self.message.id,
-                "transport": self.sink.transport if self.sink is not None else "url",
-                "format": "pcm16",
-                "sample_rate": sample_rate,
-            }
+            protocol.tts_start(
+                self.request_id,
+                self.message.id,
+                self.sink.transport if self.sink is not None else "url",
+                sample_rate,
+                self.request.ref,
+            )
         )
 
     async def _complete_speech(self, pcm: bytes, sample_rate: int) -> None:
@@ -271,12 +289,9 @@ class Reply:
         message.duration_ms = pcm_duration_ms(pcm, sample_rate)
         self.speaking = False
         await self.send(
-            {
-                "type": "tts_complete",
-                "request_id": self.request_id,
-                "audio_url": message.audio_url,
-                "duration_ms": message.duration_ms,
-            }
+            protocol.tts_complete(
+                self.request_id, message.audio_url, message.duration_ms, self.request.ref
+            )
         )
         if self.request.mode == "video":
             await database_sync_to_async(self._save_sync)()
@@ -284,10 +299,8 @@ class Reply:
 
     async def render(self) -> None:
         """Hand the stored reply to a render worker (or tell the client they are all busy)."""
-        from rendering.scheduler import RenderBusy, submit_render
-
         try:
-            await database_sync_to_async(submit_render, thread_sensitive=False)(
+            await database_sync_to_async(video.renderer().submit, thread_sensitive=False)(
                 self.message.id, self.request.ref
             )
         except RenderBusy as exc:
@@ -298,7 +311,7 @@ class Reply:
             self.message.error_code = str(code)
             self.message.error_message = message
             await self._save()  # the history shows the failure before the client hears of it
-        await self.send(error(code, message, retryable=retryable))
+        await self.send(protocol.error(code, message, retryable=retryable, ref=self.request.ref))
 
     async def _interrupted(self) -> None:
         """Close what the client has open: the speech span and the text of the reply."""
@@ -310,22 +323,18 @@ class Reply:
         try:
             if self.speaking:
                 await self.send(
-                    {
-                        "type": "tts_complete",
-                        "request_id": self.request_id,
-                        "audio_url": None,
-                        "duration_ms": 0,
-                        "interrupted": True,
-                    }
+                    protocol.tts_complete(
+                        self.request_id, None, 0, self.request.ref, interrupted=True
+                    )
                 )
             await self.send(
-                {
-                    "type": "text_response",
-                    "text": self.text,
-                    "message_id": self.message.id,
-                    "reply_to": self.request.user_message_id,
-                    "interrupted": True,
-                }
+                protocol.text_response(
+                    self.text,
+                    self.message.id,
+                    self.request.user_message_id,
+                    self.request.ref,
+                    interrupted=True,
+                )
             )
         except Exception:  # the socket may already be gone
             log.debug("could not report the interruption", exc_info=True)

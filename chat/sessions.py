@@ -8,12 +8,17 @@ import uuid
 from datetime import timedelta
 from typing import Any
 
+import redis
 from django.conf import settings
 from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
+from kombu.exceptions import OperationalError
 
 from avatars.models import Avatar
+from celery_app import app
+from chat import presence, video
+from chat.layers import sync_retry
 from chat.models import ChatSession, EndReason, Message, Role
 from chat.storage import delete_session_files
 
@@ -60,17 +65,12 @@ def history(session_id: uuid.UUID | str, before: Message | None = None) -> list[
 
 def revoke_tasks(task_ids: list[str]) -> None:
     if task_ids:
-        from celery_app import app
-
         app.control.revoke(task_ids, terminate=True, signal="SIGTERM")
 
 
 def cancel_renders(task_ids: list[str]) -> None:
-    if task_ids:
-        from rendering.control import cancel_render
-
-        for task_id in task_ids:
-            cancel_render(task_id)
+    for task_id in task_ids:
+        video.renderer().cancel(task_id)
 
 
 def end_session(session_id: uuid.UUID | str, reason: EndReason | str) -> int:
@@ -121,10 +121,6 @@ def orphaned_sessions() -> list[uuid.UUID]:
 
     Nothing when Redis cannot tell (unreachable, or restarted less than one presence TTL ago):
     those sessions end by the idle timeout at the latest."""
-    import redis
-
-    from chat import presence
-
     open_sessions = ChatSession.objects.filter(ended_at__isnull=True).exclude(web_process="")
     processes = set(open_sessions.values_list("web_process", flat=True).distinct())
     if not processes:
@@ -169,10 +165,6 @@ TURN_TTL_S = 3600
 
 def _redis() -> Any:
     """Retries through a dropped connection or a restart of Redis (chat.layers.sync_retry)."""
-    import redis
-
-    from chat.layers import sync_retry
-
     global _client
     if _client is None:
         _client = redis.Redis.from_url(settings.REDIS_URL, retry=sync_retry())
@@ -217,9 +209,6 @@ def stop_turn(session_id: uuid.UUID | str) -> bool:
     With Redis unreachable past the clients' retries this stops nothing and says so in the
     log; the tasks then find the session ended (or their files deleted) and stop by themselves.
     """
-    import redis
-    from kombu.exceptions import OperationalError
-
     try:
         chain_ids, render_ids = take_turn(session_id), unfinished_renders(session_id)
         revoke_tasks(chain_ids)

@@ -13,8 +13,10 @@ from typing import Any
 
 from celery.signals import task_failure, task_prerun, task_retry, task_success
 
-from chat import deliveries
+from chat import deliveries, protocol
 from chat.events import publish_sync
+from chat.models import Message, Role
+from chat.tasks import fail_step
 
 log = logging.getLogger(__name__)
 
@@ -34,17 +36,9 @@ def publish_progress(
     ref: str | None,
     **extra: Any,
 ) -> None:
-    event: dict[str, Any] = {
-        "type": "turn_progress",
-        "step": step,
-        "state": state,
-        "task_id": task_id,
-        **extra,
-    }
     if message_id is not None:
-        event["message_id"] = message_id
-    if ref:
-        event["ref"] = ref
+        extra["message_id"] = message_id
+    event = protocol.event("turn_progress", ref, step=step, state=state, task_id=task_id, **extra)
     publish_sync(session_id, event)
 
 
@@ -87,8 +81,6 @@ def _restarted_reply(task: Any) -> dict[str, Any]:
     found = _step(task, task.request)
     if found is None or found[0] != "reply" or found[2] is None:
         return {}
-    from chat.models import Message, Role
-
     reply = (
         Message.objects.filter(reply_to_id=found[2], role=Role.ASSISTANT, text="", error_code="")
         .order_by("id")
@@ -110,8 +102,6 @@ def on_failure(sender: Any = None, exception: BaseException | None = None, **kwa
     found = _step(sender, sender.request)
     if found is None:
         return
-    from chat.tasks import fail_step
-
     step, session_id, message_id, ref = found
     _publish(sender, "failed")
     reason = exception.__class__.__name__ if exception is not None else "an error"

@@ -6,8 +6,9 @@ prefix. A file written after its session ended (a late task) is deleted at once.
 
 from __future__ import annotations
 
+import shutil
 import uuid
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
 from django.conf import settings
 from django.core.files.base import ContentFile, File
@@ -73,9 +74,6 @@ def delete_session_files(session_id: uuid.UUID | str) -> int:
 
 
 def _remove_empty_dirs(prefix: str) -> None:
-    import shutil
-    from pathlib import Path
-
     root = Path(settings.MEDIA_ROOT) / prefix
     if root.is_dir() and not any(p.is_file() for p in root.rglob("*")):
         shutil.rmtree(root, ignore_errors=True)

@@ -25,11 +25,12 @@ from celery import Task, shared_task
 from celery.exceptions import Ignore
 from django.core.files.storage import default_storage
 
-from chat import deliveries, sessions
+from chat import deliveries, protocol, sessions
 from chat.events import publish, publish_sync, run_sync
 from chat.models import Message, Role
 from chat.protocol import Err, error
 from chat.providers.base import ProviderError
+from chat.providers.registry import get_asr
 from chat.reply import Reply, ReplyRequest
 
 log = logging.getLogger(__name__)
@@ -65,7 +66,7 @@ def _begin(task: Task, step: str, message_id: int, session_id: str, ref: str | N
     message = _load(message_id)
     number = deliveries.delivery(task.request)
     if deliveries.exhausted(number):
-        from chat.signals import publish_progress
+        from chat.signals import publish_progress  # local: chat.signals imports this module
 
         publish_progress(step, "failed", task.request.id, session_id, message_id, ref)
         fail_step(
@@ -140,8 +141,6 @@ def _local_copy(name: str) -> str:
 
 @shared_task(**STEP, max_retries=len(RETRY_BACKOFF_S))
 def turn_transcribe(self: Task, message_id: int, *, session_id: str, ref: str | None = None) -> int:
-    from chat.providers.registry import get_asr
-
     message = _begin(self, "transcribe", message_id, session_id, ref)
     if message.error_code:  # a lost run already failed the turn and told the client
         sessions.finish_turn(session_id, self.request.id)
@@ -162,20 +161,15 @@ def turn_transcribe(self: Task, message_id: int, *, session_id: str, ref: str | 
         message.text = text.strip()
         message.add_timing("transcribe_step_ms", (time.perf_counter() - step_started) * 1000)
         if not message.text:
-            message.error_code = "ERR_ASR_FAILED"
+            message.error_code = Err.ASR_FAILED
             message.error_message = "no speech was recognised"
         message.save(update_fields=["text", "timings", "error_code", "error_message"])
     if message.error_code:
         publish_sync(session_id, error(message.error_code, message.error_message, ref=ref))
         sessions.finish_turn(session_id, self.request.id)
         raise Ignore()
-    event = {
-        "type": "asr_result",
-        "text": message.text,
-        "utterance_id": f"upload-{message.id}",
-        "message_id": message.id,
-    }
-    _publish_once(f"asr_result:{message.id}", session_id, {**event, "ref": ref} if ref else event)
+    event = protocol.asr_result(message.text, f"upload-{message.id}", message.id, ref)
+    _publish_once(f"asr_result:{message.id}", session_id, event)
     return message.id
 
 
@@ -183,17 +177,8 @@ def _request(
     message: Message, ref: str | None, *, speak: bool, user_message_id: int
 ) -> ReplyRequest:
     session, avatar = message.session, message.session.avatar
-    return ReplyRequest(
-        session_id=str(session.id),
-        mode=session.mode,
-        language=session.language,
-        voice=avatar.voice if avatar else "",
-        persona=avatar.persona if avatar else "",
-        avatar_name=avatar.name if avatar else "",
-        greeting=avatar.greeting if avatar else "",
-        user_message_id=user_message_id,
-        ref=ref,
-        speak=speak,
+    return ReplyRequest.of(
+        str(session.id), session.mode, session.language, avatar, user_message_id, ref, speak=speak
     )
 
 

@@ -284,6 +284,8 @@ CELERY_BEAT_SCHEDULE: dict[str, dict] = {
 }
 
 # --- web process, workers' priority, health (echoproject/web.py, workers.py, health.py) -----
+WEB_HOST = env_str("HOST", "127.0.0.1")  # where `python -m echoproject.web` listens
+WEB_PORT = env_int("PORT", 8000, minimum=1, maximum=65535)
 WEB_GC = env_choice("WEB_GC", ["tuned", "default", "off"], "tuned")
 HEALTHZ_TOKEN = env_str("HEALTHZ_TOKEN")
 WORKER_NICE = env_int("WORKER_NICE", 10, minimum=0, maximum=19)

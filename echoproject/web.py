@@ -1,6 +1,6 @@
 """The web process: daphne serving echoproject.asgi with the service's own settings.
 
-`python -m echoproject.web [daphne options]` listens on HOST:PORT and lets WebSocket messages
+`python -m echoproject.web [daphne options]` listens on HOST:PORT (read in settings) and lets WebSocket messages
 through up to twice MAX_UPLOAD_BYTES, so an oversized upload is answered with ERR_TOO_LARGE
 instead of a dropped connection (daphne's own default cap is 1 MiB).
 """
@@ -22,9 +22,9 @@ def main(argv: list[str]) -> None:
 
     args = [
         "--bind",
-        os.environ.get("HOST", "127.0.0.1"),
+        settings.WEB_HOST,
         "--port",
-        os.environ.get("PORT", "8000"),
+        str(settings.WEB_PORT),
         "--websocket-max-message-size",
         str(2 * settings.MAX_UPLOAD_BYTES),
         "--websocket-max-frame-size",

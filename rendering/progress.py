@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 import uuid
 
+from chat import protocol
 from chat.events import publish_sync
 from rendering import store
 
@@ -34,7 +35,9 @@ class ProgressReporter:
         self._last, self._last_at, self._stage = value, now, stage
         publish_sync(
             self.session_id,
-            {"type": "video_progress", "task_id": self.task_id, "progress": value, "stage": stage},
+            protocol.event(
+                "video_progress", None, task_id=self.task_id, progress=value, stage=stage
+            ),
         )
 
     def redelivered(self, attempt: int) -> None:
@@ -43,11 +46,12 @@ class ProgressReporter:
         seen = store.client().get(f"{store.PREFIX}progress:{self.task_id}")
         publish_sync(
             self.session_id,
-            {
-                "type": "video_progress",
-                "task_id": self.task_id,
-                "progress": max(0, int(seen or 0)),
-                "stage": "redelivered",
-                "attempt": attempt,
-            },
+            protocol.event(
+                "video_progress",
+                None,
+                task_id=self.task_id,
+                progress=max(0, int(seen or 0)),
+                stage="redelivered",
+                attempt=attempt,
+            ),
         )

@@ -13,29 +13,25 @@ import logging
 import random
 import time
 import uuid
+import wave
 from dataclasses import dataclass
-from typing import Any
 
 from django.conf import settings
+from django.core.files.storage import default_storage
 
 from celery_app import RENDER_QUEUE, worker_queue
+from chat import protocol
 from chat.events import publish_sync
 from chat.models import Message
+from chat.video import RenderBusy
 from rendering import store
+from rendering.tasks import render_video
 
 log = logging.getLogger(__name__)
 
 # per backend: soft time limit = base + factor × audio seconds (echomimic: several times slower
 # than real time even on large GPUs, plus model warm-up)
 TIME_LIMITS = {"lite": (30.0, 3.0), "echomimic": (120.0, 40.0)}
-
-
-class RenderBusy(Exception):
-    """No render capacity: every worker's backlog together is past RENDER_MAX_BACKLOG."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
 
 
 @dataclass(frozen=True)
@@ -110,10 +106,6 @@ def audio_seconds(message: Message) -> float:
     if message.duration_ms:
         return message.duration_ms / 1000
     try:
-        import wave
-
-        from django.core.files.storage import default_storage
-
         with default_storage.open(message.audio, "rb") as handle, wave.open(handle) as wav:
             return wav.getnframes() / float(wav.getframerate())
     except Exception:  # not a WAV, or unreadable: the task reports it; limits stay generous
@@ -123,8 +115,6 @@ def audio_seconds(message: Message) -> float:
 def submit_render(message_id: int, ref: str | None = None) -> RenderTicket:
     """Send the render of an assistant message to the best worker and tell the client;
     `ref` (the turn's) comes back on the render's error."""
-    from rendering.tasks import render_video
-
     message = Message.objects.select_related("session").get(pk=message_id)
     r = store.client()
     loads = worker_loads(message.session.avatar_id)
@@ -138,12 +128,9 @@ def submit_render(message_id: int, ref: str | None = None) -> RenderTicket:
         pipe.expire(store.claims_key(node), 3600)
         pipe.execute()
     Message.objects.filter(pk=message_id).update(task_id=task_id)
-    event: dict[str, Any] = {
-        "type": "video_queued",
-        "task_id": task_id,
-        "message_id": message_id,
-        "position": position,
-    }
+    event = protocol.event(
+        "video_queued", None, task_id=task_id, message_id=message_id, position=position
+    )
     publish_sync(message.session_id, event)  # before the task can report progress
     render_video.apply_async(
         (message_id,),

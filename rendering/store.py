@@ -14,6 +14,8 @@ from typing import Any
 import redis
 from django.conf import settings
 
+from chat.layers import sync_retry
+
 PREFIX = "render:"
 WORKERS = PREFIX + "workers"  # zset nodename -> last heartbeat time
 DONE_TTL_S = 24 * 3600
@@ -34,8 +36,6 @@ return 0
 def client() -> redis.Redis:
     """One connection pool per process (pools must not cross a fork); it retries through a
     Redis restart or pause (chat.layers.sync_retry)."""
-    from chat.layers import sync_retry
-
     global _client
     if _client is None or _client[0] != os.getpid():
         _client = (os.getpid(), redis.Redis.from_url(settings.REDIS_URL, retry=sync_retry()))

@@ -26,7 +26,7 @@ from django.core.files import File
 from django.core.files.storage import default_storage
 from django.db import DatabaseError
 
-from chat import deliveries
+from chat import deliveries, protocol
 from chat.events import publish_sync
 from chat.models import Message
 from chat.protocol import Err, error
@@ -151,12 +151,13 @@ def render_video(self: Task, message_id: int, ref: str | None = None) -> dict[st
     if store.once(f"ready:{message_id}", task_id):
         publish_sync(
             session.id,
-            {
-                "type": "video_ready",
-                "task_id": task_id,
-                "video_url": public_url(name),
-                "duration_ms": duration_ms,
-            },
+            protocol.event(
+                "video_ready",
+                None,
+                task_id=task_id,
+                video_url=public_url(name),
+                duration_ms=duration_ms,
+            ),
         )
     return {"status": "done", "video": name, "duration_ms": duration_ms}
 
@@ -191,14 +192,15 @@ def _render(
             store.client().expire(f"{store.PREFIX}segments:{message.pk}", store.DONE_TTL_S)
             publish_sync(
                 session.id,
-                {
-                    "type": "video_segment",
-                    "task_id": task_id,
-                    "index": index,
-                    "url": public_url(name),
-                    "start_ms": start_ms,
-                    "duration_ms": duration_ms,
-                },
+                protocol.event(
+                    "video_segment",
+                    None,
+                    task_id=task_id,
+                    index=index,
+                    url=public_url(name),
+                    start_ms=start_ms,
+                    duration_ms=duration_ms,
+                ),
             )
 
     result = backend.render(
@@ -242,7 +244,7 @@ def _fail(
 ) -> dict[str, Any]:
     log.warning("render %s of message %s failed: %s", task_id, message.pk, text)
     Message.objects.filter(pk=message.pk).update(
-        error_code="ERR_RENDER_FAILED", error_message=text[:2000]
+        error_code=Err.RENDER_FAILED, error_message=text[:2000]
     )
     delete_outputs(message.session_id, message.pk)
     publish_sync(message.session_id, error(Err.RENDER_FAILED, text, retryable=retryable, ref=ref))

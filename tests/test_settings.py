@@ -90,6 +90,7 @@ def test_values_from_the_environment() -> None:
         ({"SECRET_KEY_FILE": "/nonexistent/secret"}, "SECRET_KEY_FILE"),
         ({"CHAT_REQUIRE_TOKEN": "true"}, "CHAT_TOKENS"),
         ({"MAX_AUDIO_SECONDS": "-3"}, "MAX_AUDIO_SECONDS"),
+        ({"PORT": "eighty"}, "PORT"),
     ],
 )
 def test_bad_value_stops_start_up_with_one_line(environ: dict[str, str], named: str) -> None:

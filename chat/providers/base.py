@@ -11,12 +11,17 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Self
 
+from chat.protocol import Err
+
+# The rate speech is recognised at: uploads are decoded to it, ASR streams default to it.
+SPEECH_RATE = 16000
+
 
 class ProviderError(Exception):
     """A provider failed. `code` is the protocol's error code, `retryable` tells the client
     whether trying again may help, `provider_message` is what the provider itself said."""
 
-    code = "ERR_INTERNAL"
+    code: str = Err.INTERNAL
 
     def __init__(
         self, message: str, *, retryable: bool = False, provider_message: str = ""
@@ -28,15 +33,15 @@ class ProviderError(Exception):
 
 
 class ASRError(ProviderError):
-    code = "ERR_ASR_FAILED"
+    code: str = Err.ASR_FAILED
 
 
 class LLMError(ProviderError):
-    code = "ERR_LLM_FAILED"
+    code: str = Err.LLM_FAILED
 
 
 class TTSError(ProviderError):
-    code = "ERR_TTS_FAILED"
+    code: str = Err.TTS_FAILED
 
 
 class Configurable:
@@ -83,7 +88,7 @@ class ASRProvider(Configurable, ABC):
     name: str
 
     @abstractmethod
-    def stream(self, language: str, sample_rate: int = 16000) -> ASRStream: ...
+    def stream(self, language: str, sample_rate: int = SPEECH_RATE) -> ASRStream: ...
 
     @abstractmethod
     async def recognize_file(self, path: str, url: str, language: str) -> str:

@@ -14,7 +14,14 @@ from typing import Any
 
 from django.conf import settings
 
-from chat.providers.base import ASRProvider, ChatTurn, LLMProvider, ProviderError, TTSProvider
+from chat.providers.base import (
+    SPEECH_RATE,
+    ASRProvider,
+    ChatTurn,
+    LLMProvider,
+    ProviderError,
+    TTSProvider,
+)
 from chat.providers.registry import backend_name, build
 
 STAGES = ("asr", "llm", "tts")
@@ -31,7 +38,7 @@ class CheckResult:
 
 
 async def _check_asr(provider: ASRProvider) -> str:
-    stream = provider.stream("en-US", 16000)
+    stream = provider.stream("en-US", SPEECH_RATE)
     try:
         for _ in range(5):
             await stream.feed(_SILENCE_100MS)

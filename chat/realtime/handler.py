@@ -3,7 +3,7 @@
 The consumer hands this class the client messages `offer`, `ice_candidate`, `ready`,
 `asr_start`, `asr_stop` and the binary frames of a websocket span; it answers through the
 `SessionContext` the consumer implements. Field and state checks live here so that the consumer
-stays a dispatcher. States follow PROTOCOL.md: Initialized → OfferReceived → AnswerSent →
+stays a dispatcher. States follow docs/protocol.md: Initialized → OfferReceived → AnswerSent →
 WebRTCConnected → Ready; a failed connection goes back to Initialized, so the client may
 negotiate again (after reconnecting, as the protocol says, or on the same socket).
 """
@@ -16,8 +16,11 @@ from typing import Any, Protocol
 
 from django.conf import settings
 
+from chat import protocol
 from chat.ice import session_ice_servers
+from chat.protocol import Err
 from chat.providers.base import ASRProvider, ProviderError
+from chat.providers.registry import get_asr
 from chat.realtime.listener import SAMPLE_RATE, Listener
 from chat.realtime.pcm import PcmResampler
 from chat.realtime.peer import CandidateError, PeerSession, WebRTCError, parse_candidate
@@ -77,8 +80,6 @@ class _Span:
 
 def _get_asr() -> ASRProvider:
     # Imported on first use: the providers registry loads backends lazily.
-    from chat.providers.registry import get_asr
-
     return get_asr()
 
 
@@ -145,16 +146,16 @@ class RealtimeHandler:
         }.get(msg_type)
         if method is None:
             await self.ctx.send_error(
-                "ERR_UNKNOWN_TYPE", f"unknown message type {msg_type!r}", ref=ref
+                Err.UNKNOWN_TYPE, f"unknown message type {msg_type!r}", ref=ref
             )
             return
         if self._closed:
-            await self.ctx.send_error("ERR_STATE", "the session is closing", ref=ref)
+            await self.ctx.send_error(Err.STATE, "the session is closing", ref=ref)
             return
         try:
             await method(msg, ref)
         except BadMessage as exc:
-            await self.ctx.send_error("ERR_BAD_MESSAGE", str(exc), ref=ref)
+            await self.ctx.send_error(Err.BAD_MESSAGE, str(exc), ref=ref)
 
     async def feed_pcm(self, data: bytes) -> bool:
         """A binary frame: consumed (True) inside a websocket span, else left to the caller."""
@@ -184,7 +185,7 @@ class RealtimeHandler:
             _check_candidate(candidate)
         if self.state != INITIALIZED:
             await self.ctx.send_error(
-                "ERR_STATE", f"offer not allowed in state {self.state}", ref=ref
+                Err.STATE, f"offer not allowed in state {self.state}", ref=ref
             )
             return
 
@@ -213,16 +214,14 @@ class RealtimeHandler:
         if self._peer is not peer:  # closed meanwhile
             return
         self.state = ANSWER_SENT
-        await self.ctx.send_event(
-            _with_ref({"type": "answer", "sdp": answer.sdp, "sdp_type": "answer"}, ref)
-        )
+        await self.ctx.send_event(protocol.event("answer", ref, sdp=answer.sdp, sdp_type="answer"))
         if self._connected_pending:
             await self._mark_connected(peer)
 
     async def _ice_candidate(self, msg: dict[str, Any], ref: str | None) -> None:
         _check_candidate(msg)
         if self._peer is None or self.state == INITIALIZED:
-            await self.ctx.send_error("ERR_STATE", "ice_candidate before offer", ref=ref)
+            await self.ctx.send_error(Err.STATE, "ice_candidate before offer", ref=ref)
             return
         try:
             await self._peer.add_candidate(msg)
@@ -238,12 +237,12 @@ class RealtimeHandler:
             raise BadMessage('`direction` must be "both", "send" or "recv"')
         if self.state not in _CONNECTED_STATES:
             await self.ctx.send_error(
-                "ERR_STATE", f"ready not allowed in state {self.state}", ref=ref
+                Err.STATE, f"ready not allowed in state {self.state}", ref=ref
             )
             return
         self.state = READY
         self._direction = direction
-        await self.ctx.send_event(_with_ref({"type": "ready", "direction": direction}, ref))
+        await self.ctx.send_event(protocol.event("ready", ref, direction=direction))
 
     async def _on_peer_state(self, state: str) -> None:
         peer = self._peer
@@ -262,7 +261,7 @@ class RealtimeHandler:
         if self._peer is not peer or self.state != ANSWER_SENT:
             return
         self.state = WEBRTC_CONNECTED
-        await self.ctx.send_event(_with_ref({"type": "connected"}, self._offer_ref))
+        await self.ctx.send_event(protocol.event("connected", self._offer_ref))
 
     async def _fail(
         self, peer: PeerSession, message: str, *, retryable: bool, ref: str | None
@@ -278,7 +277,7 @@ class RealtimeHandler:
             self._span = None
             await span.listener.close()
         await peer.close()
-        await self.ctx.send_error("ERR_WEBRTC_FAILED", message, retryable=retryable, ref=ref)
+        await self.ctx.send_error(Err.WEBRTC_FAILED, message, retryable=retryable, ref=ref)
 
     # --- recognition ------------------------------------------------------------------------
 
@@ -307,11 +306,11 @@ class RealtimeHandler:
         if transport is None:
             transport = "webrtc" if connected else "websocket"
         if self._span is not None:
-            await self.ctx.send_error("ERR_STATE", "asr_start inside a recognition span", ref=ref)
+            await self.ctx.send_error(Err.STATE, "asr_start inside a recognition span", ref=ref)
             return
         if transport == "webrtc" and not connected:
             await self.ctx.send_error(
-                "ERR_STATE", "asr_start over webrtc needs a connected peer", ref=ref
+                Err.STATE, "asr_start over webrtc needs a connected peer", ref=ref
             )
             return
         try:
@@ -344,7 +343,7 @@ class RealtimeHandler:
     async def _asr_stop(self, msg: dict[str, Any], ref: str | None) -> None:
         span = self._span
         if span is None:
-            await self.ctx.send_error("ERR_STATE", "asr_stop outside a recognition span", ref=ref)
+            await self.ctx.send_error(Err.STATE, "asr_stop outside a recognition span", ref=ref)
             return
         # The span ends now (later binary frames are uploads again); the final text arrives
         # when the recogniser is done, without holding up the consumer's next message.
@@ -367,9 +366,7 @@ class RealtimeHandler:
 
     async def _on_interim(self, text: str, utterance_id: str) -> None:
         ref = self._span.ref if self._span is not None else None
-        await self.ctx.send_event(
-            _with_ref({"type": "asr_interim", "text": text, "utterance_id": utterance_id}, ref)
-        )
+        await self.ctx.send_event(protocol.asr_interim(text, utterance_id, ref))
 
     async def _on_asr_error(self, exc: ProviderError) -> None:
         ref = self._span.ref if self._span is not None else None
@@ -435,9 +432,3 @@ def _candidate_address(host: str) -> bool:
     except ValueError:
         return False
     return True
-
-
-def _with_ref(event: dict[str, Any], ref: str | None) -> dict[str, Any]:
-    if ref is not None:
-        event["ref"] = ref
-    return event

@@ -1,4 +1,4 @@
-// The web client: settings and the session, and every event of PROTOCOL.md turned into what
+// The web client: settings and the session, and every event of docs/protocol.md turned into what
 // the page shows.
 //
 // State a test (or a curious person) can read lives in data-* attributes: #app[data-connection],

@@ -1,4 +1,4 @@
-// The session WebSocket of PROTOCOL.md: connect, heartbeat, reconnect with backoff.
+// The session WebSocket of docs/protocol.md: connect, heartbeat, reconnect with backoff.
 //
 // Events of the server arrive through `onEvent(event)`, binary frames through `onBinary`, and
 // the connection state through `onState(state, detail)` with state one of

@@ -19,7 +19,7 @@ from dashscope import MultiModalConversation
 from dashscope.audio.asr import Recognition, RecognitionCallback
 from django.conf import settings
 
-from chat.providers.base import ASRError, ASRProvider, ASRStream, Hypothesis
+from chat.providers.base import SPEECH_RATE, ASRError, ASRProvider, ASRStream, Hypothesis
 from chat.providers.bridge import ThreadBridge, run_in_daemon
 from chat.providers.cloud import configure_dashscope, failure, timed_out
 
@@ -150,7 +150,7 @@ class DashScopeASR(ASRProvider):
             settings.PROVIDER_CONNECT_TIMEOUT_S,
         )
 
-    def stream(self, language: str, sample_rate: int = 16000) -> ASRStream:
+    def stream(self, language: str, sample_rate: int = SPEECH_RATE) -> ASRStream:
         return _DashScopeStream(self, language, sample_rate)
 
     async def recognize_file(self, path: str, url: str, language: str) -> str:

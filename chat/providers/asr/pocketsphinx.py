@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from django.conf import settings
 
-from chat.providers.base import ASRError, ASRProvider, ASRStream, Hypothesis
+from chat.providers.base import SPEECH_RATE, ASRError, ASRProvider, ASRStream, Hypothesis
 from chat.providers.bridge import ThreadBridge
 from chat.providers.cloud import timed_out
 
@@ -155,7 +155,7 @@ class PocketSphinxASR(ASRProvider):
     def from_settings(cls) -> PocketSphinxASR:
         return cls(settings.PROVIDER_TIMEOUT_S)
 
-    def stream(self, language: str, sample_rate: int = 16000) -> ASRStream:
+    def stream(self, language: str, sample_rate: int = SPEECH_RATE) -> ASRStream:
         _check_language(language)
         return _SphinxStream(sample_rate, self.interim_s, self.timeout_s)
 
