@@ -116,6 +116,25 @@ def test_pocketsphinx_stream_can_be_abandoned() -> None:
     asyncio.run(abandon())
 
 
+def test_pocketsphinx_keeps_few_idle_decoders_after_a_burst_of_concurrent_streams(
+    tmp_path: Path,
+) -> None:
+    """Each decoder holds its own ~100 MB of models: after six people talked at once, the web
+    process keeps only a couple loaded, and later streams still recognise speech."""
+    from chat.providers.asr import pocketsphinx
+
+    path = _utterance(tmp_path, "i would like to order a pizza")
+
+    async def burst() -> list[list[Hypothesis]]:
+        return await asyncio.gather(*(_stream_file(path) for _ in range(6)))
+
+    for results in asyncio.run(burst()):
+        assert {"order", "pizza"} & _words(results[-1].text), results
+    assert pocketsphinx._pool.idle(16000) <= pocketsphinx.MAX_IDLE_DECODERS
+    final = asyncio.run(_stream_file(path))[-1]
+    assert final.final and {"order", "pizza"} & _words(final.text), final
+
+
 def test_pocketsphinx_rejects_unreadable_files(tmp_path: Path) -> None:
     from chat.providers.base import ASRError
 

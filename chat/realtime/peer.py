@@ -170,6 +170,7 @@ class PeerSession:
                 transceiver.direction = "inactive"
         self.pc.addTrack(self.speaker)
         answer = await self.pc.createAnswer()
+        self.speaker.encode_opus = _sends_opus(self.pc, self.speaker)
         # Gathers our candidates and puts them into the answer SDP.
         await self.pc.setLocalDescription(answer)
 
@@ -263,3 +264,12 @@ class PeerSession:
             track.stop()
         await self._tasks.cancel()
         self._tracks.clear()
+
+
+def _sends_opus(pc: RTCPeerConnection, track: MediaStreamTrack) -> bool:
+    """Whether `track` is sent with Opus, so that it may hand aiortc encoded packets."""
+    for transceiver in pc.getTransceivers():
+        if transceiver.sender.track is track:
+            codecs = getattr(transceiver, "_codecs", None) or []
+            return bool(codecs) and codecs[0].mimeType.lower() == "audio/opus"
+    return False

@@ -6,6 +6,13 @@ PCM16, Opus's native rate, so the encoder's resampler has nothing left to do but
 channel; `clear()` empties the queue so the very next frame is silence, which is what makes
 barge-in stop speech within one 20 ms frame. `hold()` pauses the speech without dropping it
 (silence meanwhile), while the VAD decides whether what it hears is the user starting to talk.
+
+Most of a session's time the avatar is silent, and encoding silence was most of an idle
+session's cost: aiortc hands every frame to a thread pool for Opus encoding (and measures its
+level). With `encode_opus` set (the peer sets it when Opus was negotiated), the track returns
+encoded packets itself: silence is one constant Opus packet, encoded once per process, and only
+speech frames are encoded, by the track's own encoder, on the loop. The RTP timing is unchanged:
+a packet still goes out every 20 ms.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import fractions
 import time
 
 import av
+from aiortc.codecs.opus import OpusEncoder
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from chat.realtime.pcm import PcmResampler
@@ -27,6 +35,25 @@ TIME_BASE = fractions.Fraction(1, SAMPLE_RATE)
 # When the loop stalled for longer than this, restart the clock rather than send a burst of
 # catch-up frames that the receiver's jitter buffer would drop anyway.
 MAX_LAG_S = 0.5
+_silence_packet: bytes | None = None
+
+
+def _pcm_frame(chunk: bytes, pts: int) -> av.AudioFrame:
+    frame = av.AudioFrame(format="s16", layout="mono", samples=FRAME_SAMPLES)
+    frame.planes[0].update(chunk)
+    frame.pts = pts
+    frame.sample_rate = SAMPLE_RATE
+    frame.time_base = TIME_BASE
+    return frame
+
+
+def silence_packet() -> bytes:
+    """One 20 ms Opus packet of silence, from the encoder aiortc itself would use."""
+    global _silence_packet
+    if _silence_packet is None:
+        payloads, _ = OpusEncoder().encode(_pcm_frame(bytes(FRAME_BYTES), 0))
+        _silence_packet = payloads[0]
+    return _silence_packet
 
 
 class SpeakerTrack(MediaStreamTrack):
@@ -46,6 +73,9 @@ class SpeakerTrack(MediaStreamTrack):
         self.frames_sent = 0
         self.speech_frames_sent = 0
         self.held = False
+        self.encode_opus = False
+        self.frames_encoded = 0  # by the track itself (speech only), when `encode_opus`
+        self._encoder: OpusEncoder | None = None
 
     @property
     def queued_ms(self) -> float:
@@ -85,8 +115,9 @@ class SpeakerTrack(MediaStreamTrack):
         self.clear()
         super().stop()
 
-    async def recv(self) -> av.AudioFrame:
-        """The next 20 ms frame, returned at its real-time instant."""
+    async def recv(self) -> av.AudioFrame | av.Packet:
+        """The next 20 ms frame (a packet when `encode_opus`), returned at its real-time
+        instant."""
         if self.readyState != "live":
             raise MediaStreamError
         now = time.monotonic()
@@ -113,10 +144,16 @@ class SpeakerTrack(MediaStreamTrack):
         else:
             chunk = self._silence
         self.frames_sent += 1
-
-        frame = av.AudioFrame(format="s16", layout="mono", samples=FRAME_SAMPLES)
-        frame.planes[0].update(chunk)
-        frame.pts = self._timestamp
-        frame.sample_rate = SAMPLE_RATE
-        frame.time_base = TIME_BASE
-        return frame
+        if not self.encode_opus:
+            return _pcm_frame(chunk, self._timestamp)
+        payload = silence_packet()
+        if chunk is not self._silence:
+            if self._encoder is None:
+                self._encoder = OpusEncoder()
+            payloads, _ = self._encoder.encode(_pcm_frame(chunk, self._timestamp))
+            self.frames_encoded += 1
+            payload = payloads[0] if payloads else payload
+        packet = av.Packet(payload)
+        packet.pts = self._timestamp
+        packet.time_base = TIME_BASE
+        return packet

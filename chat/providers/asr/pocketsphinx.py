@@ -2,7 +2,10 @@
 
 Decoding is CPU work, so each stream has its own worker thread fed through a queue: `feed()`
 never waits for the decoder, and hypotheses reach the loop through a `ThreadBridge`. Decoders
-take a moment to load, so finished ones go back to a small per-process pool.
+take a moment to load, so finished ones go back to a small per-process pool; the pool keeps at
+most `MAX_IDLE_DECODERS` per sample rate, because each decoder holds its own copy of the acoustic
+model and language model (about 100 MB), so keeping every decoder a burst of concurrent sessions
+needed would keep that memory for the life of the process.
 
 Only English is known offline. For other languages (Mandarin avatars) the English model still
 runs, so every flow keeps working without a network; it logs a warning once per language, and
@@ -31,6 +34,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 _FINISH, _ABORT = object(), object()  # control items in the audio queue
+# Idle decoders kept per sample rate: enough that the next turn or two start without loading a
+# model, few enough that a past burst of concurrent sessions does not keep its memory.
+MAX_IDLE_DECODERS = 2
 _warned_languages: set[str] = set()
 
 
@@ -41,9 +47,15 @@ class _DecoderPool:
     returned one starts afresh, so one speaker's audio never shapes another's recognition and
     the same recording always gives the same words."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_idle: int = MAX_IDLE_DECODERS) -> None:
         self._idle: dict[int, list[Decoder]] = {}
         self._lock = threading.Lock()
+        self._max_idle = max_idle
+
+    def idle(self, sample_rate: int) -> int:
+        """How many loaded decoders wait for work at `sample_rate` (what the pool keeps)."""
+        with self._lock:
+            return len(self._idle.get(sample_rate, ()))
 
     def acquire(self, sample_rate: int) -> Decoder:
         with self._lock:
@@ -55,9 +67,14 @@ class _DecoderPool:
         return Decoder(samprate=sample_rate, loglevel="FATAL")
 
     def release(self, sample_rate: int, decoder: Decoder) -> None:
+        """Keep `decoder` for the next utterance, or let it go when enough are kept already."""
+        with self._lock:
+            idle = self._idle.setdefault(sample_rate, [])
+            if len(idle) >= self._max_idle:
+                return  # dropped: its models are freed with it
         decoder.reinit_feat()
         with self._lock:
-            self._idle.setdefault(sample_rate, []).append(decoder)
+            idle.append(decoder)
 
 
 _pool = _DecoderPool()
