@@ -364,7 +364,28 @@ class DashScopeTTS(TTSProvider):
         bridge: ThreadBridge[bytes] = ThreadBridge()
         synthesizer = self.preconnected.take(key, bridge)
         if synthesizer is None:
-            synthesizer = self._new(key, _Callback(key[1], bridge))
+            async for chunk in self._run(self._new(key, _Callback(key[1], bridge)), text, bridge):
+                yield chunk
+            return
+        # A socket opened ahead may have been closed by the service an instant before it was
+        # taken (its close not yet seen here): when that socket is gone before any audio came,
+        # the sentence is tried again, once, on a fresh connection.
+        started = False
+        try:
+            async for chunk in self._run(synthesizer, text, bridge):
+                started = True
+                yield chunk
+            return
+        except TTSError as exc:
+            if started or not exc.retryable or synthesizer.is_open():
+                raise
+        bridge = ThreadBridge()
+        async for chunk in self._run(self._new(key, _Callback(key[1], bridge)), text, bridge):
+            yield chunk
+
+    async def _run(
+        self, synthesizer: _Synthesizer, text: str, bridge: ThreadBridge[bytes]
+    ) -> AsyncIterator[bytes]:
         callback = synthesizer._reporter
         threading.Thread(
             target=self._synthesize,
