@@ -85,7 +85,7 @@ def main() -> None:
         for parse in variants.values():
             try:
                 figures.append(f"{_time(parse, frame, args.number):.2f}")
-            except RecursionError:  # the old decoder let it escape (issue 12)
+            except RecursionError:  # the old decoder let it escape (before the hostile-frame fixes)
                 figures.append("RecursionError")
         print(f"{label} | " + " | ".join(figures))
 

@@ -73,7 +73,7 @@ FRAME_ERRORS = {
 }
 DEEP = "[" * 3000 + "]" * 3000  # well under 64 KiB
 
-# Every frame that once ended a session with 1011 or logged a traceback (issue 12) ...
+# Every frame that once ended a session with 1011 or logged a traceback (found from outside) ...
 REGRESSIONS = [
     '{"type": "ping", "id": "\\ud800"}',
     '{"type": "ping", "timestamp": "\\ud800"}',
