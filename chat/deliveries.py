@@ -10,25 +10,17 @@ CELERY_TASK_MAX_DELIVERIES gives up with its stage's error code instead of runni
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
-import redis
 from django.conf import settings
+
+from chat.layers import shared_client
 
 PREFIX = "echo:deliveries:"
 ONCE_PREFIX = "echo:once:"
 TTL_S = 24 * 3600
 
-_client: tuple[int, redis.Redis] | None = None
-
-
-def client() -> redis.Redis:
-    """One connection pool per process (a pool must not cross a fork)."""
-    global _client
-    if _client is None or _client[0] != os.getpid():
-        _client = (os.getpid(), redis.Redis.from_url(settings.REDIS_URL))
-    return _client[1]
+client = shared_client  # one retrying, fork-safe pool per process (chat.layers)
 
 
 def count(task_id: str, retries: int = 0) -> int:

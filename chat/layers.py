@@ -21,12 +21,15 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+import redis
 from channels_redis.core import RedisChannelLayer
+from django.conf import settings
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -53,6 +56,19 @@ def sync_retry(attempts: int = 10) -> Retry:
         attempts,
         supported_errors=RETRYABLE,
     )
+
+
+_shared: tuple[int, redis.Redis] | None = None
+
+
+def shared_client() -> redis.Redis:
+    """The process's synchronous Redis client (session turns, deliveries, render state): one
+    connection pool per process, made anew after a fork (pools must not cross one), retrying
+    through a restart or pause of Redis (`sync_retry`)."""
+    global _shared
+    if _shared is None or _shared[0] != os.getpid():
+        _shared = (os.getpid(), redis.Redis.from_url(settings.REDIS_URL, retry=sync_retry()))
+    return _shared[1]
 
 
 class ResilientRedisChannelLayer(RedisChannelLayer):

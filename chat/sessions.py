@@ -18,7 +18,7 @@ from kombu.exceptions import OperationalError
 from avatars.models import Avatar
 from celery_app import app
 from chat import presence, video
-from chat.layers import sync_retry
+from chat.layers import shared_client
 from chat.models import ChatSession, EndReason, Message, Role
 from chat.storage import delete_session_files
 
@@ -163,15 +163,7 @@ ASSISTANT = Role.ASSISTANT
 TURN_TTL_S = 3600
 
 
-def _redis() -> Any:
-    """Retries through a dropped connection or a restart of Redis (chat.layers.sync_retry)."""
-    global _client
-    if _client is None:
-        _client = redis.Redis.from_url(settings.REDIS_URL, retry=sync_retry())
-    return _client
-
-
-_client: Any = None
+_redis = shared_client  # one retrying, fork-safe pool per process (chat.layers)
 
 
 def _turn_key(session_id: uuid.UUID | str) -> str:

@@ -7,20 +7,17 @@ only to measure backlogs and to hand a dead worker's tasks to the others.
 from __future__ import annotations
 
 import json
-import os
 import time
 from typing import Any
 
-import redis
 from django.conf import settings
 
-from chat.layers import sync_retry
+from chat.layers import shared_client
 
 PREFIX = "render:"
 WORKERS = PREFIX + "workers"  # zset nodename -> last heartbeat time
 DONE_TTL_S = 24 * 3600
 
-_client: tuple[int, redis.Redis] | None = None
 
 # Raise progress only: returns 1 when ARGV[1] is above the stored value (and stores it).
 _RAISE = """
@@ -33,13 +30,7 @@ return 0
 """
 
 
-def client() -> redis.Redis:
-    """One connection pool per process (pools must not cross a fork); it retries through a
-    Redis restart or pause (chat.layers.sync_retry)."""
-    global _client
-    if _client is None or _client[0] != os.getpid():
-        _client = (os.getpid(), redis.Redis.from_url(settings.REDIS_URL, retry=sync_retry()))
-    return _client[1]
+client = shared_client  # one retrying, fork-safe pool per process (chat.layers)
 
 
 def worker_key(nodename: str) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -32,7 +31,7 @@ def fake_registry(spare_redis_url: str, monkeypatch: pytest.MonkeyPatch) -> Iter
     """A Redis database of its own for the registry and the queues, so that the live workers of
     other tests neither take part nor take the fake workers' tasks."""
     r = redis.Redis.from_url(spare_redis_url)
-    monkeypatch.setattr(store, "_client", (os.getpid(), r))
+    monkeypatch.setattr(store, "client", lambda: r)
     yield r
     r.flushdb()
 
