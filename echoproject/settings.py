@@ -275,6 +275,13 @@ CELERY_TASK_MAX_DELIVERIES = env_int("CELERY_TASK_MAX_DELIVERIES", 3, minimum=1,
 CELERY_WORKER_LOST_WAIT = 1.0
 # A task whose whole worker (main process too) died unacknowledged is redelivered after this.
 CELERY_VISIBILITY_TIMEOUT_S = env_int("CELERY_VISIBILITY_TIMEOUT_S", 900, minimum=1)
+if CELERY_VISIBILITY_TIMEOUT_S <= CELERY_TASK_TIME_LIMIT:
+    # a task still running on a live worker would be handed to a second one, and its later
+    # deliveries counted as lost workers until it fails with its stage's error code
+    raise SettingsError(
+        f"CELERY_VISIBILITY_TIMEOUT_S ({CELERY_VISIBILITY_TIMEOUT_S}) must be longer than "
+        f"CELERY_TASK_TIME_LIMIT ({CELERY_TASK_TIME_LIMIT})"
+    )
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": CELERY_VISIBILITY_TIMEOUT_S}
 CLEANUP_INTERVAL_S = env_int("CLEANUP_INTERVAL_S", 60, minimum=1)
 # a web process that has not renewed its presence for this long is dead (chat.presence)

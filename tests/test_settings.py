@@ -91,6 +91,7 @@ def test_values_from_the_environment() -> None:
         ({"CHAT_REQUIRE_TOKEN": "true"}, "CHAT_TOKENS"),
         ({"MAX_AUDIO_SECONDS": "-3"}, "MAX_AUDIO_SECONDS"),
         ({"PORT": "eighty"}, "PORT"),
+        ({"CELERY_VISIBILITY_TIMEOUT_S": "60"}, "CELERY_TASK_TIME_LIMIT"),
     ],
 )
 def test_bad_value_stops_start_up_with_one_line(environ: dict[str, str], named: str) -> None:
