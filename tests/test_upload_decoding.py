@@ -57,3 +57,19 @@ def _alive(pid: int) -> bool:
             return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def _nice(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as stat:
+        return int(stat.read().rsplit(")", 1)[1].split()[16])
+
+
+def test_the_decoder_yields_the_cpu_to_the_web_process() -> None:
+    """The decoding process runs at the workers' lower priority (WORKER_NICE), so that a
+    decoding never takes a core from the event loop serving the sessions."""
+    own = os.nice(0)  # this test process stands for the web process
+    uploads.check_and_decode(speak(UTTERANCE).read_bytes())
+    pids = _decoder_pids()
+    assert pids
+    assert all(_nice(pid) == min(19, own + 10) for pid in pids)
+    assert os.nice(0) == own  # the web process keeps its own priority
