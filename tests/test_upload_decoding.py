@@ -12,6 +12,7 @@ import pytest
 from chat import uploads
 from chat.audio import TARGET_RATE
 from tests.audio import speak
+from tests.procs import nice_of
 
 UTTERANCE = "what is the weather like in london today"
 
@@ -59,11 +60,6 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _nice(pid: int) -> int:
-    with open(f"/proc/{pid}/stat") as stat:
-        return int(stat.read().rsplit(")", 1)[1].split()[16])
-
-
 def test_the_decoder_yields_the_cpu_to_the_web_process() -> None:
     """The decoding process runs at the workers' lower priority (WORKER_NICE), so that a
     decoding never takes a core from the event loop serving the sessions."""
@@ -71,5 +67,5 @@ def test_the_decoder_yields_the_cpu_to_the_web_process() -> None:
     uploads.check_and_decode(speak(UTTERANCE).read_bytes())
     pids = _decoder_pids()
     assert pids
-    assert all(_nice(pid) == min(19, own + 10) for pid in pids)
+    assert all(nice_of(pid) == min(19, own + 10) for pid in pids)
     assert os.nice(0) == own  # the web process keeps its own priority
