@@ -30,6 +30,7 @@ MIN_PRESENCE = 0.5  # the face mesh's own "this is a face" score
 SEVERAL_RATIO = 0.4  # a second face at least this wide relative to the largest counts
 CUT_OFF_TOLERANCE = 0.04  # of the face width: how far the face outline may leave the image
 CROP_DILATION = 0.5  # EchoMimic's facecrop_dilation_ratio
+MASK_DILATION = 0.1  # EchoMimic's facemusk_dilation_ratio: the face box grown by it must fit
 STORED_SIZE = 512
 
 # MediaPipe face-mesh indices of the regions an avatar keeps, each ordered along its contour.
@@ -47,6 +48,10 @@ REGIONS: dict[str, list[int]] = {
 FACE_OVAL = [10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397, 365, 379, 378]
 FACE_OVAL += [400, 377, 152, 148, 176, 149, 150, 136, 172, 58, 132, 93, 234, 127, 162, 21]
 FACE_OVAL += [54, 103, 67, 109]
+NO_FACE = (
+    f"No face found in this image: upload a frontal portrait with the face at least"
+    f" {MIN_FACE_PX} px wide."
+)
 LIP_MIDDLE = (13, 14)  # inner upper and lower lip at the centre: the mouth point between them
 
 
@@ -248,7 +253,7 @@ def detect(image: Image.Image) -> Face:
         if not len(found):  # faces small in the frame: the full-range detector sees them
             found = _detections(image, models, full_range=True)
         if not len(found):
-            raise FaceError("No face found in this image: upload a frontal portrait.")
+            raise FaceError(NO_FACE)
         widths = found[:, 3] - found[:, 1]
         main = found[int(np.argmax(widths))]
         others = int((widths >= SEVERAL_RATIO * widths.max()).sum()) - 1
@@ -263,8 +268,12 @@ def detect(image: Image.Image) -> Face:
             )
         mesh, presence = _mesh(image, main, models)
     if presence < MIN_PRESENCE:
-        raise FaceError("No face found in this image: upload a frontal portrait.")
-    outline = mesh[FACE_OVAL]
+        raise FaceError(NO_FACE)
+    bx0, by0, bx1, by1 = main[1:5]
+    margin_x, margin_y = MASK_DILATION * (bx1 - bx0), MASK_DILATION * (by1 - by0)
+    outline = np.concatenate(
+        [mesh[FACE_OVAL], [[bx0 - margin_x, by0 - margin_y], [bx1 + margin_x, by1 + margin_y]]]
+    )
     slack = CUT_OFF_TOLERANCE * (outline[:, 0].max() - outline[:, 0].min())
     edges = {
         "left": outline[:, 0].min() < -slack,
