@@ -265,3 +265,20 @@ def test_admin_replacing_a_drawing_with_a_photo_finds_the_face(
     admin_client_logged_in.post(f"/admin/avatars/avatar/{lin.pk}/change/", form)
     lin.refresh_from_db()
     assert lin.face["points"]["jaw"]
+
+
+def test_admin_turns_a_phone_photo_upright_by_its_exif_orientation(
+    admin_client_logged_in: Client, media_root
+) -> None:
+    sideways = portraits.placed((900, 700), 600, (150, 50)).transpose(Image.Transpose.ROTATE_90)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: viewers turn it 90° clockwise, upright again
+    upload = io.BytesIO()
+    sideways.save(upload, "JPEG", quality=90, exif=exif)
+    upload.name = "phone.jpg"
+    upload.seek(0)
+    response = post_portrait(admin_client_logged_in, upload, "phone")
+    assert response.status_code == 302, response.content.decode()[:3000]
+    phone = Avatar.objects.get(slug="phone")
+    eyes = phone.face["points"]["left_eye"] + phone.face["points"]["right_eye"]
+    assert max(y for _, y in eyes) < phone.face["mouth"][1]  # eyes above the mouth: upright
