@@ -188,8 +188,8 @@ class EchoMimicBackend(RenderBackend):
     def _load(self) -> Any:
         """Build the upstream pipeline once, on this instance's device, scheduler step hooked."""
         import torch
+        import yaml
         from diffusers import AutoencoderKL, DDIMScheduler
-        from omegaconf import OmegaConf
 
         install, weights = Path(settings.ECHOMIMIC_DIR), Path(settings.ECHOMIMIC_WEIGHTS_DIR)
         if str(install) not in sys.path:
@@ -201,7 +201,7 @@ class EchoMimicBackend(RenderBackend):
         from src.pipelines.pipeline_echo_mimic_acc import Audio2VideoPipeline
 
         dtype, device = self._dtype, self._device
-        infer = OmegaConf.load(install / INFERENCE_CONFIG)
+        infer = yaml.safe_load((install / INFERENCE_CONFIG).read_text())
         base = weights / "sd-image-variations-diffusers"
         vae = AutoencoderKL.from_pretrained(weights / "sd-vae-ft-mse").to(device, dtype=dtype)
         reference = UNet2DConditionModel.from_pretrained(base, subfolder="unet")
@@ -210,7 +210,7 @@ class EchoMimicBackend(RenderBackend):
             base,
             weights / "motion_module_acc.pth",
             subfolder="unet",
-            unet_additional_kwargs=infer.unet_additional_kwargs,
+            unet_additional_kwargs=infer["unet_additional_kwargs"],
         )
         denoising.load_state_dict(
             torch.load(weights / "denoising_unet_acc.pth", map_location="cpu"), strict=False
@@ -220,7 +220,7 @@ class EchoMimicBackend(RenderBackend):
         audio = load_audio_model(
             model_path=str(weights / "audio_processor/whisper_tiny.pt"), device=device
         )
-        scheduler = DDIMScheduler(**OmegaConf.to_container(infer.noise_scheduler_kwargs))
+        scheduler = DDIMScheduler(**infer["noise_scheduler_kwargs"])
         pipe = Audio2VideoPipeline(
             vae=vae,
             reference_unet=reference.to(device, dtype=dtype),

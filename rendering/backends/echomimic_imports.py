@@ -25,7 +25,7 @@ ENTRY_MODULES = [
     "src.pipelines.pipeline_echo_mimic_acc",
 ]
 # what the backend itself imports besides the clone
-BACKEND_MODULES = ["diffusers", "omegaconf"]
+BACKEND_MODULES = ["diffusers", "yaml"]
 # the pip requirement for a module whose name differs, or whose version matters
 REQUIREMENT = {
     "ffmpeg": "ffmpeg-python",
