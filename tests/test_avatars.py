@@ -282,3 +282,34 @@ def test_admin_turns_a_phone_photo_upright_by_its_exif_orientation(
     phone = Avatar.objects.get(slug="phone")
     eyes = phone.face["points"]["left_eye"] + phone.face["points"]["right_eye"]
     assert max(y for _, y in eyes) < phone.face["mouth"][1]  # eyes above the mouth: upright
+
+
+def truncated_jpeg() -> io.BytesIO:
+    whole = portraits.encoded(portraits.astronaut(), "JPEG", "cut.jpg").getvalue()
+    upload = io.BytesIO(whole[: len(whole) // 2])
+    upload.name = "cut.jpg"
+    return upload
+
+
+def animated_webp() -> io.BytesIO:
+    frames = [portraits.no_face(), portraits.astronaut().resize((640, 480))]
+    upload = io.BytesIO()
+    frames[0].save(upload, "WEBP", save_all=True, append_images=frames[1:], duration=100)
+    upload.name = "anim.webp"
+    upload.seek(0)
+    return upload
+
+
+@pytest.mark.parametrize(
+    "make, says",
+    [(truncated_jpeg, "cannot be read"), (animated_webp, "No face found")],
+    ids=["truncated jpeg", "animated webp, no face in its first frame"],
+)
+def test_admin_answers_a_broken_or_odd_image_with_a_form_error(
+    admin_client_logged_in: Client, media_root, make: object, says: str
+) -> None:
+    response = post_portrait(admin_client_logged_in, make(), "odd")  # type: ignore[operator]
+    assert response.status_code == 200
+    page = response.content.decode()
+    assert "errorlist" in page and says in page
+    assert not Avatar.objects.filter(slug="odd").exists()
