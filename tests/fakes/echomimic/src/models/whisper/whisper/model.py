@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .transcribe import transcribe as transcribe_function
+
 
 @dataclass
 class ModelDimensions:
@@ -43,4 +45,4 @@ class Whisper(nn.Module):
     def device(self):
         return next(self.parameters()).device
 
-    from .transcribe import transcribe as transcribe  # noqa: E402  (upstream binds it so)
+    transcribe = transcribe_function  # as upstream binds it
