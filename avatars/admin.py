@@ -1,25 +1,111 @@
 from __future__ import annotations
 
+from typing import Any
+
+from asgiref.sync import async_to_sync
+from django import forms
+from django.conf import settings
 from django.contrib import admin
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import get_object_or_404
+from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html
 
-from avatars.models import Avatar
+from avatars.models import Avatar, PendingVoiceDeletion, VoiceSource, VoiceState
+from avatars.voices import speaking_voice
+from chat.audio import pcm_to_wav
+from chat.providers.base import ProviderError
+from chat.providers.registry import asr_understands, get_tts
+from chat.providers.tts.presets import preset_choices
+
+PREVIEW_MAX_CHARS = 300
+
+
+class AvatarForm(forms.ModelForm):
+    """The voice part of the avatar form: presets from a list, espeak-ng names checked."""
+
+    class Meta:
+        model = Avatar
+        # the admin's fieldsets name every field; these are the ones this form adjusts
+        fields = ["voice", "voice_source", "voice_sample", "espeak_voice", "espeak_pitch"]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        choices = [("", f"Default ({settings.DASHSCOPE_TTS_VOICE})"), *preset_choices()]
+        current = self.instance.voice if self.instance and self.instance.pk else ""
+        if current and current not in dict(choices):
+            choices.append((current, f"{current} (set by hand)"))
+        self.fields["voice"] = forms.ChoiceField(
+            choices=choices,
+            required=False,
+            label="Preset voice",
+            help_text="A CosyVoice preset (the languages it speaks in brackets); also the"
+            " fallback of a cloned voice that cannot speak.",
+        )
+
+    def clean_espeak_voice(self) -> str:
+        from chat.providers.tts.espeak import known_voices
+
+        name = self.cleaned_data.get("espeak_voice", "").strip()
+        if not name:
+            return name
+        base, _, variant = name.lower().partition("+")
+        known = known_voices()
+        if known and (base not in known or (variant and variant not in known)):
+            raise forms.ValidationError(
+                f"espeak-ng knows no voice {name!r}: try en-us, en-us+f3, en-gb+m3 or cmn."
+            )
+        return name
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean()
+        if cleaned.get("voice_source") == VoiceSource.CLONED and not (
+            cleaned.get("voice_sample") or (self.instance.pk and self.instance.voice_sample)
+        ):
+            self.add_error("voice_sample", "Upload a voice sample to use a cloned voice.")
+        return cleaned
 
 
 @admin.register(Avatar)
 class AvatarAdmin(admin.ModelAdmin):
+    form = AvatarForm
     list_display = ["thumbnail", "name", "slug", "language", "voice", "enabled", "updated_at"]
     list_display_links = ["thumbnail", "name"]
     list_filter = ["enabled", "language"]
     search_fields = ["name", "slug", "persona", "greeting"]
     prepopulated_fields = {"slug": ["name"]}
-    readonly_fields = ["preview", "created_at", "updated_at"]
+    readonly_fields = [
+        "preview",
+        "created_at",
+        "updated_at",
+        "cloned_voice_state",
+        "voice_preview",
+        "offline_recognition",
+    ]
     fieldsets = [
-        (None, {"fields": ["name", "slug", "enabled", "language"]}),
-        ("Character", {"fields": ["persona", "greeting", "voice"]}),
+        (None, {"fields": ["name", "slug", "enabled", "language", "offline_recognition"]}),
+        ("Character", {"fields": ["persona", "greeting"]}),
+        (
+            "Voice",
+            {
+                "fields": [
+                    "voice_source",
+                    "voice",
+                    "voice_sample",
+                    "cloned_voice_state",
+                    "espeak_voice",
+                    "espeak_pitch",
+                    "espeak_rate",
+                    "voice_preview",
+                ]
+            },
+        ),
         ("Appearance", {"fields": ["image", "preview", "mouth_x", "mouth_y"]}),
         ("History", {"fields": ["created_at", "updated_at"]}),
     ]
+
+    class Media:
+        js = ["admin/avatars/voice_preview.js"]
 
     @admin.display(description="Image")
     def thumbnail(self, avatar: Avatar) -> str:
@@ -40,3 +126,91 @@ class AvatarAdmin(admin.ModelAdmin):
             avatar.image_url(),
             avatar.name,
         )
+
+    @admin.display(description="Cloned voice")
+    def cloned_voice_state(self, avatar: Avatar) -> str:
+        if not avatar.voice_sample:
+            return "No sample: upload one to clone the avatar's voice."
+        state = avatar.voice_state or VoiceState.ENROLLING
+        label = VoiceState(state).label
+        details = {
+            VoiceState.ENROLLING: "DashScope is cloning the voice; reload to see when it is ready.",
+            VoiceState.READY: f"{avatar.cloned_voice} (for {avatar.cloned_voice_model})",
+            VoiceState.FAILED: avatar.voice_message,
+        }.get(VoiceState(state), "")
+        if state == VoiceState.READY and avatar.cloned_voice_model != settings.DASHSCOPE_TTS_MODEL:
+            details += (
+                f" — made for another model than {settings.DASHSCOPE_TTS_MODEL}: replace the"
+                " sample to clone it again; the preset speaks meanwhile."
+            )
+        return format_html(
+            '<span class="voice-state" data-state="{}"><strong>{}</strong> {}</span>',
+            state,
+            label,
+            details,
+        )
+
+    @admin.display(description="Hear it")
+    def voice_preview(self, avatar: Avatar) -> str:
+        if not avatar.pk:
+            return "Save the avatar first."
+        url = reverse("admin:avatars_avatar_preview_voice", args=[avatar.pk])
+        return format_html(
+            '<button type="button" class="button voice-preview" data-url="{}">Preview voice'
+            '</button> <span class="voice-preview-status" aria-live="polite"></span>'
+            '<audio class="voice-preview-audio" controls hidden></audio>'
+            '<div class="help">Speaks the saved greeting in the saved voice with the'
+            " configured engine ({}).</div>",
+            url,
+            settings.TTS_BACKEND,
+        )
+
+    @admin.display(description="Speech recognition")
+    def offline_recognition(self, avatar: Avatar) -> str:
+        if not avatar.pk or asr_understands(avatar.language):
+            return format_html("Users can speak {} to this avatar.", avatar.get_language_display())
+        return format_html(
+            '<strong class="asr-warning">The offline recogniser ({}) understands English only:'
+            " users speaking {} to this avatar get English guesses. Configure a cloud recogniser"
+            " (ASR_BACKEND=dashscope) or let users type.</strong>",
+            settings.ASR_BACKEND,
+            avatar.get_language_display(),
+        )
+
+    def get_urls(self) -> list[URLPattern]:
+        own = [
+            path(
+                "<int:avatar_id>/preview-voice/",
+                self.admin_site.admin_view(self.preview_voice),
+                name="avatars_avatar_preview_voice",
+            )
+        ]
+        return own + super().get_urls()
+
+    def preview_voice(self, request: HttpRequest, avatar_id: int) -> HttpResponse:
+        """The greeting spoken in the avatar's voice, as WAV (any TTS backend)."""
+        avatar = get_object_or_404(Avatar, pk=avatar_id)
+        if not self.has_view_permission(request, avatar):
+            return JsonResponse({"error": "not allowed"}, status=403)
+        text = (avatar.greeting or f"Hello, I am {avatar.name}.")[:PREVIEW_MAX_CHARS]
+        tts = get_tts()
+        try:
+            pcm = async_to_sync(tts.synthesize)(text, speaking_voice(avatar), avatar.language)
+        except ProviderError as exc:
+            return JsonResponse({"error": exc.message, "code": exc.code}, status=502)
+        if not pcm:
+            return JsonResponse({"error": "the voice produced no audio"}, status=502)
+        response = HttpResponse(pcm_to_wav(pcm, tts.sample_rate), content_type="audio/wav")
+        response["Cache-Control"] = "no-store"
+        return response
+
+
+@admin.register(PendingVoiceDeletion)
+class PendingVoiceDeletionAdmin(admin.ModelAdmin):
+    """Cloned voices still to be deleted at DashScope (retried until the service confirms)."""
+
+    list_display = ["voice_id", "attempts", "last_error", "created_at", "updated_at"]
+    readonly_fields = ["voice_id", "attempts", "last_error", "created_at", "updated_at"]
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
