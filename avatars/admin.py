@@ -43,6 +43,12 @@ class AvatarForm(forms.ModelForm):
             " fallback of a cloned voice that cannot speak.",
         )
 
+        if "voice_source" in self.fields:  # forms posted before the field existed: the preset
+            self.fields["voice_source"].required = False
+
+    def clean_voice_source(self) -> str:
+        return self.cleaned_data.get("voice_source") or VoiceSource.PRESET
+
     def clean_espeak_voice(self) -> str:
         from chat.providers.tts.espeak import known_voices
 

@@ -49,13 +49,15 @@ def inspect_sample(data: bytes) -> SampleInfo:
             "The voice sample is not a readable audio file: upload WAV, MP3 or M4A."
         ) from None
     with container:
+        if not container.streams.audio:
+            raise _refuse("The voice sample is not a readable audio file: upload WAV, MP3 or M4A.")
         kind = _CONTAINERS.get(container.format.name)
         if kind is None:
             raise _refuse(
-                f"The voice sample is {container.format.name.split(',')[0].upper()}: "
-                "upload WAV, MP3 or M4A."
+                f"The voice sample is {container.format.long_name or container.format.name}"
+                " audio: upload WAV, MP3 or M4A."
             )
-        if not container.streams.audio or container.streams.video:
+        if container.streams.video:
             raise _refuse("The voice sample must hold one audio track and no video.")
         stream = container.streams.audio[0]
         codec = stream.codec_context.name

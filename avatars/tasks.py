@@ -82,7 +82,11 @@ def enrol_voice(self: Task, avatar_id: int, sample: str) -> str:
 
         forget_voice(voice_id)
         return "stale"
-    check_voice.apply_async((avatar_id, voice_id, time.time()), countdown=settings.VOICE_POLL_S)
+    check_voice.apply_async(
+        (avatar_id, voice_id, time.time()),
+        countdown=settings.VOICE_POLL_S,
+        queue=settings.VOICE_QUEUE,
+    )
     return voice_id
 
 
@@ -143,5 +147,5 @@ def sweep_voice_deletions() -> int:
     due = PendingVoiceDeletion.objects.filter(updated_at__lt=timezone.now() - SWEEP_AFTER)
     voice_ids = list(due.values_list("voice_id", flat=True))
     for voice_id in voice_ids:
-        delete_cloned_voice.delay(voice_id)
+        delete_cloned_voice.apply_async((voice_id,), queue=settings.VOICE_QUEUE)
     return len(voice_ids)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from django.conf import settings
 from django.db import transaction
 from django.db.models.signals import post_delete, post_save, pre_save
 from django.dispatch import receiver
@@ -56,7 +57,7 @@ def forget_voice(voice_id: str) -> None:
         from avatars.tasks import delete_cloned_voice
 
         try:
-            delete_cloned_voice.delay(voice_id)
+            delete_cloned_voice.apply_async((voice_id,), queue=settings.VOICE_QUEUE)
         except Exception:  # noqa: BLE001 - the broker is down: the periodic sweep sends it later
             log.warning("could not queue the deletion of voice %s; the sweep will", voice_id)
 
@@ -75,7 +76,7 @@ def enrol(avatar: Avatar) -> None:
     def send() -> None:
         from avatars.tasks import enrol_voice
 
-        enrol_voice.delay(avatar_id, sample)
+        enrol_voice.apply_async((avatar_id, sample), queue=settings.VOICE_QUEUE)
 
     transaction.on_commit(send)
 

@@ -1,0 +1,180 @@
+"""An avatar's voice in the admin: samples checked with PyAV, presets with their languages,
+espeak-ng settings, and the offline recogniser's languages said plainly."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.core.exceptions import ValidationError
+from django.test import Client
+from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+from PIL import Image
+
+from avatars.models import Avatar, VoiceSource, VoiceState
+from avatars.samples import inspect_sample
+from tests.voice_samples import encode_sample
+
+
+@pytest.mark.parametrize(
+    ("container", "codec", "kind"),
+    [("wav", "pcm_s16le", "WAV"), ("mp3", "libmp3lame", "MP3"), ("ipod", "aac", "M4A")],
+)
+def test_wav_mp3_and_m4a_samples_of_five_to_sixty_seconds_are_accepted(
+    container: str, codec: str, kind: str
+) -> None:
+    info = inspect_sample(encode_sample(6, container, codec))
+    assert info.kind == kind
+    assert 5.9 < info.seconds < 6.2
+
+
+def _png() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), (1, 2, 3)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("make", "says"),
+    [
+        (lambda: encode_sample(3), "record at least 5 seconds"),
+        (lambda: encode_sample(61, "mp3", "libmp3lame"), "more than 60 s"),
+        (lambda: encode_sample(6, "ogg", "libopus", 48000), "upload WAV, MP3 or M4A"),
+        (lambda: encode_sample(6, sample_rate=8000), "16 kHz or more"),
+        (lambda: encode_sample(6, codec="pcm_u8"), "must be 16-bit PCM"),
+        (_png, "not a readable audio file"),
+        (lambda: b"", "empty"),
+        (lambda: b"\0" * (10 * 1024 * 1024 + 1), "larger than 10 MB"),
+    ],
+    ids=["short", "long", "opus", "8khz", "8bit", "png", "empty", "huge"],
+)
+def test_bad_samples_are_refused_with_a_sentence_that_says_why(make: Any, says: str) -> None:
+    with pytest.raises(ValidationError) as raised:
+        inspect_sample(make())
+    assert says in raised.value.messages[0]
+
+
+@hsettings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=4096))
+def test_arbitrary_bytes_are_refused_never_crash(data: bytes) -> None:
+    with pytest.raises(ValidationError):
+        inspect_sample(data)
+
+
+@pytest.fixture
+def boss(client: Client, db: None) -> Client:
+    get_user_model().objects.create_superuser("boss", "boss@example.com", "correct horse battery")
+    assert client.login(username="boss", password="correct horse battery")
+    return client
+
+
+def form_data(avatar: Avatar, **changes: Any) -> dict[str, Any]:
+    data = {
+        "name": avatar.name,
+        "slug": avatar.slug,
+        "enabled": "on",
+        "language": avatar.language,
+        "persona": avatar.persona,
+        "greeting": avatar.greeting,
+        "voice": avatar.voice,
+        "voice_source": avatar.voice_source,
+        "espeak_voice": avatar.espeak_voice,
+        "espeak_pitch": "" if avatar.espeak_pitch is None else avatar.espeak_pitch,
+        "espeak_rate": "" if avatar.espeak_rate is None else avatar.espeak_rate,
+        "mouth_x": avatar.mouth_x,
+        "mouth_y": avatar.mouth_y,
+    }
+    data.update(changes)
+    return data
+
+
+def upload(data: bytes, name: str) -> io.BytesIO:
+    handle = io.BytesIO(data)
+    handle.name = name
+    return handle
+
+
+def test_admin_refuses_a_bad_sample_and_stores_nothing(
+    boss: Client, avatars: list[Avatar], media_root: Path
+) -> None:
+    aria = avatars[0]
+    response = boss.post(
+        f"/admin/avatars/avatar/{aria.pk}/change/",
+        form_data(aria, voice_sample=upload(encode_sample(2), "me.wav")),
+    )
+    assert response.status_code == 200
+    assert "record at least 5 seconds" in response.content.decode()
+    aria.refresh_from_db()
+    assert not aria.voice_sample and aria.voice_state == VoiceState.NONE
+    assert not (media_root / "voices").exists() or not any((media_root / "voices").iterdir())
+
+
+def test_admin_stores_a_good_sample_and_shows_it_enrolling(
+    boss: Client, avatars: list[Avatar], media_root: Path
+) -> None:
+    aria = avatars[0]
+    response = boss.post(
+        f"/admin/avatars/avatar/{aria.pk}/change/",
+        form_data(
+            aria,
+            voice_source=VoiceSource.CLONED,
+            voice_sample=upload(encode_sample(8, "mp3", "libmp3lame"), "me.mp3"),
+        ),
+    )
+    assert response.status_code == 302, response.content.decode()[:3000]
+    aria.refresh_from_db()
+    assert aria.voice_sample.name.startswith("voices/")
+    assert (media_root / aria.voice_sample.name).is_file()
+    assert aria.voice_state == VoiceState.ENROLLING and not aria.cloned_voice_ready()
+    page = boss.get(f"/admin/avatars/avatar/{aria.pk}/change/").content.decode()
+    assert 'data-state="enrolling"' in page and "DashScope is cloning the voice" in page
+
+
+def test_choosing_a_cloned_voice_needs_a_sample(boss: Client, avatars: list[Avatar]) -> None:
+    aria = avatars[0]
+    response = boss.post(
+        f"/admin/avatars/avatar/{aria.pk}/change/", form_data(aria, voice_source="cloned")
+    )
+    assert response.status_code == 200
+    assert "Upload a voice sample to use a cloned voice." in response.content.decode()
+
+
+def test_presets_are_listed_with_their_languages_and_espeak_settings_are_checked(
+    boss: Client, avatars: list[Avatar]
+) -> None:
+    aria = avatars[0]
+    page = boss.get(f"/admin/avatars/avatar/{aria.pk}/change/").content.decode()
+    assert "longxiaochun_v2 — " in page and "(Chinese, English)" in page
+    assert 'class="button voice-preview"' in page
+
+    refused = boss.post(
+        f"/admin/avatars/avatar/{aria.pk}/change/",
+        form_data(aria, espeak_voice="klingon+f9", espeak_pitch="120"),
+    )
+    assert refused.status_code == 200
+    body = refused.content.decode()
+    assert "espeak-ng knows no voice" in body
+    assert "less than or equal to 99" in body
+
+    saved = boss.post(
+        f"/admin/avatars/avatar/{aria.pk}/change/",
+        form_data(aria, voice="longwan_v2", espeak_voice="en-us+f3", espeak_pitch="70"),
+    )
+    assert saved.status_code == 302
+    aria.refresh_from_db()
+    assert (aria.voice, aria.espeak_voice, aria.espeak_pitch) == ("longwan_v2", "en-us+f3", 70)
+
+
+@pytest.mark.usefixtures("offline_providers")
+def test_admin_says_the_offline_recogniser_only_understands_english(
+    boss: Client, avatars: list[Avatar], settings: Any
+) -> None:
+    aria, lin = avatars
+    warning = "understands English only"
+    assert warning in boss.get(f"/admin/avatars/avatar/{lin.pk}/change/").content.decode()
+    assert warning not in boss.get(f"/admin/avatars/avatar/{aria.pk}/change/").content.decode()
+    settings.ASR_BACKEND = "dashscope"
+    assert warning not in boss.get(f"/admin/avatars/avatar/{lin.pk}/change/").content.decode()
