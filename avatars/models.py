@@ -91,18 +91,21 @@ class Avatar(models.Model):
     )
     voice_message = models.TextField(blank=True, editable=False)
     espeak_voice = models.CharField(
+        "espeak-ng voice",
         max_length=64,
         blank=True,
         help_text='Offline engine: an espeak-ng voice, optionally with a variant ("en-us",'
         ' "en-us+f3", "cmn"). Empty uses the language\'s voice.',
     )
     espeak_pitch = models.PositiveSmallIntegerField(
+        "espeak-ng pitch",
         null=True,
         blank=True,
         validators=[MaxValueValidator(99)],
         help_text="Offline engine: pitch 0–99 (espeak-ng's default 50).",
     )
     espeak_rate = models.PositiveSmallIntegerField(
+        "espeak-ng rate",
         null=True,
         blank=True,
         validators=[MinValueValidator(80), MaxValueValidator(450)],
