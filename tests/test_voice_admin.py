@@ -4,6 +4,7 @@ espeak-ng settings, and the offline recogniser's languages said plainly."""
 from __future__ import annotations
 
 import io
+import wave
 from pathlib import Path
 from typing import Any
 
@@ -180,3 +181,59 @@ def test_admin_says_the_offline_recogniser_only_understands_english(
     assert warning not in boss.get(f"/admin/avatars/avatar/{aria.pk}/change/").content.decode()
     settings.ASR_BACKEND = "dashscope"
     assert warning not in boss.get(f"/admin/avatars/avatar/{lin.pk}/change/").content.decode()
+
+
+def preview(client: Client, avatar: Avatar) -> Any:
+    return client.get(f"/admin/avatars/avatar/{avatar.pk}/preview-voice/")
+
+
+@pytest.mark.usefixtures("offline_providers")
+def test_preview_speaks_the_greeting_as_wav_with_the_offline_engine(
+    boss: Client, avatars: list[Avatar]
+) -> None:
+    aria = avatars[0]
+    response = preview(boss, aria)
+    assert response.status_code == 200 and response["Content-Type"] == "audio/wav"
+    with wave.open(io.BytesIO(response.content)) as wav:
+        seconds = wav.getnframes() / wav.getframerate()
+    assert seconds > len(aria.greeting.split()) * 60 / 175 / 2  # the whole greeting
+
+
+def test_preview_speaks_a_ready_cloned_voice_at_dashscope(
+    boss: Client, avatars: list[Avatar], dashscope: Any
+) -> None:
+    from chat.providers.tts.enrollment import CosyVoiceEnrollment
+
+    dashscope.forget_voices()
+    voice_id = CosyVoiceEnrollment.from_settings().create("https://x.test/a.wav", "aria")
+    aria = avatars[0]
+    Avatar.objects.filter(pk=aria.pk).update(
+        voice_source=VoiceSource.CLONED,
+        cloned_voice=voice_id,
+        cloned_voice_model="cosyvoice-v2",
+        voice_state=VoiceState.READY,
+    )
+    response = preview(boss, aria)
+    assert response.status_code == 200 and len(response.content) > 44
+    (task,) = dashscope.of("tts")
+    assert task.payload["parameters"]["voice"] == voice_id
+    assert task.texts == [aria.greeting]
+    dashscope.forget_voices()
+
+
+def test_a_failing_preview_answers_a_short_error_without_the_key(
+    boss: Client, avatars: list[Avatar], dashscope: Any
+) -> None:
+    from tests.fakes.dashscope_server import Fault
+
+    dashscope.behaviour.tts_fault = Fault("task-failed", code="InternalError", message="boom")
+    response = preview(boss, avatars[0])
+    assert response.status_code == 502
+    body = response.json()
+    assert body["code"] == "ERR_TTS_FAILED" and "DashScope TTS failed" in body["error"]
+    assert dashscope.api_key not in response.content.decode()
+
+
+def test_preview_needs_an_admin(client: Client, avatars: list[Avatar]) -> None:
+    response = preview(client, avatars[0])
+    assert response.status_code == 302 and "/admin/login/" in response["Location"]

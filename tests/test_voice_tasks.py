@@ -163,3 +163,26 @@ def test_a_failed_delete_is_kept_and_retried_until_the_service_confirms(
     cloud.behaviour.voice_fault = None
     eventually(lambda: ready.cloned_voice in cloud.deleted_voices, "deleted at last")
     eventually(lambda: not PendingVoiceDeletion.objects.exists(), "the record gone")
+
+
+def test_the_sweep_sends_again_a_deletion_whose_task_was_lost(cloud: DashScopeServer) -> None:
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from avatars.tasks import sweep_voice_deletions
+    from chat.providers.tts.enrollment import CosyVoiceEnrollment
+
+    voice_id = CosyVoiceEnrollment.from_settings().create(f"{MEDIA_BASE}/a.wav", "lost")
+    fresh = CosyVoiceEnrollment.from_settings().create(f"{MEDIA_BASE}/b.wav", "fresh")
+    PendingVoiceDeletion.objects.create(voice_id=voice_id)
+    PendingVoiceDeletion.objects.create(voice_id=fresh)  # a task is on it: not sent again
+    old = timezone.now() - timedelta(minutes=10)
+    PendingVoiceDeletion.objects.filter(voice_id=voice_id).update(updated_at=old)
+    assert sweep_voice_deletions() == 1
+    eventually(lambda: voice_id in cloud.deleted_voices, "the lost deletion done")
+    eventually(
+        lambda: list(PendingVoiceDeletion.objects.values_list("voice_id", flat=True)) == [fresh],
+        "only the recent one left",
+    )
+    assert fresh in cloud.voices
