@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from asgiref.sync import async_to_sync
@@ -11,14 +12,81 @@ from django.shortcuts import get_object_or_404
 from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html
 
-from avatars.models import Avatar, PendingVoiceDeletion, VoiceSource, VoiceState
-from avatars.voices import speaking_voice
+from avatars.models import Avatar, Language, PendingVoiceDeletion, VoiceSource, VoiceState
 from chat.audio import pcm_to_wav
-from chat.providers.base import ProviderError
+from chat.providers.base import ProviderError, Voice
 from chat.providers.registry import asr_understands, get_tts
 from chat.providers.tts.presets import preset_choices
 
 PREVIEW_MAX_CHARS = 300
+_VOICE_NAME = re.compile(r"[A-Za-z0-9_.+\-]{1,64}")
+
+
+def voice_state_of(avatar: Avatar) -> tuple[str, str, str]:
+    """(state, label, details) of the avatar's cloned voice, as the admin shows it."""
+    if not avatar.voice_sample:
+        return "", "No sample", "upload one to clone the avatar's voice."
+    state = VoiceState(avatar.voice_state or VoiceState.ENROLLING)
+    details = {
+        VoiceState.ENROLLING: "DashScope is cloning the voice…",
+        VoiceState.READY: f"{avatar.cloned_voice} (for {avatar.cloned_voice_model})",
+        VoiceState.FAILED: avatar.voice_message,
+    }.get(state, "")
+    if state == VoiceState.READY and avatar.cloned_voice_model != settings.DASHSCOPE_TTS_MODEL:
+        details += (
+            f" — made for another model than {settings.DASHSCOPE_TTS_MODEL}: replace the"
+            " sample to clone it again; the preset speaks meanwhile."
+        )
+    return state.value, state.label, details
+
+
+def _number(params: Any, name: str, low: int, high: int, saved: int | None) -> int | None:
+    if name not in params:
+        return saved
+    raw = params[name].strip()
+    if not raw:
+        return None
+    if not raw.isdigit() or not low <= int(raw) <= high:
+        raise ValueError(f"{name.replace('_', ' ')} must be a whole number from {low} to {high}")
+    return int(raw)
+
+
+def preview_choice(avatar: Avatar, params: Any) -> tuple[str, Voice, str, str]:
+    """What a preview speaks: the avatar's saved voice, overridden by the form's unsaved values
+    (text, voice, language, and a note when the cloned voice cannot speak yet); ValueError
+    names a bad value."""
+    from chat.providers.tts.espeak import known_voices
+
+    language = params.get("language", avatar.language)
+    if language not in Language.values:
+        raise ValueError("unknown language")
+    text = params.get("greeting", avatar.greeting).strip() or f"Hello, I am {avatar.name}."
+    preset = params.get("voice", avatar.voice).strip()
+    espeak = params.get("espeak_voice", avatar.espeak_voice).strip()
+    for name in (preset, espeak):
+        if name and not _VOICE_NAME.fullmatch(name):
+            raise ValueError("a voice name may hold letters, digits and _ . + - only")
+    base, _, variant = espeak.lower().partition("+")
+    known = known_voices()
+    if espeak and known and (base not in known or (variant and variant not in known)):
+        raise ValueError(f"espeak-ng knows no voice {espeak!r}")
+    source = params.get("voice_source", avatar.voice_source) or VoiceSource.PRESET
+    if source not in VoiceSource.values:
+        raise ValueError("unknown voice source")
+    cloned, note = "", ""
+    if source == VoiceSource.CLONED:
+        if avatar.cloned_voice_ready():
+            cloned = avatar.cloned_voice
+        else:
+            note = "the cloned voice is not ready: this is the preset"
+    voice = Voice(
+        preset=preset,
+        cloned=cloned,
+        espeak=espeak,
+        pitch=_number(params, "espeak_pitch", 0, 99, avatar.espeak_pitch),
+        rate=_number(params, "espeak_rate", 80, 450, avatar.espeak_rate),
+    )
+    return text[:PREVIEW_MAX_CHARS], voice, language, note
 
 
 class AvatarForm(forms.ModelForm):
@@ -135,23 +203,12 @@ class AvatarAdmin(admin.ModelAdmin):
 
     @admin.display(description="Cloned voice")
     def cloned_voice_state(self, avatar: Avatar) -> str:
-        if not avatar.voice_sample:
-            return "No sample: upload one to clone the avatar's voice."
-        state = avatar.voice_state or VoiceState.ENROLLING
-        label = VoiceState(state).label
-        details = {
-            VoiceState.ENROLLING: "DashScope is cloning the voice; reload to see when it is ready.",
-            VoiceState.READY: f"{avatar.cloned_voice} (for {avatar.cloned_voice_model})",
-            VoiceState.FAILED: avatar.voice_message,
-        }.get(VoiceState(state), "")
-        if state == VoiceState.READY and avatar.cloned_voice_model != settings.DASHSCOPE_TTS_MODEL:
-            details += (
-                f" — made for another model than {settings.DASHSCOPE_TTS_MODEL}: replace the"
-                " sample to clone it again; the preset speaks meanwhile."
-            )
+        state, label, details = voice_state_of(avatar)
         return format_html(
-            '<span class="voice-state" data-state="{}"><strong>{}</strong> {}</span>',
+            '<span class="voice-state" data-state="{}" data-url="{}"><strong>{}</strong>'
+            ' <span class="voice-state-details">{}</span></span>',
             state,
+            reverse("admin:avatars_avatar_voice_state", args=[avatar.pk]) if avatar.pk else "",
             label,
             details,
         )
@@ -165,8 +222,8 @@ class AvatarAdmin(admin.ModelAdmin):
             '<button type="button" class="button voice-preview" data-url="{}">Preview voice'
             '</button> <span class="voice-preview-status" aria-live="polite"></span>'
             '<audio class="voice-preview-audio" controls hidden></audio>'
-            '<div class="help">Speaks the saved greeting in the saved voice with the'
-            " configured engine ({}).</div>",
+            '<div class="help">Speaks the greeting in the voice chosen above, saved or not,'
+            " with the configured engine ({}).</div>",
             url,
             settings.TTS_BACKEND,
         )
@@ -189,26 +246,45 @@ class AvatarAdmin(admin.ModelAdmin):
                 "<int:avatar_id>/preview-voice/",
                 self.admin_site.admin_view(self.preview_voice),
                 name="avatars_avatar_preview_voice",
-            )
+            ),
+            path(
+                "<int:avatar_id>/voice-state/",
+                self.admin_site.admin_view(self.voice_state),
+                name="avatars_avatar_voice_state",
+            ),
         ]
         return own + super().get_urls()
 
     def preview_voice(self, request: HttpRequest, avatar_id: int) -> HttpResponse:
-        """The greeting spoken in the avatar's voice, as WAV (any TTS backend)."""
+        """The greeting spoken in the avatar's voice as WAV, with any TTS backend; the query
+        may carry the form's unsaved values, so the operator hears a choice before saving."""
         avatar = get_object_or_404(Avatar, pk=avatar_id)
         if not self.has_view_permission(request, avatar):
             return JsonResponse({"error": "not allowed"}, status=403)
-        text = (avatar.greeting or f"Hello, I am {avatar.name}.")[:PREVIEW_MAX_CHARS]
+        try:
+            text, voice, language, note = preview_choice(avatar, request.GET)
+        except ValueError as exc:
+            return JsonResponse({"error": str(exc)}, status=400)
         tts = get_tts()
         try:
-            pcm = async_to_sync(tts.synthesize)(text, speaking_voice(avatar), avatar.language)
+            pcm = async_to_sync(tts.synthesize)(text, voice, language)
         except ProviderError as exc:
             return JsonResponse({"error": exc.message, "code": exc.code}, status=502)
         if not pcm:
             return JsonResponse({"error": "the voice produced no audio"}, status=502)
         response = HttpResponse(pcm_to_wav(pcm, tts.sample_rate), content_type="audio/wav")
         response["Cache-Control"] = "no-store"
+        if note:
+            response["X-Voice-Note"] = note
         return response
+
+    def voice_state(self, request: HttpRequest, avatar_id: int) -> JsonResponse:
+        """The cloned voice's state, for the change page to follow an enrolment."""
+        avatar = get_object_or_404(Avatar, pk=avatar_id)
+        if not self.has_view_permission(request, avatar):
+            return JsonResponse({"error": "not allowed"}, status=403)
+        state, label, details = voice_state_of(avatar)
+        return JsonResponse({"state": state, "label": label, "details": details})
 
 
 @admin.register(PendingVoiceDeletion)

@@ -98,4 +98,6 @@ def validate_voice_sample(value: Any) -> None:
     """Model field validator: a newly uploaded sample is inspected; a stored one was already."""
     if not value or getattr(value, "_committed", False):
         return
+    if (getattr(value, "size", 0) or 0) > MAX_BYTES:  # refused before it is read into memory
+        raise _refuse("The voice sample is larger than 10 MB: upload a shorter recording.")
     inspect_sample(_read(value))

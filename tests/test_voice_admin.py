@@ -237,3 +237,54 @@ def test_a_failing_preview_answers_a_short_error_without_the_key(
 def test_preview_needs_an_admin(client: Client, avatars: list[Avatar]) -> None:
     response = preview(client, avatars[0])
     assert response.status_code == 302 and "/admin/login/" in response["Location"]
+
+
+@pytest.mark.usefixtures("offline_providers")
+def test_preview_speaks_the_forms_unsaved_choice(boss: Client, avatars: list[Avatar]) -> None:
+    aria = avatars[0]
+    url = f"/admin/avatars/avatar/{aria.pk}/preview-voice/"
+    text = "One two three four five six seven eight nine ten."
+
+    def seconds(**params: str) -> float:
+        response = boss.get(url, {"greeting": text, **params})
+        assert response.status_code == 200, response.content[:200]
+        with wave.open(io.BytesIO(response.content)) as wav:
+            return wav.getnframes() / wav.getframerate()
+
+    assert seconds(espeak_rate="100") > 2 * seconds(espeak_rate="350")
+    for params, says in [
+        ({"espeak_pitch": "500"}, "from 0 to 99"),
+        ({"espeak_rate": "fast"}, "from 80 to 450"),
+        ({"espeak_voice": "klingon"}, "knows no voice"),
+        ({"voice": "<script>"}, "letters, digits"),
+        ({"language": "fr-FR"}, "unknown language"),
+        ({"voice_source": "stolen"}, "unknown voice source"),
+    ]:
+        response = boss.get(url, params)
+        assert response.status_code == 400 and says in response.json()["error"], params
+
+
+@pytest.mark.usefixtures("offline_providers")
+def test_preview_of_a_cloned_voice_not_ready_says_the_preset_speaks(
+    boss: Client, avatars: list[Avatar]
+) -> None:
+    aria = avatars[0]
+    response = preview(boss, aria)
+    assert "X-Voice-Note" not in response
+    response = boss.get(
+        f"/admin/avatars/avatar/{aria.pk}/preview-voice/", {"voice_source": "cloned"}
+    )
+    assert response.status_code == 200
+    assert response["X-Voice-Note"] == "the cloned voice is not ready: this is the preset"
+
+
+def test_the_voice_state_is_served_for_the_page_to_follow(
+    boss: Client, avatars: list[Avatar]
+) -> None:
+    aria = avatars[0]
+    url = f"/admin/avatars/avatar/{aria.pk}/voice-state/"
+    assert boss.get(url).json()["label"] == "No sample"
+    Avatar.objects.filter(pk=aria.pk).update(
+        voice_sample="voices/me.wav", voice_state=VoiceState.FAILED, voice_message="too noisy"
+    )
+    assert boss.get(url).json() == {"state": "failed", "label": "Failed", "details": "too noisy"}

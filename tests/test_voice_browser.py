@@ -47,11 +47,46 @@ def test_preview_voice_in_the_admin_plays_the_greeting(browser, live_avatars) ->
                    return a && !a.hidden && a.played.length > 0 && a.currentTime > 0; }""",
         timeout=60_000,
     )
-    seconds = page.evaluate("document.querySelector('audio.voice-preview-audio').duration")
+    duration = "document.querySelector('audio.voice-preview-audio').duration"
+    seconds = page.evaluate(duration)
     words = len(aria.greeting.split())
     assert seconds > words * 60 / 150 / 2  # the whole greeting, not a click
     assert page.inner_text(".voice-preview-status") == "Playing."
     session.screenshot(page, "admin-voice-preview")
+
+    page.fill("#id_espeak_rate", "400")  # not saved: the preview speaks the form's choice
+    page.click("button.voice-preview")
+    page.wait_for_function(f"() => {duration} < {seconds * 0.7}", timeout=60_000)
+    page.wait_for_function(
+        "() => document.querySelector('audio.voice-preview-audio').currentTime > 0"
+    )
+
+
+def test_the_change_page_follows_an_enrolling_voice_until_it_settles(browser, live_avatars) -> None:
+    import threading
+
+    get_user_model().objects.create_superuser("boss", "boss@example.com", PASSWORD)
+    aria = Avatar.objects.get(slug="aria")
+    # set without signals: no enrolment task runs, the test plays the worker's part
+    Avatar.objects.filter(pk=aria.pk).update(voice_sample="voices/me.wav", voice_state="enrolling")
+    session = browser()
+    page = session.open()
+    log_in(page, session.server.url)
+    page.goto(f"{session.server.url}/admin/avatars/avatar/{aria.pk}/change/")
+    page.wait_for_selector(".voice-state[data-state='enrolling']")
+
+    def settle() -> None:  # the ORM off Playwright's event-loop thread
+        Avatar.objects.filter(pk=aria.pk).update(
+            voice_state="ready",
+            cloned_voice="cosyvoice-v2-aria-0a1b",
+            cloned_voice_model="cosyvoice-v2",
+        )
+
+    worker = threading.Thread(target=settle)
+    worker.start()
+    worker.join()
+    page.wait_for_selector(".voice-state[data-state='ready']", timeout=20_000)
+    assert "cosyvoice-v2-aria-0a1b" in page.inner_text(".voice-state")
 
 
 def test_preview_speaks_the_name_when_there_is_no_greeting(browser, live_avatars) -> None:
