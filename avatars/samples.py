@@ -15,6 +15,7 @@ from django.core.exceptions import ValidationError
 
 MIN_SECONDS = 5.0
 MAX_SECONDS = 60.0
+_PADDING_S = 0.25  # encoders (MP3, AAC) pad the last frame: a 60 s recording may decode longer
 MIN_RATE = 16000
 MAX_BYTES = 10 * 1024 * 1024
 _CONTAINERS = {"wav": "WAV", "mp3": "MP3", "mov,mp4,m4a,3gp,3g2,mj2": "M4A"}
@@ -74,14 +75,14 @@ def inspect_sample(data: bytes) -> SampleInfo:
         try:
             for frame in container.decode(stream):
                 samples += frame.samples
-                if samples > (MAX_SECONDS + 1) * rate:
+                if samples > (MAX_SECONDS + 1) * rate:  # enough to know it is too long
                     break
         except (av.FFmpegError, ValueError):
             raise _refuse("The voice sample is damaged: it cannot be decoded to the end.") from None
     seconds = samples / rate
     if seconds < MIN_SECONDS:
         raise _refuse(f"The voice sample lasts {seconds:.1f} s: record at least 5 seconds.")
-    if seconds > MAX_SECONDS:
+    if seconds > MAX_SECONDS + _PADDING_S:
         raise _refuse("The voice sample lasts more than 60 s: upload 5 to 60 seconds.")
     return SampleInfo(kind, seconds, rate, channels)
 
