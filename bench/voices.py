@@ -86,7 +86,7 @@ async def speaking(runs: int, preconnect: int) -> list[tuple[str, str, str]]:
         "deleted cloned voice, next sentences": Voice("longwan_v2", deleted),
     }
     times: dict[str, list[float]] = {name: [] for name in variants}
-    for name, voice in variants.items():  # warm-up: sockets opened ahead, SDK imported
+    for voice in variants.values():  # warm-up: sockets opened ahead, SDK imported
         await first_chunk(tts, voice)
     for _ in range(runs):
         for name, voice in variants.items():
