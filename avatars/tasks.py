@@ -4,7 +4,8 @@ Tasks take ids and re-read the avatar, so a sample replaced meanwhile is never a
 avatar (the voice made from the old one is deleted instead). Enrolment retries passing failures
 a few times; the readiness check polls every VOICE_POLL_S until VOICE_READY_TIMEOUT_S; deletion
 retries with a growing delay for as long as it takes (its row in PendingVoiceDeletion stays
-until the service confirmed, and the periodic sweep sends it again after a lost task).
+until the service confirmed). The periodic sweep sends again what a lost task (a worker that
+died) left undone: deletions, and enrolments stuck "enrolling".
 """
 
 from __future__ import annotations
@@ -142,10 +143,24 @@ def delete_cloned_voice(self: Task, voice_id: str) -> str:
 
 
 @shared_task(ignore_result=True)
-def sweep_voice_deletions() -> int:
-    """Periodic (beat): send again the deletions no task has touched for a while."""
-    due = PendingVoiceDeletion.objects.filter(updated_at__lt=timezone.now() - SWEEP_AFTER)
+def sweep_voices() -> dict[str, int]:
+    """Periodic (beat): send again what a lost task left undone: deletions no task touched for
+    a while, and enrolments still "enrolling" long after their last step should have ended."""
+    now = timezone.now()
+    due = PendingVoiceDeletion.objects.filter(updated_at__lt=now - SWEEP_AFTER)
     voice_ids = list(due.values_list("voice_id", flat=True))
     for voice_id in voice_ids:
         delete_cloned_voice.apply_async((voice_id,), queue=settings.VOICE_QUEUE)
-    return len(voice_ids)
+    # `updated_at` is the save that set the sample (task updates do not touch it)
+    stuck_since = now - SWEEP_AFTER - timedelta(seconds=settings.VOICE_READY_TIMEOUT_S)
+    stuck = Avatar.objects.filter(voice_state=VoiceState.ENROLLING, updated_at__lt=stuck_since)
+    resumed = 0
+    for avatar in stuck.exclude(voice_sample=""):
+        if avatar.cloned_voice:
+            args, task = (avatar.pk, avatar.cloned_voice, time.time()), check_voice
+        else:
+            args, task = (avatar.pk, avatar.voice_sample.name), enrol_voice
+        task.apply_async(args, queue=settings.VOICE_QUEUE)
+        Avatar.objects.filter(pk=avatar.pk).update(updated_at=now)
+        resumed += 1
+    return {"deletions": len(voice_ids), "enrolments": resumed}

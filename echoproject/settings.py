@@ -295,7 +295,7 @@ CLEANUP_INTERVAL_S = env_int("CLEANUP_INTERVAL_S", 60, minimum=1)
 WEB_PRESENCE_TTL_S = env_float("WEB_PRESENCE_TTL_S", 30.0, minimum=1.0)
 CELERY_BEAT_SCHEDULE: dict[str, dict] = {
     "cleanup-sessions": {"task": "chat.tasks.cleanup_sessions", "schedule": CLEANUP_INTERVAL_S},
-    "sweep-voice-deletions": {"task": "avatars.tasks.sweep_voice_deletions", "schedule": 300.0},
+    "sweep-voices": {"task": "avatars.tasks.sweep_voices", "schedule": 300.0},
 }
 
 # --- web process, workers' priority, health (echoproject/web.py, workers.py, health.py) -----

@@ -170,7 +170,7 @@ def test_the_sweep_sends_again_a_deletion_whose_task_was_lost(cloud: DashScopeSe
 
     from django.utils import timezone
 
-    from avatars.tasks import sweep_voice_deletions
+    from avatars.tasks import sweep_voices
     from chat.providers.tts.enrollment import CosyVoiceEnrollment
 
     voice_id = CosyVoiceEnrollment.from_settings().create(f"{MEDIA_BASE}/a.wav", "lost")
@@ -179,10 +179,34 @@ def test_the_sweep_sends_again_a_deletion_whose_task_was_lost(cloud: DashScopeSe
     PendingVoiceDeletion.objects.create(voice_id=fresh)  # a task is on it: not sent again
     old = timezone.now() - timedelta(minutes=10)
     PendingVoiceDeletion.objects.filter(voice_id=voice_id).update(updated_at=old)
-    assert sweep_voice_deletions() == 1
+    assert sweep_voices() == {"deletions": 1, "enrolments": 0}
     eventually(lambda: voice_id in cloud.deleted_voices, "the lost deletion done")
     eventually(
         lambda: list(PendingVoiceDeletion.objects.values_list("voice_id", flat=True)) == [fresh],
         "only the recent one left",
     )
     assert fresh in cloud.voices
+
+
+def test_the_sweep_resumes_an_enrolment_whose_task_was_lost(
+    cloud: DashScopeServer, live_avatars: list[Avatar], media_root: Path, settings: Any
+) -> None:
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from avatars.tasks import sweep_voices
+
+    aria = live_avatars[0]
+    name = aria.voice_sample.storage.save("voices/lost.wav", ContentFile(encode_sample(6)))
+    long_ago = timezone.now() - timedelta(seconds=settings.VOICE_READY_TIMEOUT_S + 3600)
+    # as a worker that died with the enrolment would leave it: no signal, no task
+    Avatar.objects.filter(pk=aria.pk).update(
+        voice_source=VoiceSource.CLONED,
+        voice_sample=name,
+        voice_state=VoiceState.ENROLLING,
+        updated_at=long_ago,
+    )
+    assert sweep_voices() == {"deletions": 0, "enrolments": 1}
+    eventually(state_of(aria, VoiceState.READY), "the resumed enrolment ready")
+    assert sweep_voices() == {"deletions": 0, "enrolments": 0}
