@@ -76,7 +76,10 @@ def enrol(avatar: Avatar) -> None:
     def send() -> None:
         from avatars.tasks import enrol_voice
 
-        enrol_voice.apply_async((avatar_id, sample), queue=settings.VOICE_QUEUE)
+        try:
+            enrol_voice.apply_async((avatar_id, sample), queue=settings.VOICE_QUEUE)
+        except Exception:  # noqa: BLE001 - the broker is down: the periodic sweep resumes it
+            log.warning("could not queue the enrolment of avatar %s; the sweep will", avatar_id)
 
     transaction.on_commit(send)
 
