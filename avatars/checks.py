@@ -14,7 +14,7 @@ from django.conf import settings
 from django.db import DatabaseError
 
 from avatars.models import Avatar, VoiceSource
-from chat.providers.base import ProviderError, Voice
+from chat.providers.base import ProviderError, TTSProvider, Voice
 from chat.providers.checks import CheckResult
 from chat.providers.registry import backend_name, build
 from chat.providers.tts.enrollment import CosyVoiceEnrollment, VoiceNotFound
@@ -28,7 +28,9 @@ def _describe(exc: ProviderError) -> str:
     )
 
 
-def _check_one(avatar: Avatar, enrollment: CosyVoiceEnrollment, tts: object) -> tuple[bool, str]:
+def _check_one(
+    avatar: Avatar, enrollment: CosyVoiceEnrollment, tts: TTSProvider
+) -> tuple[bool, str]:
     if not avatar.cloned_voice:
         state = avatar.get_voice_state_display() if avatar.voice_sample else "no sample"
         message = f" ({avatar.voice_message})" if avatar.voice_message else ""

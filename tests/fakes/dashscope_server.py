@@ -412,7 +412,8 @@ class DashScopeServer(LoopbackServer):
         Requests are `{"model": "voice-enrollment", "input": {"action": ..., ...}}`; answers
         `{"output": ..., "usage": ..., "request_id"}` or `{"code", "message"}` with an HTTP error
         status. A created voice is DEPLOYING for `voice_ready_after` seconds, then OK (or
-        UNDEPLOYED with `voice_rejection`). An unknown voice id is a 404 `ResourceNotFound`.
+        UNDEPLOYED with `voice_rejection`). An unknown voice id is a 404 `ResourceNotFound`. The
+        reason in an UNDEPLOYED voice's `message` is this fake's: clients must not rely on it.
         """
         item = self._record("voice", request)
         try:
