@@ -210,3 +210,27 @@ def test_the_sweep_resumes_an_enrolment_whose_task_was_lost(
     assert sweep_voices() == {"deletions": 0, "enrolments": 1}
     eventually(state_of(aria, VoiceState.READY), "the resumed enrolment ready")
     assert sweep_voices() == {"deletions": 0, "enrolments": 0}
+
+
+def test_an_enrolment_the_service_refuses_fails_with_its_words_and_without_the_key(
+    cloud: DashScopeServer, live_avatars: list[Avatar], settings: Any
+) -> None:
+    from avatars.tasks import enrol_voice
+
+    aria = live_avatars[0]
+    name = aria.voice_sample.storage.save("voices/here.wav", ContentFile(encode_sample(6)))
+    Avatar.objects.filter(pk=aria.pk).update(voice_sample=name, voice_state=VoiceState.ENROLLING)
+
+    settings.PUBLIC_BASE_URL = ""  # site-relative media URLs: nothing DashScope can fetch
+    enrol_voice.apply((aria.pk, name))  # here, in this process, with its settings
+    failed = Avatar.objects.get(pk=aria.pk)
+    assert failed.voice_state == VoiceState.FAILED
+    assert "set PUBLIC_BASE_URL" in failed.voice_message
+    assert cloud.of("voice") == []
+
+    settings.PUBLIC_BASE_URL = MEDIA_BASE
+    settings.DASHSCOPE_API_KEY = wrong = "sk-wrong-voice-key-0123456789"
+    enrol_voice.apply((aria.pk, name))
+    failed = Avatar.objects.get(pk=aria.pk)
+    assert failed.voice_state == VoiceState.FAILED
+    assert "Invalid API-key" in failed.voice_message and wrong not in failed.voice_message
