@@ -16,7 +16,7 @@ from avatars.models import Avatar, Language, PendingVoiceDeletion, VoiceSource, 
 from chat.audio import pcm_to_wav
 from chat.providers.base import ProviderError, Voice
 from chat.providers.registry import asr_understands, get_tts
-from chat.providers.tts.presets import preset_choices
+from chat.providers.tts.presets import preset_choices, speaks
 
 PREVIEW_MAX_CHARS = 300
 _VOICE_NAME = re.compile(r"[A-Za-z0-9_.+\-]{1,64}")
@@ -133,6 +133,12 @@ class AvatarForm(forms.ModelForm):
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean()
+        preset, language = cleaned.get("voice", ""), cleaned.get("language", "")
+        if preset and language and speaks(preset, language) is False:
+            self.add_error(
+                "voice",
+                f"{preset} does not speak {Language(language).label}: choose a preset that does.",
+            )
         if cleaned.get("voice_source") == VoiceSource.CLONED and not (
             cleaned.get("voice_sample") or (self.instance.pk and self.instance.voice_sample)
         ):

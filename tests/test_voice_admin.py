@@ -162,13 +162,19 @@ def test_presets_are_listed_with_their_languages_and_espeak_settings_are_checked
     assert "espeak-ng knows no voice" in body
     assert "less than or equal to 99" in body
 
+    chinese_only = boss.post(
+        f"/admin/avatars/avatar/{aria.pk}/change/", form_data(aria, voice="longwan_v2")
+    )
+    assert chinese_only.status_code == 200
+    assert "longwan_v2 does not speak English" in chinese_only.content.decode()
+
     saved = boss.post(
         f"/admin/avatars/avatar/{aria.pk}/change/",
-        form_data(aria, voice="longwan_v2", espeak_voice="en-us+f3", espeak_pitch="70"),
+        form_data(aria, voice="longjielidou_v2", espeak_voice="en-us+f3", espeak_pitch="70"),
     )
     assert saved.status_code == 302
     aria.refresh_from_db()
-    assert (aria.voice, aria.espeak_voice, aria.espeak_pitch) == ("longwan_v2", "en-us+f3", 70)
+    assert (aria.voice, aria.espeak_voice, aria.espeak_pitch) == ("longjielidou_v2", "en-us+f3", 70)
 
 
 @pytest.mark.usefixtures("offline_providers")
