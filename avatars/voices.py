@@ -18,6 +18,7 @@ from django.dispatch import receiver
 
 from avatars.models import Avatar, PendingVoiceDeletion, VoiceSource, VoiceState
 from chat.providers.base import Voice
+from chat.providers.registry import backend_name
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,7 @@ def speaking_voice(avatar: Avatar | None) -> Voice:
     cloned = ""
     if avatar.cloned_voice_ready():
         cloned = avatar.cloned_voice
-    elif avatar.voice_source == VoiceSource.CLONED:
+    elif avatar.voice_source == VoiceSource.CLONED and backend_name("tts") == "dashscope":
         log.warning(
             "avatar %s: its cloned voice is not usable (%s); speaking with the preset %r",
             avatar.slug,

@@ -102,9 +102,14 @@ def test_turns_take_the_cloned_voice_only_when_it_is_ready(
         espeak_rate=200,
     )
     aria.refresh_from_db()
+    settings.TTS_BACKEND = "espeak"  # the cloned voice means nothing offline: no warning
     with caplog.at_level(logging.WARNING):
         request = ReplyRequest.of("s", "voice", "en-US", aria, 1, None)
     assert request.voice == Voice("longxiaochun_v2", "", "en-us+f3", 70, 200)
+    assert "cloned voice is not usable" not in caplog.text
+    settings.TTS_BACKEND = "dashscope"
+    with caplog.at_level(logging.WARNING):
+        assert ReplyRequest.of("s", "voice", "en-US", aria, 1, None).voice == request.voice
     assert "cloned voice is not usable" in caplog.text
 
     aria.voice_state = VoiceState.READY
