@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+from pathlib import PurePosixPath
 from typing import Any
 
 from django.conf import settings
@@ -26,6 +28,13 @@ class VoiceState(models.TextChoices):
     ENROLLING = "enrolling", "Enrolling"
     READY = "ready", "Ready"
     FAILED = "failed", "Failed"
+
+
+def voice_sample_path(avatar: Avatar, filename: str) -> str:
+    """An unguessable name: the sample is reachable by URL (DashScope fetches it), so its URL
+    must not be found by trying avatar names."""
+    suffix = PurePosixPath(filename).suffix.lower()[:8]
+    return f"voices/{uuid.uuid4().hex}{suffix}"
 
 
 def _fraction_validators() -> list[Any]:
@@ -78,7 +87,7 @@ class Avatar(models.Model):
         " deleted at DashScope) falls back to the preset.",
     )
     voice_sample = models.FileField(
-        upload_to="voices/",
+        upload_to=voice_sample_path,
         blank=True,
         validators=[validate_voice_sample],
         help_text="A recording to clone the voice from: WAV (16-bit), MP3 or M4A, 5–60 s,"

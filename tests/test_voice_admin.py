@@ -129,7 +129,8 @@ def test_admin_stores_a_good_sample_and_shows_it_enrolling(
     )
     assert response.status_code == 302, response.content.decode()[:3000]
     aria.refresh_from_db()
-    assert aria.voice_sample.name.startswith("voices/")
+    assert aria.voice_sample.name.startswith("voices/") and aria.voice_sample.name.endswith(".mp3")
+    assert "me" not in aria.voice_sample.name[len("voices/") :]  # unguessable, not the upload's
     assert (media_root / aria.voice_sample.name).is_file()
     assert aria.voice_state == VoiceState.ENROLLING and not aria.cloned_voice_ready()
     page = boss.get(f"/admin/avatars/avatar/{aria.pk}/change/").content.decode()
