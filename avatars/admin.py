@@ -149,7 +149,15 @@ class AvatarForm(forms.ModelForm):
 @admin.register(Avatar)
 class AvatarAdmin(admin.ModelAdmin):
     form = AvatarForm
-    list_display = ["thumbnail", "name", "slug", "language", "voice", "enabled", "updated_at"]
+    list_display = [
+        "thumbnail",
+        "name",
+        "slug",
+        "language",
+        "voice_summary",
+        "enabled",
+        "updated_at",
+    ]
     list_display_links = ["thumbnail", "name"]
     list_filter = ["enabled", "language"]
     search_fields = ["name", "slug", "persona", "greeting"]
@@ -206,6 +214,14 @@ class AvatarAdmin(admin.ModelAdmin):
             avatar.image_url(),
             avatar.name,
         )
+
+    @admin.display(description="Voice")
+    def voice_summary(self, avatar: Avatar) -> str:
+        preset = avatar.voice or "default"
+        if avatar.voice_source != VoiceSource.CLONED:
+            return preset
+        _, label, _ = voice_state_of(avatar)
+        return f"cloned ({label.lower()}), else {preset}"
 
     @admin.display(description="Cloned voice")
     def cloned_voice_state(self, avatar: Avatar) -> str:

@@ -295,3 +295,12 @@ def test_the_voice_state_is_served_for_the_page_to_follow(
         voice_sample="voices/me.wav", voice_state=VoiceState.FAILED, voice_message="too noisy"
     )
     assert boss.get(url).json() == {"state": "failed", "label": "Failed", "details": "too noisy"}
+
+
+def test_the_avatar_list_shows_each_voice(boss: Client, avatars: list[Avatar]) -> None:
+    Avatar.objects.filter(slug="lin").update(
+        voice_source=VoiceSource.CLONED, voice_sample="voices/x.wav", voice_state=VoiceState.READY
+    )
+    page = boss.get("/admin/avatars/avatar/").content.decode()
+    assert "cloned (ready), else longxiaochun_v2" in page
+    assert page.count("longxiaochun_v2") == 2
