@@ -32,10 +32,16 @@ def speaking_voice(avatar: Avatar | None) -> Voice:
     if avatar.cloned_voice_ready():
         cloned = avatar.cloned_voice
     elif avatar.voice_source == VoiceSource.CLONED and backend_name("tts") == "dashscope":
+        if not avatar.cloned_voice:
+            reason = "none enrolled yet"
+        elif avatar.voice_state != VoiceState.READY:
+            reason = avatar.get_voice_state_display().lower()
+        else:
+            reason = f"made for {avatar.cloned_voice_model}, not {settings.DASHSCOPE_TTS_MODEL}"
         log.warning(
             "avatar %s: its cloned voice is not usable (%s); speaking with the preset %r",
             avatar.slug,
-            avatar.get_voice_state_display() if avatar.cloned_voice else "no sample enrolled",
+            reason,
             avatar.voice or "default",
         )
     return Voice(
