@@ -13,6 +13,7 @@ from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html
 
 from avatars.models import Avatar, Language, PendingVoiceDeletion, VoiceSource, VoiceState
+from avatars.voices import enrol_again
 from chat.audio import pcm_to_wav
 from chat.providers.base import ProviderError, Voice
 from chat.providers.registry import asr_understands, get_tts
@@ -192,8 +193,20 @@ class AvatarAdmin(admin.ModelAdmin):
         ("History", {"fields": ["created_at", "updated_at"]}),
     ]
 
+    actions = ["enrol_voices_again"]
+
     class Media:
         js = ["admin/avatars/voice_preview.js"]
+
+    @admin.action(description="Clone the voice again from the stored sample")
+    def enrol_voices_again(self, request: HttpRequest, queryset: Any) -> None:
+        started = sum(enrol_again(avatar) for avatar in queryset)
+        skipped = queryset.count() - started
+        self.message_user(
+            request,
+            f"Enrolling {started} voice(s) again"
+            + (f"; {skipped} avatar(s) have no sample." if skipped else "."),
+        )
 
     @admin.display(description="Image")
     def thumbnail(self, avatar: Avatar) -> str:

@@ -38,10 +38,10 @@ def _backoff(retries: int, limit: float) -> float:
     return min(limit, settings.VOICE_POLL_S * 2**retries)
 
 
-def _set_state(avatar_id: int, sample: str, state: str, message: str = "", **fields: str) -> int:
+def _set_state(avatar_id: int, sample: str, state: str, message: str = "") -> int:
     """Update the avatar's voice state, only while it still has this sample."""
     return Avatar.objects.filter(pk=avatar_id, voice_sample=sample).update(
-        voice_state=state, voice_message=message[:2000], **fields
+        voice_state=state, voice_message=message[:2000]
     )
 
 

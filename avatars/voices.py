@@ -91,6 +91,23 @@ def enrol(avatar: Avatar) -> None:
     transaction.on_commit(send)
 
 
+def enrol_again(avatar: Avatar) -> bool:
+    """Clone the avatar's voice again from its stored sample (after a failure, or for another
+    model); its current cloned voice is deleted. False when it has no sample."""
+    if not avatar.voice_sample:
+        return False
+    with transaction.atomic():
+        forget_voice(avatar.cloned_voice)
+        Avatar.objects.filter(pk=avatar.pk).update(
+            cloned_voice="",
+            cloned_voice_model="",
+            voice_state=VoiceState.ENROLLING,
+            voice_message="",
+        )
+        enrol(avatar)
+    return True
+
+
 @receiver(pre_save, sender=Avatar)
 def _sample_changing(sender: type[Avatar], instance: Avatar, **kwargs: Any) -> None:
     """A replaced or cleared sample: its voice is deleted, the new one will be enrolled."""

@@ -234,3 +234,25 @@ def test_an_enrolment_the_service_refuses_fails_with_its_words_and_without_the_k
     failed = Avatar.objects.get(pk=aria.pk)
     assert failed.voice_state == VoiceState.FAILED
     assert "Invalid API-key" in failed.voice_message and wrong not in failed.voice_message
+
+
+def test_the_admin_action_clones_a_failed_voice_again(
+    cloud: DashScopeServer, live_avatars: list[Avatar], client: Any
+) -> None:
+    from django.contrib.auth import get_user_model
+
+    cloud.behaviour.voice_rejection = "too noisy"
+    aria, lin = live_avatars
+    failed = eventually(state_of(give_sample(aria), VoiceState.FAILED), "the first try failed")
+    cloud.behaviour.voice_rejection = None
+    get_user_model().objects.create_superuser("boss", "boss@example.com", "pw-0123456789")
+    assert client.login(username="boss", password="pw-0123456789")
+    response = client.post(
+        "/admin/avatars/avatar/",
+        {"action": "enrol_voices_again", "_selected_action": [aria.pk, lin.pk]},
+        follow=True,
+    )
+    assert "Enrolling 1 voice(s) again; 1 avatar(s) have no sample." in response.content.decode()
+    ready = eventually(state_of(aria, VoiceState.READY), "the second try ready")
+    assert ready.cloned_voice != failed.cloned_voice
+    eventually(lambda: failed.cloned_voice in cloud.deleted_voices, "the failed voice deleted")
