@@ -35,8 +35,8 @@ def voice_state_of(avatar: Avatar) -> tuple[str, str, str]:
     }.get(state, "")
     if state == VoiceState.READY and avatar.cloned_voice_model != settings.DASHSCOPE_TTS_MODEL:
         details += (
-            f" — made for another model than {settings.DASHSCOPE_TTS_MODEL}: replace the"
-            " sample to clone it again; the preset speaks meanwhile."
+            f" — made for another model than {settings.DASHSCOPE_TTS_MODEL}: clone it again"
+            " (the list's action); the preset speaks meanwhile."
         )
     return state.value, state.label, details
 

@@ -48,7 +48,7 @@ def _check_one(
     if model != settings.DASHSCOPE_TTS_MODEL:
         return False, (
             f"{voice_id} was made for {model}, TTS speaks {settings.DASHSCOPE_TTS_MODEL}:"
-            " replace the sample to clone it again"
+            " clone it again (admin action) or replace the sample"
         )
     try:
         audio = asyncio.run(tts.synthesize("Hello.", Voice(preset=voice_id), avatar.language))
