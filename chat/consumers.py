@@ -36,6 +36,7 @@ from chat.protocol import (
     parse,
     scrub,
 )
+from chat.providers.registry import asr_languages
 from chat.reply import Reply, ReplyRequest, WebRTCSink, WebSocketSink
 
 log = logging.getLogger(__name__)
@@ -176,6 +177,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 "max_upload_bytes": settings.MAX_UPLOAD_BYTES,
                 "max_audio_seconds": settings.MAX_AUDIO_SECONDS,
                 "audio_formats": AUDIO_FORMATS,
+                "asr_languages": asr_languages(),
                 "providers": {
                     "asr": settings.ASR_BACKEND,
                     "llm": settings.LLM_BACKEND,

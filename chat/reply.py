@@ -21,11 +21,12 @@ from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
 
 from avatars.models import Avatar
+from avatars.voices import speaking_voice
 from chat import protocol, sessions, video
 from chat.audio import pcm_duration_ms, pcm_to_wav
 from chat.models import Message
 from chat.protocol import Err, scrub
-from chat.providers.base import ChatTurn, ProviderError
+from chat.providers.base import ChatTurn, ProviderError, Voice
 from chat.providers.registry import get_llm, get_tts
 from chat.providers.text import split_sentences, stream_sentences
 from chat.storage import public_url, save_for_session
@@ -87,7 +88,7 @@ class ReplyRequest:
     session_id: str
     mode: str
     language: str
-    voice: str
+    voice: Voice | str
     persona: str
     avatar_name: str
     greeting: str
@@ -113,7 +114,7 @@ class ReplyRequest:
             session_id=session_id,
             mode=mode,
             language=language,
-            voice=avatar.voice if avatar else "",
+            voice=speaking_voice(avatar),
             persona=avatar.persona if avatar else "",
             avatar_name=avatar.name if avatar else "",
             greeting=avatar.greeting if avatar else "",

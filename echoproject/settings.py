@@ -229,6 +229,12 @@ if LLM_BACKEND == "openai" and not (LLM_BASE_URL and LLM_MODEL):
 LLM_MAX_HISTORY = env_int("LLM_MAX_HISTORY", 20, minimum=0)
 PROVIDER_TIMEOUT_S = env_float("PROVIDER_TIMEOUT_S", 30.0, minimum=0.1)
 PROVIDER_CONNECT_TIMEOUT_S = env_float("PROVIDER_CONNECT_TIMEOUT_S", 5.0, minimum=0.1)
+# cloned voices (avatars.tasks): enrolment and deletion run as Celery tasks on this queue
+VOICE_QUEUE = env_str("VOICE_QUEUE", "speech")
+if not VOICE_QUEUE:
+    raise SettingsError("VOICE_QUEUE must name a Celery queue, e.g. speech")
+VOICE_POLL_S = env_float("VOICE_POLL_S", 5.0, minimum=0.1)
+VOICE_READY_TIMEOUT_S = env_float("VOICE_READY_TIMEOUT_S", 600.0, minimum=1.0)
 
 # --- rendering --------------------------------------------------------------------------------
 RENDER_BACKEND = env_choice("RENDER_BACKEND", ["lite", "echomimic"], "lite")
@@ -252,6 +258,7 @@ CELERY_TASK_DEFAULT_QUEUE = "speech"
 CELERY_TASK_ROUTES = {
     "chat.tasks.*": {"queue": "speech"},
     "rendering.tasks.*": {"queue": "render"},
+    "avatars.tasks.*": {"queue": VOICE_QUEUE},
 }
 CELERY_TASK_SOFT_TIME_LIMIT = env_int("CELERY_TASK_SOFT_TIME_LIMIT", 120, minimum=1)
 CELERY_TASK_TIME_LIMIT = env_int("CELERY_TASK_TIME_LIMIT", 180, minimum=1)
@@ -288,6 +295,7 @@ CLEANUP_INTERVAL_S = env_int("CLEANUP_INTERVAL_S", 60, minimum=1)
 WEB_PRESENCE_TTL_S = env_float("WEB_PRESENCE_TTL_S", 30.0, minimum=1.0)
 CELERY_BEAT_SCHEDULE: dict[str, dict] = {
     "cleanup-sessions": {"task": "chat.tasks.cleanup_sessions", "schedule": CLEANUP_INTERVAL_S},
+    "sweep-voices": {"task": "avatars.tasks.sweep_voices", "schedule": 300.0},
 }
 
 # --- web process, workers' priority, health (echoproject/web.py, workers.py, health.py) -----

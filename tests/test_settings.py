@@ -92,6 +92,9 @@ def test_values_from_the_environment() -> None:
         ({"MAX_AUDIO_SECONDS": "-3"}, "MAX_AUDIO_SECONDS"),
         ({"PORT": "eighty"}, "PORT"),
         ({"CELERY_VISIBILITY_TIMEOUT_S": "60"}, "CELERY_TASK_TIME_LIMIT"),
+        ({"VOICE_QUEUE": ""}, "VOICE_QUEUE"),
+        ({"VOICE_POLL_S": "0"}, "VOICE_POLL_S"),
+        ({"VOICE_READY_TIMEOUT_S": "soon"}, "VOICE_READY_TIMEOUT_S"),
     ],
 )
 def test_bad_value_stops_start_up_with_one_line(environ: dict[str, str], named: str) -> None:

@@ -191,14 +191,22 @@ function onInit(init) {
     if (init.avatar.greeting) chat.greeting(init.avatar.greeting);
   }
   page.showAvatar(init.avatar);
+  state.asrGuesses = !recognised(init);
+  page.showAsrNotice(state.asrGuesses ? init.language : null);
   page.setCaption("", false);
   if (page.errorShown() === "ERR_WEBRTC_FAILED") page.hideError(); // "reconnecting…" is over
   live.resume();
 }
 
+/** Whether the server's recogniser understands the session's language (it says which it does). */
+function recognised(init) {
+  const heard = init.server_info?.asr_languages;
+  return !heard || heard.includes((init.language || "").split("-")[0].toLowerCase());
+}
+
 function onInterim(event) {
   chat.setText(chat.utterance(event.utterance_id), event.text);
-  page.setCaption(event.text, false);
+  if (!state.asrGuesses) page.setCaption(event.text, false); // no English guesses as captions
 }
 
 function onTranscript(event) {
@@ -206,7 +214,8 @@ function onTranscript(event) {
   const item = upload ? state.pendingUploads.shift() : chat.utterance(event.utterance_id);
   chat.finishUser(item, event.text, event.message_id);
   chat.settleInterims(null, item);
-  page.setCaption(event.text, true);
+  if (state.asrGuesses) chat.setStatus(item, "asrGuess"); // say what the text is
+  else page.setCaption(event.text, true);
   newTurn();
 }
 

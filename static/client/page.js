@@ -2,7 +2,7 @@
 // stage (avatar, activity, live caption, render progress) and the error line. Texts go through
 // translate() so that they follow a change of language.
 
-import { translate, translateError } from "./i18n.js";
+import { t, translate, translateError } from "./i18n.js";
 
 export const $ = (id) => document.getElementById(id);
 const ERROR_SHOW_MS = 9000;
@@ -71,6 +71,16 @@ export function showAvatar(avatar) {
   $("stage-video").poster = avatar.image_url;
   $("avatar-name").textContent = avatar.name;
   $("avatar-persona").textContent = personaLine(avatar.persona);
+}
+
+/** Say that spoken `language` ("zh-CN") is not understood by the recogniser, or hide it (null). */
+export function showAsrNotice(language) {
+  const notice = $("asr-notice");
+  notice.hidden = !language;
+  if (language) {
+    const name = `language.${language.split("-")[0].toLowerCase()}`;
+    translate(notice, "asrEnglishOnly", { language: t(name) === name ? language : t(name) });
+  }
 }
 
 export function showActivity(activity) {
