@@ -16,7 +16,8 @@ from django.utils.html import format_html
 from django.utils.safestring import SafeString, mark_safe
 
 WIDTH, HEIGHT = 720, 170
-LEFT, RIGHT, TOP, BOTTOM = 52, 12, 10, 24
+LEFT, RIGHT, TOP, BOTTOM = 52, 24, 10, 24
+DOTS_UP_TO = 100  # buckets: with fewer, every value also gets a dot (a lone one shows)
 COLOURS = ("#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#4b5563")
 
 
@@ -96,7 +97,7 @@ def line_chart(
             )
     for number, line in enumerate(series):
         colour = line.colour or COLOURS[number % len(COLOURS)]
-        path, drawing, points = [], False, 0
+        path, dots, drawing, points = [], [], False, 0
         for index, value in enumerate(line.values):
             if value is None:
                 drawing = False
@@ -105,8 +106,19 @@ def line_chart(
                 path.append(f"H{x(index):.1f}")
             path.append(f"{'L' if drawing else 'M'}{x(index):.1f},{y(value):.1f}")
             drawing, points = True, points + 1
-        if points == 1:  # a lone value would be invisible as a path
-            path.append("h1.5")
+            if count <= DOTS_UP_TO:
+                dots.append(
+                    format_html(
+                        '<circle cx="{}" cy="{}" r="2.5" fill="{}"><title>{}: {}{}</title>'
+                        "</circle>",
+                        f"{x(index):.1f}",
+                        f"{y(value):.1f}",
+                        colour,
+                        line.name,
+                        f"{value:g}",
+                        unit,
+                    )
+                )
         parts.append(
             format_html(
                 '<path d="{}" fill="none" stroke="{}" stroke-width="1.6" '
@@ -117,6 +129,7 @@ def line_chart(
                 points,
             )
         )
+        parts.extend(dots)
     parts.append("</svg>")
     legend = "".join(
         format_html(

@@ -8,6 +8,7 @@ the last hour with the whole day, so which stage got slow, and when, shows at a 
 
 from __future__ import annotations
 
+import math
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -34,7 +35,7 @@ STAGES = (
     ("queue_ms", Role.USER, "Queue wait (uploads)"),
     ("asr_ms", Role.USER, "ASR"),
     ("llm_first_ms", Role.ASSISTANT, "LLM first token"),
-    ("tts_first_ms", Role.ASSISTANT, "TTS first audio"),
+    ("tts_first_chunk_ms", Role.ASSISTANT, "TTS first audio"),
 )
 
 
@@ -66,12 +67,14 @@ class Health:
 
 
 def _buckets(since: datetime, now: datetime, size: timedelta) -> list[datetime]:
-    count = int((now - since) / size)
-    return [since + i * size for i in range(count + 1)]
+    """The starts of the buckets [start, start + size) that cover [since, now]."""
+    count = max(1, math.ceil((now - since) / size))
+    return [since + i * size for i in range(count)]
 
 
 def _index(when: datetime, since: datetime, size: timedelta) -> int:
-    return int((when - since) / size)
+    """The bucket of `when` (the window's last instant belongs to its last bucket)."""
+    return min(int((when - since) / size), math.ceil(WINDOW / size) - 1)
 
 
 def _percentile(values: list[float], q: float) -> float | None:

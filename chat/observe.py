@@ -8,8 +8,11 @@ and the render). Stage times are the milliseconds recorded on the messages' `tim
 - `queue_ms`: the upload's first step waiting for a speech worker;
 - `asr_ms`: recognition (of the uploaded file; of a realtime utterance, from its end to the
   final text);
-- `llm_first_ms`, `tts_first_ms`: the LLM's first token and the first audio of the reply,
-  counted from the start of the reply; `llm_ms`, `tts_ms`: time spent waiting for each;
+- `llm_first_ms`: the LLM's first token, from the start of the reply;
+- `tts_first_chunk_ms`: the TTS provider's first audio, from the request for the reply's first
+  sentence (its own time, so a slow LLM does not make TTS look slow);
+- `tts_first_ms`: the reply's first audio, from the start of the reply (what the user waits);
+- `llm_ms`, `tts_ms`: all the time spent waiting for each provider;
 - `*_step_ms`: a whole step of the upload chain.
 """
 
@@ -29,7 +32,7 @@ STAGES = {
     "queue_ms": "queue_wait",
     "asr_ms": "asr",
     "llm_first_ms": "llm_first_token",
-    "tts_first_ms": "tts_first_audio",
+    "tts_first_chunk_ms": "tts_first_audio",
 }
 
 

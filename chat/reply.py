@@ -268,12 +268,16 @@ class Reply:
         pcm = bytearray()
         try:
             async for sentence in sentences:
+                asked = time.perf_counter()
                 chunks = self._timed(
                     tts.stream(sentence, request.voice, request.language), "tts_ms"
                 )
                 async for chunk in chunks:
                     self._check_cancelled()
                     if not self.speaking:
+                        # the provider's own time to the first audio of the reply
+                        waited = (time.perf_counter() - asked) * 1000
+                        self.timings.setdefault("tts_first_chunk_ms", round(waited, 1))
                         await self._start_speech(tts.sample_rate)
                     pcm.extend(chunk)
                     if self.sink is not None:

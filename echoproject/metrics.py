@@ -63,8 +63,9 @@ TURNS = Counter(
 )
 STAGE_SECONDS = Histogram(
     "echo_stage_seconds",
-    "Time of a turn's stages: asr (recognition of the utterance), llm_first_token and "
-    "tts_first_audio (from the start of the reply), queue_wait (a task waiting for a worker)",
+    "Time of a turn's stages: asr (recognition of the utterance), llm_first_token (from the "
+    "start of the reply), tts_first_audio (the TTS provider's first audio of the reply), "
+    "queue_wait (a task waiting for a worker)",
     ["stage", "kind"],
     buckets=SECONDS,
 )
