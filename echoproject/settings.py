@@ -336,7 +336,12 @@ ADMIN_EMAIL = env_str("ADMIN_EMAIL", "admin@localhost")
 # its metrics in files under METRICS_DIR (prometheus_client's multiprocess mode); a web
 # process's /metrics and a worker's WORKER_METRICS_ADDR serve the sum over the machine.
 METRICS_DIR = Path(env_str("METRICS_DIR", str(VAR_DIR / "metrics")))
-METRICS_DIR.mkdir(parents=True, exist_ok=True)
+try:
+    METRICS_DIR.mkdir(parents=True, exist_ok=True)
+except OSError as exc:
+    raise SettingsError(
+        f"METRICS_DIR: cannot create {str(METRICS_DIR)!r} ({exc.strerror})"
+    ) from None
 os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(METRICS_DIR)
 METRICS_TOKEN = env_str("METRICS_TOKEN")
 WORKER_METRICS_ADDR = env_str("WORKER_METRICS_ADDR")

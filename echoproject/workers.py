@@ -37,7 +37,10 @@ def serve_metrics(**kwargs: Any) -> None:
     if settings.WORKER_METRICS_ADDR:
         from echoproject import metrics
 
-        metrics.serve_for_worker(settings.WORKER_METRICS_ADDR)
+        try:
+            metrics.serve_for_worker(settings.WORKER_METRICS_ADDR)
+        except OSError as exc:  # another worker of this machine serves the same sums already
+            log.info("metrics not served at %s: %s", settings.WORKER_METRICS_ADDR, exc)
 
 
 @worker_process_shutdown.connect

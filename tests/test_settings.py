@@ -92,6 +92,10 @@ def test_values_from_the_environment() -> None:
         ({"MAX_AUDIO_SECONDS": "-3"}, "MAX_AUDIO_SECONDS"),
         ({"PORT": "eighty"}, "PORT"),
         ({"CELERY_VISIBILITY_TIMEOUT_S": "60"}, "CELERY_TASK_TIME_LIMIT"),
+        ({"LOG_FORMAT": "xml"}, "LOG_FORMAT"),
+        ({"WORKER_METRICS_ADDR": "9808"}, "WORKER_METRICS_ADDR"),
+        ({"WORKER_METRICS_ADDR": "0.0.0.0:99999"}, "WORKER_METRICS_ADDR"),
+        ({"METRICS_DIR": "/proc/no-metrics-here"}, "METRICS_DIR"),
     ],
 )
 def test_bad_value_stops_start_up_with_one_line(environ: dict[str, str], named: str) -> None:
