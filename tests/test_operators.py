@@ -17,8 +17,10 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.audio import speak
 from tests.fakes.dashscope_server import DashScopeServer, Fault
 from tests.fixtures_operators import Stack, open_session, operator_stack, text_turn, upload_turn
+from tests.fixtures_realtime import ClientPeer
 from tests.fixtures_sessions import run
 from tests.procs import Proc, start_daphne
 
@@ -264,3 +266,104 @@ def test_metrics_ask_for_the_token_when_one_is_set(client: Any, settings: Any) -
     assert right.status_code == 200
     names = {f.name for f in text_string_to_metric_families(right.content.decode())}
     assert {"echo_sessions_open", "echo_sessions"} <= names
+
+
+@pytest.mark.django_db(transaction=True)
+def test_webrtc_sessions_and_realtime_turns_are_counted(
+    text_stack: Stack, fake: DashScopeServer
+) -> None:
+    """A session whose audio moves to a WebRTC peer counts under transport `webrtc` while the
+    peer is connected, and its spoken turn as `realtime`, with the recognition's time."""
+    stack = text_stack
+    before = web_metrics(stack)
+    seen: dict[str, Any] = {}
+
+    def open_(samples: Samples, transport: str) -> float:
+        return deltas(samples, before, "echo_sessions_open", mode="voice", transport=transport)
+
+    async def body() -> None:
+        client = await open_session(stack.port, "?mode=voice")
+        peer = ClientPeer()
+        try:
+            await client.send(type="offer", sdp=await peer.offer(), sdp_type="offer", id="o1")
+            answer = await client.until("answer", fail_on_error=True)
+            await peer.accept(answer["sdp"])
+            await client.until("connected", fail_on_error=True)
+            seen["connected"] = await asyncio.to_thread(web_metrics, stack)
+            await client.send(type="ready", direction="both", id="r1")
+            await client.until("ready", fail_on_error=True)
+            await client.send(type="asr_start", language="en-US", id="a1")
+            peer.mic.play_wav(speak("hello there, how are you today"))
+            seen["asr"] = await client.until("asr_result", timeout=60, fail_on_error=True)
+            start = await client.until("tts_start", timeout=30, fail_on_error=True)
+            assert start["transport"] == "webrtc"
+            await client.until("tts_complete", timeout=60, fail_on_error=True)
+        finally:
+            await peer.close()  # the peer goes away: the session's audio is back on the socket
+        seen["lost"] = await client.until("error", timeout=60)
+        seen["after_peer"] = await asyncio.to_thread(
+            until_metric, stack, lambda s: open_(s, "webrtc") == 0, "the peer gone"
+        )
+        await client.ws.close()
+
+    run(body(), timeout=180)
+    assert open_(seen["connected"], "webrtc") == 1 and open_(seen["connected"], "websocket") == 0
+    assert seen["lost"]["code"] == "ERR_WEBRTC_FAILED"
+    assert open_(seen["after_peer"], "websocket") == 1  # the socket is still open then
+    after = until_metric(
+        stack,
+        lambda s: open_(s, "websocket") == 0 and open_(s, "webrtc") == 0,
+        "the session closed",
+    )
+    connections = {
+        outcome: deltas(after, before, "echo_webrtc_connections_total", outcome=outcome)
+        for outcome in ("connected", "failed", "lost")
+    }
+    assert connections == {"connected": 1, "failed": 0, "lost": 1}
+    assert deltas(after, before, "echo_turns_total", kind="realtime", outcome="ok") == 1
+    assert deltas(after, before, "echo_stage_seconds_count", stage="asr", kind="realtime") == 1
+    assert (
+        deltas(after, before, "echo_stage_seconds_count", stage="tts_first_audio", kind="realtime")
+        == 1
+    )
+
+
+def test_speech_running_dry_mid_reply_counts_as_an_underrun() -> None:
+    """Silence between two pieces of a reply is an underrun; the silence after its end, while
+    held (the user may be talking) or after a barge-in is not."""
+    from prometheus_client import REGISTRY
+
+    from chat.realtime.speaker import FRAME_BYTES, SAMPLE_RATE, SpeakerTrack
+
+    def counted() -> float:
+        return REGISTRY.get_sample_value("echo_audio_underruns_total") or 0.0
+
+    async def frames(track: SpeakerTrack, count: int) -> None:
+        for _ in range(count):
+            await track.recv()
+
+    async def body() -> list[int]:
+        track, seen = SpeakerTrack(), []
+        piece = bytes(3 * FRAME_BYTES)  # 60 ms of speech
+        await track.write(piece, SAMPLE_RATE)
+        await frames(track, 5)  # 3 speech frames, then silence: the next piece is late
+        seen.append(track.underruns)
+        await track.write(piece, SAMPLE_RATE)
+        track.hold(True)
+        await frames(track, 2)  # held: silence on purpose
+        track.hold(False)
+        await frames(track, 3)
+        track.end_of_speech()  # the reply wrote its last audio
+        await frames(track, 3)
+        seen.append(track.underruns)
+        await track.write(piece, SAMPLE_RATE)
+        await frames(track, 1)
+        track.clear()  # barge-in
+        await frames(track, 2)
+        seen.append(track.underruns)
+        track.stop()
+        return seen
+
+    before = counted()
+    assert run(body()) == [1, 1, 1]
+    assert counted() - before == 1
