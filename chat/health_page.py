@@ -36,6 +36,7 @@ STAGES = (
     ("asr_ms", Role.USER, "ASR"),
     ("llm_first_ms", Role.ASSISTANT, "LLM first token"),
     ("tts_first_chunk_ms", Role.ASSISTANT, "TTS first audio"),
+    ("render_queue_ms", Role.ASSISTANT, "Render queue wait"),
 )
 
 

@@ -38,6 +38,7 @@ PREFIX = "echo_"
 # Multiprocess mode is chosen by prometheus_client when it is first imported, from the
 # environment; a worker imports it (through Flower's Celery command) before the settings set
 # PROMETHEUS_MULTIPROC_DIR, so the value class is switched here, before any metric exists.
+os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(settings.METRICS_DIR))
 if not getattr(values.ValueClass, "_multiprocess", False):
     values.ValueClass = values.MultiProcessValue()
 
@@ -148,7 +149,10 @@ def forget_dead_processes(path: Path | None = None) -> None:
     for name in os.listdir(path):
         found = _LIVE_FILE.match(name)
         if found and not _alive(int(found[1])):
-            multiprocess.mark_process_dead(int(found[1]), str(path))
+            try:
+                multiprocess.mark_process_dead(int(found[1]), str(path))
+            except FileNotFoundError:  # another web process of the machine was quicker
+                pass
 
 
 class MachineCollector:

@@ -16,7 +16,7 @@ from django.contrib.auth.models import User
 from websockets.sync.client import connect
 
 from tests.fakes.dashscope_server import DashScopeServer, Fault
-from tests.fixtures_browser import SCREENSHOTS, BrowserSession
+from tests.fixtures_browser import DESKTOP, SCREENSHOTS, BrowserSession
 from tests.fixtures_operators import Stack, open_session, operator_stack, text_turn, upload_turn
 from tests.fixtures_sessions import run
 from tests.procs import ROOT, child_env
@@ -91,7 +91,10 @@ def test_health_page_shows_the_days_turns_stages_errors_and_sessions(
         try:
             assert json.loads(still_open.recv(timeout=20))["type"] == "init"
             browser.launch(None)
-            page = browser.open()
+            page = browser.browser.new_page(viewport=DESKTOP)  # the admin only, not the client
+            page.set_default_timeout(15_000)
+            page.on("pageerror", lambda e: browser.log.append(f"pageerror: {e}"))
+            browser.pages.append(page)
             requested: list[str] = []
             page.on("request", lambda r: requested.append(r.url))
             page.goto(f"{url}/admin/login/?next=/admin/")
@@ -118,7 +121,8 @@ def test_health_page_shows_the_days_turns_stages_errors_and_sessions(
 
             assert cell("asr_ms", 1) == "1" and cell("queue_ms", 1) == "1"  # the upload
             assert cell("llm_first_ms", 1) == "5"  # all but the turn whose LLM failed
-            assert cell("tts_first_chunk_ms", 1) == "4"  # and but the one whose TTS failed
+            assert cell("tts_first_chunk_ms", 1) == "4"  # nor the one whose TTS failed
+            assert cell("render_queue_ms", 1) == "1"  # the video
             # the slow stage stands out: the LLM's first token took longer than TTS's first audio
             llm_p50, tts_p50 = float(cell("llm_first_ms", 2)), float(cell("tts_first_chunk_ms", 2))
             assert llm_p50 >= SLOW_LLM_S * 1000 > tts_p50
@@ -147,7 +151,9 @@ def test_health_page_shows_the_days_turns_stages_errors_and_sessions(
                 "ERR_TTS_FAILED",
             ]
             # nothing loaded from elsewhere: the plots are drawn by the server
-            assert requested and all(u.startswith(url) for u in requested), requested
+            assert requested and all(u.startswith(url) for u in requested), [
+                u for u in requested if not u.startswith(url)
+            ]
             failed = False
         finally:
             browser.close(failed)
