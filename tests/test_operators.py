@@ -22,7 +22,7 @@ from tests.fakes.dashscope_server import DashScopeServer, Fault
 from tests.fixtures_operators import Stack, open_session, operator_stack, text_turn, upload_turn
 from tests.fixtures_realtime import ClientPeer
 from tests.fixtures_sessions import run
-from tests.procs import Proc, start_daphne
+from tests.procs import BIN, Proc, free_port, port_open, start_daphne
 
 pytestmark = pytest.mark.usefixtures("live_avatars")
 
@@ -367,3 +367,80 @@ def test_speech_running_dry_mid_reply_counts_as_an_underrun() -> None:
     before = counted()
     assert run(body()) == [1, 1, 1]
     assert counted() - before == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_flower_exports_the_workers_tasks_for_the_same_scrape(
+    text_stack: Stack, fake: DashScopeServer
+) -> None:
+    """The `flower` job of deploy/prometheus: Flower's own /metrics, Celery's view of the
+    turn's tasks, beside the service's."""
+    stack = text_stack
+    port = free_port()
+    flower = Proc(
+        "flower-ops",
+        [
+            str(BIN / "celery"),
+            "-A",
+            "celery_app",
+            "flower",
+            "--address=127.0.0.1",
+            f"--port={port}",
+        ],
+        stack.env,
+        stack.log_dir,
+    )
+    try:
+        flower.wait_until(lambda: port_open(port), what="listening")
+        url = f"http://127.0.0.1:{port}/metrics"
+        worker = stack.worker.nodename  # type: ignore[attr-defined]
+        until(lambda: value(scrape(url), "flower_worker_online", worker=worker) == 1, "online")
+
+        async def body() -> dict[str, Any]:
+            client = await open_session(stack.port, "?mode=voice")
+            asr = await upload_turn(client)
+            await client.ws.close()
+            return asr
+
+        run(body(), timeout=120)
+
+        def succeeded(samples: Samples) -> dict[str, float]:
+            return {
+                task: value(
+                    samples,
+                    "flower_events_total",
+                    task=f"chat.tasks.turn_{task}",
+                    type="task-succeeded",
+                    worker=worker,
+                )
+                for task in ("transcribe", "reply", "synthesize")
+            }
+
+        def all_succeeded() -> Samples | None:
+            samples = scrape(url)
+            return samples if all(succeeded(samples).values()) else None
+
+        samples = until(all_succeeded, "the turn's tasks")
+        assert succeeded(samples) == {"transcribe": 1, "reply": 1, "synthesize": 1}
+        assert (
+            value(
+                samples,
+                "flower_task_runtime_seconds_count",
+                task="chat.tasks.turn_reply",
+                worker=worker,
+            )
+            == 1
+        )
+    finally:
+        flower.stop()
+
+
+def until(check: Any, what: str, timeout: float = 30.0) -> Any:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not (result := check()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"never saw {what}")
+        time.sleep(0.3)
+    return result
