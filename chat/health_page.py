@@ -3,7 +3,7 @@ speed and open sessions, drawn from what the database records (the messages' tim
 codes, the sessions' start and end), so it needs nothing running besides the web process.
 
 Latency plots put each stage on its own chart with the same time axis, and a table compares
-the last hour with the whole day, so which stage got slow, and when, shows at a glance.
+the last hour with the rest of the day, so which stage got slow, and when, shows at a glance.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ WINDOW = timedelta(hours=24)
 LATENCY_BUCKET = timedelta(minutes=30)
 ERROR_BUCKET = timedelta(hours=1)
 SESSIONS_STEP = timedelta(minutes=10)
-SLOWER = 1.5  # a stage whose last hour's p95 is this much above the day's is marked
+SLOWER = 1.5  # a stage whose last hour's p95 is this much above the rest of the day's: marked
 
 # (timings key, which message holds it, label)
 STAGES = (
@@ -131,7 +131,9 @@ def collect(now: datetime | None = None) -> Health:
     for key, _, label in STAGES:
         day = [v for bucket in samples[key] for v in bucket]
         hour = [v for bucket in samples[key][hour_from:] for v in bucket]
+        earlier = [v for bucket in samples[key][:hour_from] for v in bucket]
         p95, hour_p95 = _percentile(day, 95), _percentile(hour, 95)
+        earlier_p95 = _percentile(earlier, 95)
         row = StageRow(
             key=key,
             label=label,
@@ -139,7 +141,7 @@ def collect(now: datetime | None = None) -> Health:
             p50=_percentile(day, 50),
             p95=p95,
             hour_p95=hour_p95,
-            slower=bool(p95 and hour_p95 and hour_p95 > SLOWER * p95),
+            slower=bool(earlier_p95 and hour_p95 and hour_p95 > SLOWER * earlier_p95),
         )
         row.chart = line_chart(
             f"{label}: p50 and p95 per 30 minutes, milliseconds",

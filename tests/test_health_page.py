@@ -4,6 +4,7 @@ provider failures), as a staff user sees it in headless Chromium; and kept from 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -172,3 +173,39 @@ def test_health_page_is_for_staff_only(client: Any) -> None:
     client.login(username="operator", password=PASSWORD)
     staff = client.get("/admin/health/")
     assert staff.status_code == 200 and b"Service health" in staff.content
+
+
+@pytest.mark.django_db
+def test_a_stage_slower_in_the_last_hour_than_all_day_is_marked(client: Any) -> None:
+    """Which stage got slow: LLM first tokens that took 2 s in the last hour after a day at
+    0.3 s mark the LLM's row; ASR, steady all day, is not marked."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from chat.models import ChatSession, Message
+
+    now = timezone.now()
+    session = ChatSession.objects.create(mode="voice", started_at=now - timedelta(hours=20))
+    for hours_ago, llm_ms in [(h, 300.0) for h in range(2, 20)] + [(0.5, 2000.0)] * 5:
+        at = now - timedelta(hours=hours_ago)
+        user = Message.objects.create(
+            session=session, role="user", created_at=at, timings={"asr_ms": 400.0}
+        )
+        Message.objects.create(
+            session=session,
+            role="assistant",
+            reply_to=user,
+            created_at=at,
+            timings={"llm_first_ms": llm_ms, "tts_first_chunk_ms": 50.0},
+        )
+    User.objects.create_user("operator", password=PASSWORD, is_staff=True)
+    client.login(username="operator", password=PASSWORD)
+    page = client.get("/admin/health/").content.decode()
+    llm_row = re.search(r'<tr data-stage="llm_first_ms"([^>]*)>(.*?)</tr>', page, re.S)
+    asr_row = re.search(r'<tr data-stage="asr_ms"([^>]*)>(.*?)</tr>', page, re.S)
+    assert llm_row and asr_row
+    assert 'class="slower"' in llm_row[1] and "slower than usual" in llm_row[2]
+    assert "slower" not in asr_row[1] and "slower" not in asr_row[2]
+    cells = re.findall(r"<td>([^<]*)</td>", llm_row[2])
+    assert cells[1:] == ["23", "300.0", "2000.0", "2000.0"]
