@@ -22,7 +22,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
 from avatars.models import Avatar
-from chat import ice, presence, protocol, sessions
+from chat import ice, observe, presence, protocol, sessions
 from chat.layers import RETRYABLE as REDIS_DOWN
 from chat.models import ChatSession, EndReason
 from chat.protocol import (
@@ -38,6 +38,7 @@ from chat.protocol import (
 )
 from chat.providers.registry import asr_languages
 from chat.reply import Reply, ReplyRequest, WebRTCSink, WebSocketSink
+from echoproject import logs, metrics
 
 log = logging.getLogger(__name__)
 REALTIME_TYPES = {"offer", "ice_candidate", "ready", "asr_start", "asr_stop"}
@@ -52,6 +53,7 @@ def _find_avatar(slug: str | None) -> Avatar | None:
 
 class ChatConsumer(AsyncWebsocketConsumer):
     session: ChatSession | None = None
+    counted_as: tuple[str, str] | None = None  # (mode, transport) in echo_sessions_open
     _ending: asyncio.Future[None] | None = None  # the end on disconnect, once started
 
     async def dispatch(self, message: dict[str, Any]) -> None:
@@ -111,6 +113,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
         )
         self.session_id = str(self.session.id)
         self.language = language
+        metrics.session_opened(mode)
+        self.counted_as = (mode, "websocket")
+        logs.bind(self.session_id)  # every line this consumer logs names its session
         try:
             await self.channel_layer.group_add(self.session.group, self.channel_name)
         except REDIS_DOWN:  # past the layer's retries: no events could reach this session
@@ -320,11 +325,25 @@ class ChatConsumer(AsyncWebsocketConsumer):
             return WebSocketSink(lambda pcm: self.send(bytes_data=pcm))
         return None
 
-    async def start_reply(self, user_message_id: int, ref: str | None) -> None:
+    async def start_reply(
+        self,
+        user_message_id: int,
+        ref: str | None,
+        *,
+        kind: str = "text",
+        asr_ms: float | None = None,
+    ) -> None:
         """Answer a user message; a reply still running is superseded (cancelled) first."""
         await self.interrupt()
         request = ReplyRequest.of(
-            self.session_id, self.session.mode, self.language, self.avatar, user_message_id, ref
+            self.session_id,
+            self.session.mode,
+            self.language,
+            self.avatar,
+            user_message_id,
+            ref,
+            kind=kind,
+            asr_ms=asr_ms,
         )
         self.reply = Reply(request, self.send_event, self.reply_sink())
         self.reply_task = self._spawn(self._run_reply(self.reply))
@@ -361,15 +380,23 @@ class ChatConsumer(AsyncWebsocketConsumer):
             # local: defers aiortc (heavy) until a session first negotiates or streams audio
             from chat.realtime.handler import RealtimeHandler
 
-            self.realtime = RealtimeHandler(self)
+            self.realtime = RealtimeHandler(self, on_transport=self._transport_changed)
         return self.realtime
 
+    def _transport_changed(self, transport: str) -> None:
+        if self.counted_as is not None and self.counted_as[1] != transport:
+            mode, old = self.counted_as
+            metrics.session_moved(mode, old, transport)
+            self.counted_as = (mode, transport)
+
     async def user_utterance(self, text: str, utterance_id: str) -> None:
+        asr_ms = observe.take_asr_ms()
+        timings = {"asr_ms": round(asr_ms, 1)} if asr_ms is not None else {}
         user = await database_sync_to_async(sessions.add_message)(
-            self.session_id, sessions.USER, text
+            self.session_id, sessions.USER, text, timings=timings
         )
         await self.send_event(protocol.asr_result(text, utterance_id, user.id, None))
-        await self.start_reply(user.id, None)
+        await self.start_reply(user.id, None, kind="realtime", asr_ms=asr_ms)
 
     async def barge_in(self) -> None:
         if self.reply_task is not None and not self.reply_task.done():
@@ -406,6 +433,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
         await asyncio.gather(*(t for t in self.tasks if t is not current), return_exceptions=True)
         if self.realtime is not None:
             await self.realtime.close()
+        if self.counted_as is not None:
+            metrics.session_closed(*self.counted_as)
+            self.counted_as = None
         await self.channel_layer.group_discard(self.session.group, self.channel_name)
         files_deleted = await database_sync_to_async(sessions.end_session)(self.session_id, reason)
         if notify:

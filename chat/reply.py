@@ -22,7 +22,7 @@ from channels.db import database_sync_to_async
 
 from avatars.models import Avatar
 from avatars.voices import speaking_voice
-from chat import protocol, sessions, video
+from chat import observe, protocol, sessions, video
 from chat.audio import pcm_duration_ms, pcm_to_wav
 from chat.models import Message
 from chat.protocol import Err, scrub
@@ -31,6 +31,7 @@ from chat.providers.registry import get_llm, get_tts
 from chat.providers.text import split_sentences, stream_sentences
 from chat.storage import public_url, save_for_session
 from chat.video import RenderBusy
+from echoproject import logs, metrics
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,7 @@ class WebRTCSink:
         await self._speaker.write(pcm, sample_rate)
 
     async def finish(self) -> None:
+        self._speaker.end_of_speech()
         await self._speaker.drained()
 
     def clear(self) -> None:
@@ -95,6 +97,10 @@ class ReplyRequest:
     user_message_id: int
     ref: str | None = None
     speak: bool = True  # False: text only (the upload chain speaks in its own step)
+    # text, realtime or upload: what operators see of the turn (the upload chain records its
+    # own turns, over its steps)
+    kind: str = "text"
+    asr_ms: float | None = None  # a realtime utterance's recognition, for the turn's record
 
     @classmethod
     def of(
@@ -107,6 +113,8 @@ class ReplyRequest:
         ref: str | None,
         *,
         speak: bool = True,
+        kind: str = "text",
+        asr_ms: float | None = None,
     ) -> ReplyRequest:
         """The one place that reads a reply's voice and persona off the avatar (a session whose
         avatar was deleted keeps replying, with the defaults)."""
@@ -121,6 +129,8 @@ class ReplyRequest:
             user_message_id=user_message_id,
             ref=ref,
             speak=speak,
+            kind=kind,
+            asr_ms=asr_ms,
         )
 
 
@@ -148,6 +158,7 @@ class Reply:
     async def run(self) -> None:
         request = self.request
         self._task = asyncio.current_task()
+        logs.bind(request.session_id, request.user_message_id)
         if self.message is None:  # else a redelivered upload step produces it again
             self.message = await database_sync_to_async(sessions.add_message)(
                 request.session_id, sessions.ASSISTANT, reply_to_id=request.user_message_id
@@ -185,7 +196,22 @@ class Reply:
             await asyncio.shield(self._interrupted())
             raise
         finally:
+            self._record()
             await asyncio.shield(self._save())
+
+    def _record(self) -> None:
+        """The turn's log line and metrics (an upload's are recorded by its chain)."""
+        request = self.request
+        if request.kind == "upload" or self.message is None:
+            return
+        timings = {} if request.asr_ms is None else {"asr_ms": request.asr_ms}
+        observe.record_turn(
+            request.session_id,
+            request.user_message_id,
+            request.kind,
+            {**timings, **self.timings},
+            self.message.error_code,
+        )
 
     async def _timed(self, items: AsyncIterator[Any], key: str) -> AsyncIterator[Any]:
         """Pass items through, adding the time spent waiting for the provider to timings[key]
@@ -243,12 +269,16 @@ class Reply:
         pcm = bytearray()
         try:
             async for sentence in sentences:
+                asked = time.perf_counter()
                 chunks = self._timed(
                     tts.stream(sentence, request.voice, request.language), "tts_ms"
                 )
                 async for chunk in chunks:
                     self._check_cancelled()
                     if not self.speaking:
+                        # the provider's own time to the first audio of the reply
+                        waited = (time.perf_counter() - asked) * 1000
+                        self.timings.setdefault("tts_first_chunk_ms", round(waited, 1))
                         await self._start_speech(tts.sample_rate)
                     pcm.extend(chunk)
                     if self.sink is not None:
@@ -308,6 +338,8 @@ class Reply:
             await self._fail(Err.BUSY, str(exc), True)
 
     async def _fail(self, code: str, message: str, retryable: bool) -> None:
+        if code != Err.BUSY:
+            metrics.provider_error(code)
         if self.message is not None and not self.message.error_code:
             self.message.error_code = str(code)
             self.message.error_message = message

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import multiprocessing
 import threading
+import time
 import uuid
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -30,6 +32,8 @@ from chat.audio import TARGET_RATE, AudioInvalid, decode_upload, lower_priority,
 from chat.models import Message
 from chat.protocol import Err
 from chat.storage import public_url, save_for_session
+
+log = logging.getLogger(__name__)
 
 
 class UploadRefused(Exception):
@@ -125,7 +129,7 @@ def accept_upload(session_id: uuid.UUID | str, pcm: bytes, ref: str | None) -> M
     message.duration_ms = len(pcm) * 1000 // (2 * TARGET_RATE)
     options: dict[str, Any] = {"session_id": str(session_id), "ref": ref}
     steps = [
-        turn_transcribe.s(message.id, **options).set(task_id=uuid.uuid4().hex),
+        turn_transcribe.s(message.id, **options, sent_at=time.time()).set(task_id=uuid.uuid4().hex),
         turn_reply.s(**options).set(task_id=uuid.uuid4().hex),
         turn_synthesize.s(**options).set(task_id=uuid.uuid4().hex),
     ]
@@ -135,6 +139,11 @@ def accept_upload(session_id: uuid.UUID | str, pcm: bytes, ref: str | None) -> M
     sessions.stop_turn(session_id)  # a new utterance supersedes the turn in flight
     sessions.set_turn(session_id, ids)
     chain(*steps).apply_async()
+    log.info(
+        "upload turn %s sent to the speech workers",
+        message.id,
+        extra={"session_id": str(session_id), "turn_id": str(message.id)},
+    )
     return message
 
 

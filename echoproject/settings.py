@@ -6,6 +6,7 @@ under media/, offline providers, the `lite` renderer.
 
 from __future__ import annotations
 
+import os
 import secrets
 from pathlib import Path
 
@@ -314,11 +315,23 @@ TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
 
+# --- operators: logs and metrics (echoproject.logs, echoproject.metrics) ----------------------
+LOG_FORMAT = env_choice("LOG_FORMAT", ["text", "json"], "text")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {"turn": {"()": "echoproject.logs.TurnContextFilter"}},
+    "formatters": {
+        "text": {"()": "echoproject.logs.TextFormatter"},
+        "json": {"()": "echoproject.logs.JsonFormatter"},
+    },
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": LOG_FORMAT,
+            "filters": ["turn"],
+        }
+    },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {"daphne": {"level": "WARNING"}},
 }
@@ -326,3 +339,21 @@ LOGGING = {
 ADMIN_USERNAME = env_str("ADMIN_USERNAME", "admin")
 ADMIN_PASSWORD = env_str("ADMIN_PASSWORD")
 ADMIN_EMAIL = env_str("ADMIN_EMAIL", "admin@localhost")
+
+# Every process of the service on a machine (web processes, the workers' pool processes) keeps
+# its metrics in files under METRICS_DIR (prometheus_client's multiprocess mode); a web
+# process's /metrics and a worker's WORKER_METRICS_ADDR serve the sum over the machine.
+METRICS_DIR = Path(env_str("METRICS_DIR", str(VAR_DIR / "metrics")))
+try:
+    METRICS_DIR.mkdir(parents=True, exist_ok=True)
+except OSError as exc:
+    raise SettingsError(
+        f"METRICS_DIR: cannot create {str(METRICS_DIR)!r} ({exc.strerror})"
+    ) from None
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(METRICS_DIR)
+METRICS_TOKEN = env_str("METRICS_TOKEN")
+WORKER_METRICS_ADDR = env_str("WORKER_METRICS_ADDR")
+if WORKER_METRICS_ADDR:
+    _host, _, _port = WORKER_METRICS_ADDR.rpartition(":")
+    if not _host or not _port.isdigit() or not 0 < int(_port) < 65536:
+        raise SettingsError("WORKER_METRICS_ADDR must be host:port, e.g. 0.0.0.0:9808")

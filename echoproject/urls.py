@@ -8,12 +8,14 @@ from django.urls import include, path, re_path
 
 from echoproject.health import healthz
 from echoproject.media import serve_media
+from echoproject.metrics import metrics_view
 from echoproject.views import index
 
 urlpatterns = [
     path("", index, name="index"),
     path("admin/", admin.site.urls),
     path("healthz", healthz, name="healthz"),
+    path("metrics", metrics_view, name="metrics"),
     path("api/", include("avatars.urls")),
     path("api/", include("chat.urls")),
 ]

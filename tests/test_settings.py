@@ -95,6 +95,10 @@ def test_values_from_the_environment() -> None:
         ({"VOICE_QUEUE": ""}, "VOICE_QUEUE"),
         ({"VOICE_POLL_S": "0"}, "VOICE_POLL_S"),
         ({"VOICE_READY_TIMEOUT_S": "soon"}, "VOICE_READY_TIMEOUT_S"),
+        ({"LOG_FORMAT": "xml"}, "LOG_FORMAT"),
+        ({"WORKER_METRICS_ADDR": "9808"}, "WORKER_METRICS_ADDR"),
+        ({"WORKER_METRICS_ADDR": "0.0.0.0:99999"}, "WORKER_METRICS_ADDR"),
+        ({"METRICS_DIR": "/proc/no-metrics-here"}, "METRICS_DIR"),
     ],
 )
 def test_bad_value_stops_start_up_with_one_line(environ: dict[str, str], named: str) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from django.conf import settings
@@ -27,6 +28,7 @@ from chat.realtime.peer import CandidateError, PeerSession, WebRTCError, parse_c
 from chat.realtime.speaker import SpeakerTrack
 from chat.realtime.tasks import Tasks
 from chat.realtime.vad import VADConfig
+from echoproject import metrics
 
 logger = logging.getLogger(__name__)
 
@@ -92,8 +94,12 @@ class RealtimeHandler:
         *,
         asr: ASRProvider | None = None,
         vad_config: VADConfig | None = None,
+        on_transport: Callable[[str], None] | None = None,
     ) -> None:
+        """`on_transport("webrtc" | "websocket")`: the session's audio moved to a connected
+        peer, or back (the peer failed or closed)."""
         self.ctx = ctx
+        self._on_transport = on_transport
         self.state = INITIALIZED
         self._asr = asr
         self._vad_config = vad_config
@@ -261,7 +267,13 @@ class RealtimeHandler:
         if self._peer is not peer or self.state != ANSWER_SENT:
             return
         self.state = WEBRTC_CONNECTED
+        metrics.webrtc("connected")
+        self._transport("webrtc")
         await self.ctx.send_event(protocol.event("connected", self._offer_ref))
+
+    def _transport(self, transport: str) -> None:
+        if self._on_transport is not None:
+            self._on_transport(transport)
 
     async def _fail(
         self, peer: PeerSession, message: str, *, retryable: bool, ref: str | None
@@ -269,6 +281,9 @@ class RealtimeHandler:
         """ERR_WEBRTC_FAILED; the peer is closed and the session may negotiate again."""
         if self._peer is not peer:
             return
+        metrics.webrtc("failed" if self.state not in _CONNECTED_STATES else "lost")
+        if self.state in _CONNECTED_STATES:
+            self._transport("websocket")
         self._peer = None
         self.state = INITIALIZED
         self._direction = "both"
@@ -316,6 +331,7 @@ class RealtimeHandler:
         try:
             asr = self._asr or _get_asr()
         except ProviderError as exc:
+            metrics.provider_error(exc.code)
             await self.ctx.send_error(exc.code, exc.message, retryable=exc.retryable, ref=ref)
             return
         listener = Listener(
@@ -369,6 +385,7 @@ class RealtimeHandler:
         await self.ctx.send_event(protocol.asr_interim(text, utterance_id, ref))
 
     async def _on_asr_error(self, exc: ProviderError) -> None:
+        metrics.provider_error(exc.code)
         ref = self._span.ref if self._span is not None else None
         await self.ctx.send_error(exc.code, exc.message, retryable=exc.retryable, ref=ref)
 
