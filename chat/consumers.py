@@ -9,7 +9,6 @@ group of the session and are forwarded unchanged.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import logging
 import time
@@ -22,7 +21,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
 from avatars.models import Avatar
-from chat import ice, presence, protocol, sessions
+from chat import access, ice, presence, protocol, sessions
 from chat.layers import RETRYABLE as REDIS_DOWN
 from chat.models import ChatSession, EndReason
 from chat.protocol import (
@@ -42,6 +41,14 @@ log = logging.getLogger(__name__)
 REALTIME_TYPES = {"offer", "ice_candidate", "ready", "asr_start", "asr_stop"}
 URL_FIELDS = {"tts_complete": "audio_url", "video_segment": "url", "video_ready": "video_url"}
 LANGUAGE_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ-")
+
+
+def _active_user(user_id: int | None) -> bool:
+    from django.contrib.auth import get_user_model
+
+    return (
+        user_id is not None and get_user_model().objects.filter(pk=user_id, is_active=True).exists()
+    )
 
 
 def _find_avatar(slug: str | None) -> Avatar | None:
@@ -86,14 +93,35 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.last_touch = self.last_seen
         params = {k: v[-1] for k, v in parse_qs(self.scope["query_string"].decode()).items()}
         await self.accept()
-        if settings.CHAT_REQUIRE_TOKEN and not self._token_ok(params.get("token", "")):
-            await self._refuse(Err.AUTH, "a valid token is required", Close.AUTH)
+        ticket: access.Ticket | None = None
+        if params.get("ticket"):
+            try:
+                ticket = access.check(
+                    params["ticket"], avatar=params.get("avatar"), mode=params.get("mode")
+                )
+                if settings.CHAT_ACCESS == access.LOGIN and not await database_sync_to_async(
+                    _active_user
+                )(ticket.user_id):
+                    raise access.TicketRefused("the ticket is not for a user who may log in")
+            except access.TicketRefused as exc:
+                await self._refuse(Err.AUTH, exc.message, Close.AUTH, retryable=exc.retryable)
+                return
+        elif settings.CHAT_ACCESS == access.TOKEN:
+            if not access.token_ok(params.get("token", "")):
+                await self._refuse(Err.AUTH, "a valid token or ticket is required", Close.AUTH)
+                return
+        elif access.ticket_required():
+            await self._refuse(
+                Err.AUTH, "a ticket is required: POST /api/tickets", Close.AUTH, retryable=True
+            )
             return
-        mode = params.get("mode", "voice")
+        mode = params.get("mode") or (ticket.mode if ticket else "voice")
         if mode not in ("voice", "video"):
             await self._refuse(Err.MODE_INVALID, "mode must be voice or video", Close.BAD_REQUEST)
             return
-        avatar = await database_sync_to_async(_find_avatar)(params.get("avatar"))
+        avatar = await database_sync_to_async(_find_avatar)(
+            params.get("avatar") or (ticket.avatar if ticket else None)
+        )
         if avatar is None:
             await self._refuse(Err.AVATAR_NOT_FOUND, "no such avatar", Close.NOT_FOUND)
             return
@@ -105,8 +133,11 @@ class ChatConsumer(AsyncWebsocketConsumer):
             return
         self.avatar = avatar
         web_process = await presence.announce()  # its sessions end soon after it dies
+        client_info = self._client_info()
+        if ticket is not None:
+            client_info["ticket"] = ticket.nonce
         self.session = await database_sync_to_async(sessions.open_session)(
-            avatar, mode, language, self._client_info(), web_process
+            avatar, mode, language, client_info, web_process, ticket.user_id if ticket else None
         )
         self.session_id = str(self.session.id)
         self.language = language
@@ -120,12 +151,11 @@ class ChatConsumer(AsyncWebsocketConsumer):
         await self.send_event(self._init_frame())
         self._spawn(self._watch_idle())
 
-    def _token_ok(self, token: str) -> bool:
-        return any(hmac.compare_digest(token.encode(), t.encode()) for t in settings.CHAT_TOKENS)
-
-    async def _refuse(self, code: Err, message: str, close_code: int) -> None:
+    async def _refuse(
+        self, code: Err, message: str, close_code: int, *, retryable: bool = False, **extra: Any
+    ) -> None:
         self.ended = True
-        await self.send_event(error(code, message))
+        await self.send_event(error(code, message, retryable=retryable, **extra))
         await self.close(code=close_code)
 
     def _client_info(self) -> dict[str, Any]:

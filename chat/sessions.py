@@ -26,15 +26,22 @@ log = logging.getLogger(__name__)
 
 
 def open_session(
-    avatar: Avatar, mode: str, language: str, client_info: dict[str, Any], web_process: str = ""
+    avatar: Avatar,
+    mode: str,
+    language: str,
+    client_info: dict[str, Any],
+    web_process: str = "",
+    user_id: int | None = None,
 ) -> ChatSession:
-    """`web_process`: the announced process holding the WebSocket (chat.presence)."""
+    """`web_process`: the announced process holding the WebSocket (chat.presence); `user_id`:
+    the logged-in user of the session's ticket (chat.access)."""
     return ChatSession.objects.create(
         avatar=avatar,
         mode=mode,
         language=language,
         client_info=client_info,
         web_process=web_process,
+        user_id=user_id,
     )
 
 

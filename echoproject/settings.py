@@ -183,6 +183,13 @@ CHAT_REQUIRE_TOKEN = env_bool("CHAT_REQUIRE_TOKEN", False)
 CHAT_TOKENS = env_list("CHAT_TOKENS", [])
 if CHAT_REQUIRE_TOKEN and not CHAT_TOKENS:
     raise SettingsError("CHAT_TOKENS must list at least one token when CHAT_REQUIRE_TOKEN is true")
+# who gets session tickets (chat.access): anyone, Django's logged-in users, or static-token holders
+CHAT_ACCESS = env_choice(
+    "CHAT_ACCESS", ["anonymous", "login", "token"], "token" if CHAT_REQUIRE_TOKEN else "anonymous"
+)
+if CHAT_ACCESS == "token" and not CHAT_TOKENS:
+    raise SettingsError("CHAT_TOKENS must list at least one token when CHAT_ACCESS is token")
+CHAT_TICKET_TTL_S = env_int("CHAT_TICKET_TTL_S", 120, minimum=5, maximum=24 * 3600)
 DEFAULT_AVATAR = env_str("DEFAULT_AVATAR", "aria")
 ICE_SERVERS = env_json("ICE_SERVERS", [])
 if not isinstance(ICE_SERVERS, list) or not all(
@@ -314,6 +321,14 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {"daphne": {"level": "WARNING"}},
 }
+
+# where the admin lives (a path prefix like "admin/" or "ops-7f3k/"), and the login of users
+ADMIN_URL = env_str("ADMIN_URL", "admin/").strip("/") + "/"
+if ADMIN_URL == "/" or not all(c.isalnum() or c in "-_/." for c in ADMIN_URL):
+    raise SettingsError(f"ADMIN_URL must be a path prefix like admin/ or ops-7f3k/, got {ADMIN_URL!r}")
+LOGIN_URL = "/accounts/login/"
+LOGIN_REDIRECT_URL = "/"
+LOGOUT_REDIRECT_URL = "/"
 
 ADMIN_USERNAME = env_str("ADMIN_USERNAME", "admin")
 ADMIN_PASSWORD = env_str("ADMIN_PASSWORD")

@@ -92,6 +92,11 @@ def test_values_from_the_environment() -> None:
         ({"MAX_AUDIO_SECONDS": "-3"}, "MAX_AUDIO_SECONDS"),
         ({"PORT": "eighty"}, "PORT"),
         ({"CELERY_VISIBILITY_TIMEOUT_S": "60"}, "CELERY_TASK_TIME_LIMIT"),
+        ({"CHAT_ACCESS": "everyone"}, "CHAT_ACCESS"),
+        ({"CHAT_ACCESS": "token"}, "CHAT_TOKENS"),
+        ({"CHAT_TICKET_TTL_S": "1"}, "CHAT_TICKET_TTL_S"),
+        ({"ADMIN_URL": "/"}, "ADMIN_URL"),
+        ({"ADMIN_URL": "adm in/"}, "ADMIN_URL"),
     ],
 )
 def test_bad_value_stops_start_up_with_one_line(environ: dict[str, str], named: str) -> None:

@@ -93,11 +93,23 @@ async function loadAvatars() {
   socket.open();
 }
 
-function sessionUrl() {
+/** The WebSocket URL of a new session, with a fresh ticket from the web app (docs/protocol.md). */
+async function sessionUrl() {
   const scheme = location.protocol === "https:" ? "wss" : "ws";
   const query = new URLSearchParams({ mode: settings.mode });
   if (settings.avatar) query.set("avatar", settings.avatar);
   if (settings.lang) query.set("lang", settings.lang);
+  const response = await fetch(app.dataset.ticketsUrl, {
+    method: "POST",
+    headers: { "Content-Type": "application/json", Accept: "application/json" },
+    body: JSON.stringify({ mode: settings.mode, avatar: settings.avatar }),
+  });
+  if (response.status === 401) throw Object.assign(new Error("no ticket"), { closeCode: 4401 });
+  if (response.status === 404) throw Object.assign(new Error("no avatar"), { closeCode: 4404 });
+  if (!response.ok) throw new Error(`HTTP ${response.status}`);
+  const ticket = await response.json();
+  query.set("ticket", ticket.ticket);
+  query.set("avatar", ticket.avatar);
   return `${scheme}://${location.host}${app.dataset.wsPath}?${query}`;
 }
 
