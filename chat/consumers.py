@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import time
+import uuid
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -21,7 +22,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
 from avatars.models import Avatar
-from chat import access, ice, presence, protocol, sessions
+from chat import access, ice, limits, presence, protocol, sessions
 from chat.layers import RETRYABLE as REDIS_DOWN
 from chat.models import ChatSession, EndReason
 from chat.protocol import (
@@ -91,6 +92,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.limiter = RateLimiter(settings.RATE_LIMIT_MESSAGES, settings.RATE_LIMIT_WINDOW_S)
         self.last_seen = time.monotonic()
         self.last_touch = self.last_seen
+        self.subject = ""  # whose usage the session counts against (chat.limits)
+        self.limit_member = uuid.uuid4().hex
         params = {k: v[-1] for k, v in parse_qs(self.scope["query_string"].decode()).items()}
         await self.accept()
         ticket: access.Ticket | None = None
@@ -132,6 +135,16 @@ class ChatConsumer(AsyncWebsocketConsumer):
             )
             return
         self.avatar = avatar
+        self.subject = limits.subject(ticket.user_id if ticket else None, self._client_ip())
+        try:
+            await asyncio.to_thread(limits.open_session, self.subject, self.limit_member)
+        except limits.Limited as exc:
+            await self._refuse(
+                Err.RATE_LIMITED, exc.message, Close.RATE_LIMITED, retryable=True, **exc.fields()
+            )
+            return
+        except REDIS_DOWN:
+            log.warning("limits: Redis unreachable, session of %s not counted", self.subject)
         web_process = await presence.announce()  # its sessions end soon after it dies
         client_info = self._client_info()
         if ticket is not None:
@@ -157,6 +170,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.ended = True
         await self.send_event(error(code, message, retryable=retryable, **extra))
         await self.close(code=close_code)
+
+    def _client_ip(self) -> str:
+        client = self.scope.get("client") or ["", 0]
+        return str(client[0])
 
     def _client_info(self) -> dict[str, Any]:
         headers = {
@@ -240,9 +257,15 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self.send(text_data=scrub(data))
 
     async def send_error(
-        self, code: str, message: str, *, retryable: bool = False, ref: str | None = None
+        self,
+        code: str,
+        message: str,
+        *,
+        retryable: bool = False,
+        ref: str | None = None,
+        **extra: Any,
     ) -> None:
-        await self.send_event(error(code, message, retryable=retryable, ref=ref))
+        await self.send_event(error(code, message, retryable=retryable, ref=ref, **extra))
 
     async def session_event(self, message: dict[str, Any]) -> None:
         """An event published to the session's group by a task or worker."""
@@ -265,6 +288,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if self.last_seen - self.last_touch > sessions.touch_interval_s():
             self.last_touch = self.last_seen
             self._spawn(database_sync_to_async(sessions.touch)(self.session_id))
+            self._spawn(asyncio.to_thread(limits.renew_session, self.subject, self.limit_member))
         ref = None
         try:
             if bytes_data is not None:
@@ -309,10 +333,26 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 ref=ref,
             )
             return
+        if not await self.admit_turn(ref, audio=False):
+            return
         user = await database_sync_to_async(sessions.add_message)(
             self.session_id, sessions.USER, text
         )
         await self.start_reply(user.id, ref)
+
+    async def admit_turn(self, ref: str | None, *, audio: bool) -> bool:
+        """Whether a new user turn is within the limits of the session's subject (it is then
+        counted); if not the client gets ERR_RATE_LIMITED with `limit` and `retry_after`."""
+        try:
+            await asyncio.to_thread(
+                limits.admit_turn, self.subject, audio=audio, video=self.session.mode == "video"
+            )
+        except limits.Limited as exc:
+            await self.send_error(
+                Err.RATE_LIMITED, exc.message, retryable=True, ref=ref, **exc.fields()
+            )
+            return False
+        return True
 
     async def on_interrupt(self, message: dict[str, Any], ref: str | None) -> None:
         if not await self.interrupt():
@@ -393,6 +433,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
         return self.realtime
 
     async def user_utterance(self, text: str, utterance_id: str) -> None:
+        if not await self.admit_turn(None, audio=True):
+            return
         user = await database_sync_to_async(sessions.add_message)(
             self.session_id, sessions.USER, text
         )
@@ -435,6 +477,12 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if self.realtime is not None:
             await self.realtime.close()
         await self.channel_layer.group_discard(self.session.group, self.channel_name)
+        try:
+            await asyncio.to_thread(limits.close_session, self.subject, self.limit_member)
+        except REDIS_DOWN:  # it falls out of the count when it is no longer renewed
+            log.warning(
+                "limits: Redis unreachable, end of a session of %s not counted", self.subject
+            )
         files_deleted = await database_sync_to_async(sessions.end_session)(self.session_id, reason)
         if notify:
             await self.send_event(

@@ -48,6 +48,7 @@ class Close:
     AUTH = 4401
     NOT_FOUND = 4404  # unknown avatar
     TIMEOUT = 4408  # idle past SESSION_TIMEOUT_S
+    RATE_LIMITED = 4429  # a limit of the client's address or user (chat.limits) is reached
     UNAVAILABLE = 4503  # a service the session needs (Redis) is unreachable at the handshake
     ABNORMAL = 1006  # the connection was lost without a close frame
 

@@ -21,7 +21,7 @@ from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
 
 from avatars.models import Avatar
-from chat import protocol, sessions, video
+from chat import limits, protocol, sessions, video
 from chat.audio import pcm_duration_ms, pcm_to_wav
 from chat.models import Message
 from chat.protocol import Err, scrub
@@ -137,6 +137,7 @@ class Reply:
         self.timings: dict[str, float] = {}
         self._started = time.perf_counter()
         self._task: asyncio.Task[Any] | None = None
+        self._counted = 0  # reply characters counted against the limits (chat.limits)
 
     async def send(self, event: dict[str, Any]) -> None:
         await self._send(event)
@@ -170,6 +171,7 @@ class Reply:
             finally:
                 sentences.put_nowait(None)
             self._mark("llm_done_ms")
+            await self._count_reply()  # before the client hears of it: the next turn sees it
             await self.send(
                 protocol.text_response(
                     self.text, self.message.id, request.user_message_id, request.ref
@@ -185,6 +187,15 @@ class Reply:
             raise
         finally:
             await asyncio.shield(self._save())
+            await asyncio.shield(self._count_reply())  # what the LLM produced is spent
+
+    async def _count_reply(self) -> None:
+        """Count the reply's characters against the daily limit of its subject, once."""
+        counted, self._counted = self._counted, len(self.text)
+        if len(self.text) > counted:
+            await database_sync_to_async(limits.add_for_session)(
+                limits.REPLY, self.request.session_id, len(self.text) - counted
+            )
 
     async def _timed(self, items: AsyncIterator[Any], key: str) -> AsyncIterator[Any]:
         """Pass items through, adding the time spent waiting for the provider to timings[key]

@@ -22,7 +22,7 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
 from avatars.models import Avatar
-from chat import access
+from chat import access, limits
 from chat.models import ChatSession
 from chat.protocol import Err
 from chat.uploads import UploadRefused, accept_upload, check_and_decode
@@ -144,6 +144,10 @@ def upload_audio(request: HttpRequest, session_id: str) -> JsonResponse:
         message = accept_upload(session.id, pcm, ref)
     except UploadRefused as exc:
         return _refuse(exc.code, exc.message)
+    except limits.Limited as exc:
+        response = _refuse(Err.RATE_LIMITED, exc.message, **exc.fields())
+        response["Retry-After"] = str(exc.retry_after)
+        return response
     return JsonResponse(
         {"message_id": message.id, "task_id": message.task_id, "audio_url": message.audio_url},
         status=202,

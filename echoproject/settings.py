@@ -190,6 +190,15 @@ CHAT_ACCESS = env_choice(
 if CHAT_ACCESS == "token" and not CHAT_TOKENS:
     raise SettingsError("CHAT_TOKENS must list at least one token when CHAT_ACCESS is token")
 CHAT_TICKET_TTL_S = env_int("CHAT_TICKET_TTL_S", 120, minimum=5, maximum=24 * 3600)
+# limits that protect the provider bill, per logged-in user or client address (chat.limits);
+# 0 is no limit
+LIMIT_SESSIONS = env_int("LIMIT_SESSIONS", 0, minimum=0)
+LIMIT_TURNS_PER_MINUTE = env_int("LIMIT_TURNS_PER_MINUTE", 0, minimum=0)
+LIMIT_AUDIO_S_PER_DAY = env_int("LIMIT_AUDIO_S_PER_DAY", 0, minimum=0)
+LIMIT_REPLY_CHARS_PER_DAY = env_int("LIMIT_REPLY_CHARS_PER_DAY", 0, minimum=0)
+LIMIT_VIDEO_S_PER_DAY = env_int("LIMIT_VIDEO_S_PER_DAY", 0, minimum=0)
+# behind a proxy that sets X-Forwarded-For (deploy/nginx): the client address comes from it
+TRUST_PROXY_HEADERS = env_bool("TRUST_PROXY_HEADERS", False)
 DEFAULT_AVATAR = env_str("DEFAULT_AVATAR", "aria")
 ICE_SERVERS = env_json("ICE_SERVERS", [])
 if not isinstance(ICE_SERVERS, list) or not all(

@@ -26,7 +26,7 @@ from django.core.files import File
 from django.core.files.storage import default_storage
 from django.db import DatabaseError
 
-from chat import deliveries, protocol
+from chat import deliveries, limits, protocol
 from chat.events import publish_sync
 from chat.models import Message
 from chat.protocol import Err, error
@@ -149,6 +149,7 @@ def render_video(self: Task, message_id: int, ref: str | None = None) -> dict[st
     message.save(update_fields=["video", "duration_ms", "timings"])
     report(100, "done")
     if store.once(f"ready:{message_id}", task_id):
+        limits.add_for_session(limits.VIDEO, session.id, duration_ms / 1000)  # counted once
         publish_sync(
             session.id,
             protocol.event(
