@@ -137,6 +137,8 @@ STATICFILES_DIRS = [BASE_DIR / "static"]
 # used to turn local media paths into URLs a cloud service can fetch.
 PUBLIC_BASE_URL = env_str("PUBLIC_BASE_URL").rstrip("/")
 SERVE_MEDIA = env_bool("SERVE_MEDIA", True)
+# lifetime of the signed URLs of session files with filesystem storage (echoproject.media)
+MEDIA_URL_EXPIRY_S = env_int("MEDIA_URL_EXPIRY_S", 3600, minimum=60, maximum=7 * 24 * 3600)
 
 S3_BUCKET = env_str("S3_BUCKET")
 S3_URL_EXPIRY_S = env_int("S3_URL_EXPIRY_S", 3600, minimum=60, maximum=7 * 24 * 3600)
