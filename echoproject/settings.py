@@ -336,7 +336,9 @@ LOGGING = {
 # where the admin lives (a path prefix like "admin/" or "ops-7f3k/"), and the login of users
 ADMIN_URL = env_str("ADMIN_URL", "admin/").strip("/") + "/"
 if ADMIN_URL == "/" or not all(c.isalnum() or c in "-_/." for c in ADMIN_URL):
-    raise SettingsError(f"ADMIN_URL must be a path prefix like admin/ or ops-7f3k/, got {ADMIN_URL!r}")
+    raise SettingsError(
+        f"ADMIN_URL must be a path prefix like admin/ or ops-7f3k/, got {ADMIN_URL!r}"
+    )
 LOGIN_URL = "/accounts/login/"
 LOGIN_REDIRECT_URL = "/"
 LOGOUT_REDIRECT_URL = "/"
