@@ -313,6 +313,18 @@ WEB_HOST = env_str("HOST", "127.0.0.1")  # where `python -m echoproject.web` lis
 WEB_PORT = env_int("PORT", 8000, minimum=1, maximum=65535)
 WEB_GC = env_choice("WEB_GC", ["tuned", "default", "off"], "tuned")
 HEALTHZ_TOKEN = env_str("HEALTHZ_TOKEN")
+# Flower (echoproject/flower.py): where it listens and its login, required beyond loopback
+FLOWER_HOST = WEB_HOST
+FLOWER_PORT = env_int("FLOWER_PORT", 5555, minimum=1, maximum=65535)
+FLOWER_BASIC_AUTH = env_str("FLOWER_BASIC_AUTH")
+FLOWER_AUTH = env_str("FLOWER_AUTH")  # OAuth: a regular expression of the e-mails let in
+if FLOWER_BASIC_AUTH and not all(
+    ":" in pair and pair.split(":", 1)[0] and len(pair.split(":", 1)[1]) >= 8
+    for pair in FLOWER_BASIC_AUTH.split(",")
+):
+    raise SettingsError(
+        "FLOWER_BASIC_AUTH must be user:password pairs, comma-separated, passwords of 8 or more"
+    )
 WORKER_NICE = env_int("WORKER_NICE", 10, minimum=0, maximum=19)
 
 # --- admin and auth ---------------------------------------------------------------------------

@@ -97,6 +97,10 @@ def test_values_from_the_environment() -> None:
         ({"CHAT_TICKET_TTL_S": "1"}, "CHAT_TICKET_TTL_S"),
         ({"ADMIN_URL": "/"}, "ADMIN_URL"),
         ({"ADMIN_URL": "adm in/"}, "ADMIN_URL"),
+        ({"FLOWER_BASIC_AUTH": "operator"}, "FLOWER_BASIC_AUTH"),
+        ({"FLOWER_BASIC_AUTH": "operator:short"}, "FLOWER_BASIC_AUTH"),
+        ({"LIMIT_SESSIONS": "-1"}, "LIMIT_SESSIONS"),
+        ({"MEDIA_URL_EXPIRY_S": "5"}, "MEDIA_URL_EXPIRY_S"),
     ],
 )
 def test_bad_value_stops_start_up_with_one_line(environ: dict[str, str], named: str) -> None:
