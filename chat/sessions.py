@@ -97,7 +97,15 @@ def end_session(session_id: uuid.UUID | str, reason: EndReason | str) -> int:
     if deleted:  # one UPDATE: the row may be gone meanwhile (history purged)
         rows.update(files_deleted=F("files_deleted") + deleted)
     total = rows.values_list("files_deleted", flat=True).first()
+    if settings.SESSION_RETENTION == "end":
+        forget(session_id)
     return deleted if total is None else total
+
+
+def forget(session_id: uuid.UUID | str) -> None:
+    """Delete the history of an ended session (SESSION_RETENTION=end): its row and messages.
+    A task still running then finds nothing and stops; a file it writes is deleted at once."""
+    ChatSession.objects.filter(pk=session_id, ended_at__isnull=False).delete()
 
 
 def idle_sessions(now: Any = None) -> list[uuid.UUID]:

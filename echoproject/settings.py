@@ -175,6 +175,8 @@ STORAGES = {
 SESSION_TIMEOUT_S = env_int("SESSION_TIMEOUT_S", 600, minimum=1)
 HEARTBEAT_INTERVAL_S = env_int("HEARTBEAT_INTERVAL_S", 30, minimum=1)
 SESSION_RETENTION_DAYS = env_int("SESSION_RETENTION_DAYS", 30, minimum=0)
+# `days`: history kept SESSION_RETENTION_DAYS; `end`: a session's history goes when it ends
+SESSION_RETENTION = env_choice("SESSION_RETENTION", ["days", "end"], "days")
 MAX_UPLOAD_BYTES = env_int("MAX_UPLOAD_BYTES", 10 * 1024 * 1024, minimum=1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_UPLOAD_BYTES + 64 * 1024
 MAX_AUDIO_SECONDS = env_float("MAX_AUDIO_SECONDS", 60.0, minimum=1.0)

@@ -164,7 +164,8 @@ def render_video(self: Task, message_id: int, ref: str | None = None) -> dict[st
 
 
 def _session_ended(message: Message) -> bool:
-    return Message.objects.filter(pk=message.pk, session__ended_at__isnull=False).exists()
+    """Ended, or gone with its history (SESSION_RETENTION=end)."""
+    return not Message.objects.filter(pk=message.pk, session__ended_at__isnull=True).exists()
 
 
 def _render(
