@@ -137,7 +137,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.avatar = avatar
         self.subject = limits.subject(ticket.user_id if ticket else None, self._client_ip())
         try:
-            await asyncio.to_thread(limits.open_session, self.subject, self.limit_member)
+            if settings.LIMIT_SESSIONS:
+                await asyncio.to_thread(limits.open_session, self.subject, self.limit_member)
         except limits.Limited as exc:
             await self._refuse(
                 Err.RATE_LIMITED, exc.message, Close.RATE_LIMITED, retryable=True, **exc.fields()
@@ -288,7 +289,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if self.last_seen - self.last_touch > sessions.touch_interval_s():
             self.last_touch = self.last_seen
             self._spawn(database_sync_to_async(sessions.touch)(self.session_id))
-            self._spawn(asyncio.to_thread(limits.renew_session, self.subject, self.limit_member))
+            if settings.LIMIT_SESSIONS:
+                self._spawn(
+                    asyncio.to_thread(limits.renew_session, self.subject, self.limit_member)
+                )
         ref = None
         try:
             if bytes_data is not None:
@@ -343,6 +347,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
     async def admit_turn(self, ref: str | None, *, audio: bool) -> bool:
         """Whether a new user turn is within the limits of the session's subject (it is then
         counted); if not the client gets ERR_RATE_LIMITED with `limit` and `retry_after`."""
+        if not limits.turn_limited():
+            return True
         try:
             await asyncio.to_thread(
                 limits.admit_turn, self.subject, audio=audio, video=self.session.mode == "video"
@@ -478,7 +484,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self.realtime.close()
         await self.channel_layer.group_discard(self.session.group, self.channel_name)
         try:
-            await asyncio.to_thread(limits.close_session, self.subject, self.limit_member)
+            if settings.LIMIT_SESSIONS:
+                await asyncio.to_thread(limits.close_session, self.subject, self.limit_member)
         except REDIS_DOWN:  # it falls out of the count when it is no longer renewed
             log.warning(
                 "limits: Redis unreachable, end of a session of %s not counted", self.subject

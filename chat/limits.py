@@ -107,7 +107,10 @@ def _stale_after_s() -> float:
 
 
 def open_session(who: str, session_id: str) -> None:
-    """Count a new session of `who`, or raise Limited when they have LIMIT_SESSIONS open."""
+    """Count a new session of `who`, or raise Limited when they have LIMIT_SESSIONS open
+    (without the limit nothing is counted: no Redis round trip at the handshake)."""
+    if not allowed(SESSIONS):
+        return
     now = time.time()
     stale = _stale_after_s()
     ok = shared_client().eval(
@@ -125,6 +128,8 @@ def open_session(who: str, session_id: str) -> None:
 
 
 def renew_session(who: str, session_id: str) -> None:
+    if not allowed(SESSIONS):
+        return
     key = _key(SESSIONS, who)
     client = shared_client()
     client.zadd(key, {session_id: time.time()}, xx=True)
@@ -132,6 +137,8 @@ def renew_session(who: str, session_id: str) -> None:
 
 
 def close_session(who: str, session_id: str) -> None:
+    if not allowed(SESSIONS):
+        return
     shared_client().zrem(_key(SESSIONS, who), session_id)
 
 
@@ -184,6 +191,11 @@ def add_for_session(limit: Limit, session_id: uuid.UUID | str, amount: float) ->
         add(limit, who, amount)
     except (redis.RedisError, OSError) as exc:
         log.warning("limits: could not count %s %s of %s: %s", amount, limit.name, who, exc)
+
+
+def turn_limited() -> bool:
+    """Whether any limit applies to turns (else admitting one needs no Redis round trip)."""
+    return any(allowed(limit) for limit in (TURNS, AUDIO, REPLY, VIDEO))
 
 
 def admit_turn(who: str, *, audio: bool, video: bool) -> None:

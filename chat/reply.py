@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
+from django.conf import settings
 
 from avatars.models import Avatar
 from chat import limits, protocol, sessions, video
@@ -171,7 +172,8 @@ class Reply:
             finally:
                 sentences.put_nowait(None)
             self._mark("llm_done_ms")
-            await self._count_reply()  # before the client hears of it: the next turn sees it
+            if settings.LIMIT_REPLY_CHARS_PER_DAY:  # counted before the client hears of it,
+                await self._count_reply()  # so that its next turn is checked against it
             await self.send(
                 protocol.text_response(
                     self.text, self.message.id, request.user_message_id, request.ref

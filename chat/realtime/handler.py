@@ -325,7 +325,7 @@ class RealtimeHandler:
             return
         who = getattr(self.ctx, "subject", "")
         try:
-            if who:
+            if who and settings.LIMIT_AUDIO_S_PER_DAY:
                 await asyncio.to_thread(limits.check, limits.AUDIO, who)
         except limits.Limited as exc:
             await self.ctx.send_error(
