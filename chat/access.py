@@ -49,7 +49,13 @@ def issue(avatar: str, mode: str, user_id: int | None = None) -> tuple[str, Tick
         user_id=user_id,
         nonce=secrets.token_urlsafe(9),
     )
-    payload = {"a": avatar, "m": mode, "e": ticket.expires, "n": ticket.nonce}
+    payload = {
+        "a": avatar,
+        "m": mode,
+        "e": ticket.expires,
+        "n": ticket.nonce,
+        "x": settings.CHAT_ACCESS,  # a ticket of another access rule (the site changed it) fails
+    }
     if user_id is not None:
         payload["u"] = user_id
     return signing.dumps(payload, salt=SALT, compress=False), ticket
@@ -71,6 +77,8 @@ def check(value: str, *, avatar: str | None = None, mode: str | None = None) -> 
         )
     except (KeyError, TypeError, ValueError):
         raise TicketRefused("the ticket is not valid") from None
+    if payload.get("x") != settings.CHAT_ACCESS:
+        raise TicketRefused("the ticket is not valid here, get a new one", retryable=True)
     if ticket.expires <= time.time():
         raise TicketRefused("the ticket has expired, get a new one", retryable=True)
     if avatar is not None and avatar != ticket.avatar:

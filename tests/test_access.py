@@ -181,6 +181,9 @@ def test_token_site_keeps_static_tokens_and_issues_tickets_to_their_holders(
     assert open_session(base, "?token=s3cret")[0]["type"] == "init"
     refused(open_session(base, "?token=nope"))
     refused(open_session(base, ""))
+    # a ticket the anonymous site gave out (same key) does not open a session here
+    anonymous = ticket(servers["anonymous"]).json()["ticket"]
+    assert "not valid here" in refused(open_session(base, f"?ticket={anonymous}"))["message"]
 
 
 @pytest.mark.usefixtures("celery_worker")
