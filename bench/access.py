@@ -97,9 +97,12 @@ def main() -> None:
     try:
         stack.prepare()
         os.environ.update(LIMITS)
+        import logging
+
         import django
 
         django.setup()
+        logging.getLogger("httpx").setLevel(logging.WARNING)
         for label, value in in_process(args.ops).items():
             print(f"{label:<40} {value:8.1f}")
         _, port = stack.start_web()
