@@ -3,6 +3,7 @@ and uploads, a real Celery worker; the counters seen through `manage.py limits`.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import time
@@ -242,3 +243,42 @@ def test_video_seconds_per_day_stop_video_turns(log_dir: Path) -> None:
     assert refusal["code"] == "ERR_RATE_LIMITED" and refusal["limit"] == "video_s_per_day"
     used = counters()["video_s_per_day"]["used"]
     assert abs(used - ready["duration_ms"] / 1000) < 0.1
+
+
+def audio_counted_beyond(seconds: float, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while counters().get("audio_s_per_day", {}).get("used", 0) < seconds:
+        assert time.monotonic() < deadline, "the span's audio was not counted"
+        time.sleep(0.1)
+
+
+def test_streamed_audio_counts_and_a_new_span_is_refused_past_the_limit(spend: str) -> None:
+    away_from_window_edge(86400)
+    from tests.audio import read_wav, resample
+
+    pcm, rate = read_wav(speak("good morning to you, how are you today"))
+    pcm16k = resample(pcm, rate, 16000).astype("<i2").tobytes()
+
+    async def body() -> dict[str, Any]:
+        ws, _ = await opened(f"ws://{spend}/ws/chat/?mode=voice")
+        client = Client(ws)
+        await client.send(
+            type="asr_start", transport="websocket", format="pcm16", sample_rate=16000, id="s1"
+        )
+        for start in range(0, len(pcm16k), 3200):  # 100 ms chunks
+            await ws.send(pcm16k[start : start + 3200])
+        await client.send(type="asr_stop", id="s1-stop")
+        await client.until("asr_result", timeout=30)
+        await asyncio.to_thread(audio_counted_beyond, 1.0)  # counted when the span is over
+        await client.send(
+            type="asr_start", transport="websocket", format="pcm16", sample_rate=16000, id="s2"
+        )
+        refusal = await client.until("error")
+        await ws.close()
+        return refusal
+
+    refusal = run(body(), timeout=60)
+    assert refusal["code"] == "ERR_RATE_LIMITED" and refusal["limit"] == "audio_s_per_day"
+    assert refusal["ref"] == "s2"
+    seconds = len(pcm16k) / 32000
+    assert abs(counters()["audio_s_per_day"]["used"] - seconds) < 0.2
