@@ -53,6 +53,12 @@ class Avatar(models.Model):
         validators=_fraction_validators(),
         help_text="Mouth centre, fraction of height.",
     )
+    face = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="Face landmarks found in the portrait (fractions of the stored image): mouth,"
+        " lips, eyes, jaw, nose. Empty for a drawing with no face found: mouth_x/mouth_y apply.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

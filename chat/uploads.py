@@ -26,7 +26,7 @@ from kombu.exceptions import OperationalError
 from redis.exceptions import RedisError
 
 from chat import limits, sessions
-from chat.audio import TARGET_RATE, AudioInvalid, decode_upload, pcm_to_wav
+from chat.audio import TARGET_RATE, AudioInvalid, decode_upload, lower_priority, pcm_to_wav
 from chat.models import ChatSession, Message
 from chat.protocol import Err
 from chat.storage import public_url, save_for_session
@@ -53,7 +53,10 @@ def _decoder_pool(renew: bool = False) -> ProcessPoolExecutor:
             _decoder = None
         if _decoder is None:
             _decoder = ProcessPoolExecutor(
-                max_workers=1, mp_context=multiprocessing.get_context("spawn")
+                max_workers=1,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=lower_priority,
+                initargs=(settings.WORKER_NICE,),
             )
         return _decoder
 
