@@ -103,6 +103,7 @@ async function sessionUrl() {
     method: "POST",
     headers: { "Content-Type": "application/json", Accept: "application/json" },
     body: JSON.stringify({ mode: settings.mode, avatar: settings.avatar }),
+    signal: AbortSignal.timeout(10_000), // a web app that does not answer: try again later
   });
   if (response.status === 401) throw Object.assign(new Error("no ticket"), { closeCode: 4401 });
   if (response.status === 404) throw Object.assign(new Error("no avatar"), { closeCode: 4404 });
