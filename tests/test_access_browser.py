@@ -58,7 +58,8 @@ def test_the_page_asks_to_log_in_and_talks_once_logged_in(
     assert page.inner_text("#error-text").strip()  # a sentence, not a code
     assert not off_the_loop(ChatSession.objects.exists)
 
-    page.goto(login_site.url + "/accounts/login/")
+    chromium.screenshot(page, "login-site-refused")
+    page.click("#error-login")  # the page's way to the site's login
     page.fill("#id_username", "ada")
     page.fill("#id_password", "lovelace-1815")
     page.click("button[type=submit]")

@@ -315,6 +315,7 @@ function connectionChanged(s, detail = {}) {
     socket.open();
   } else if (s === "closed" && detail.code === 4401) {
     page.showError("ERR_AUTH", { sticky: true });
+    $("error-login").hidden = app.dataset.access !== "login"; // the site's login page
   }
   refresh();
 }
