@@ -282,3 +282,32 @@ def test_streamed_audio_counts_and_a_new_span_is_refused_past_the_limit(spend: s
     assert refusal["ref"] == "s2"
     seconds = len(pcm16k) / 32000
     assert abs(counters()["audio_s_per_day"]["used"] - seconds) < 0.2
+
+
+def test_behind_a_proxy_each_forwarded_address_has_its_own_limits(log_dir: Path) -> None:
+    proc, port = daphne_with(
+        log_dir, "daphne-limits-proxy", LIMIT_SESSIONS="1", TRUST_PROXY_HEADERS="true"
+    )
+    url = f"ws://127.0.0.1:{port}/ws/chat/?mode=voice"
+
+    def via(address: str) -> dict[str, str]:
+        return {"X-Forwarded-For": address}
+
+    async def body() -> None:
+        first = await websockets.connect(url, additional_headers=via("203.0.113.7"))
+        second = await websockets.connect(url, additional_headers=via("198.51.100.20"))
+        for ws in (first, second):
+            assert json.loads(await ws.recv())["type"] == "init"
+        async with websockets.connect(url, additional_headers=via("203.0.113.7")) as third:
+            refusal = json.loads(await third.recv())
+            assert refusal["code"] == "ERR_RATE_LIMITED" and refusal["limit"] == "sessions"
+        assert counters("ip:203.0.113.7")["sessions"]["used"] == 1
+        assert counters("ip:198.51.100.20")["sessions"]["used"] == 1
+        await first.close()
+        await second.close()
+
+    try:
+        run(body(), timeout=60)
+    finally:
+        proc.stop()
+    assert counters(HERE) == {}  # the proxy's own address counted nothing
