@@ -41,9 +41,10 @@ class ChatSessionAdmin(ReadOnlyAdmin):
         "last_activity_at",
         "ended_at",
         "end_reason",
+        "user",
     ]
     list_filter = ["mode", "end_reason", "avatar"]
-    search_fields = ["id", "messages__text"]
+    search_fields = ["id", "messages__text", "user__username"]
     date_hierarchy = "started_at"
     inlines = [MessageInline]
     exclude = ["token"]

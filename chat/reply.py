@@ -19,10 +19,11 @@ from typing import Any, Protocol
 
 from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
+from django.conf import settings
 
 from avatars.models import Avatar
 from avatars.voices import speaking_voice
-from chat import observe, protocol, sessions, video
+from chat import limits, observe, protocol, sessions, video
 from chat.audio import pcm_duration_ms, pcm_to_wav
 from chat.models import Message
 from chat.protocol import Err, scrub
@@ -148,6 +149,7 @@ class Reply:
         self.timings: dict[str, float] = {}
         self._started = time.perf_counter()
         self._task: asyncio.Task[Any] | None = None
+        self._counted = 0  # reply characters counted against the limits (chat.limits)
 
     async def send(self, event: dict[str, Any]) -> None:
         await self._send(event)
@@ -182,6 +184,8 @@ class Reply:
             finally:
                 sentences.put_nowait(None)
             self._mark("llm_done_ms")
+            if settings.LIMIT_REPLY_CHARS_PER_DAY:  # counted before the client hears of it,
+                await self._count_reply()  # so that its next turn is checked against it
             await self.send(
                 protocol.text_response(
                     self.text, self.message.id, request.user_message_id, request.ref
@@ -198,6 +202,15 @@ class Reply:
         finally:
             self._record()
             await asyncio.shield(self._save())
+            await asyncio.shield(self._count_reply())  # what the LLM produced is spent
+
+    async def _count_reply(self) -> None:
+        """Count the reply's characters against the daily limit of its subject, once."""
+        counted, self._counted = self._counted, len(self.text)
+        if len(self.text) > counted:
+            await database_sync_to_async(limits.add_for_session)(
+                limits.REPLY, self.request.session_id, len(self.text) - counted
+            )
 
     def _record(self) -> None:
         """The turn's log line and metrics (an upload's are recorded by its chain)."""

@@ -56,9 +56,9 @@ def cleanup_sessions() -> dict[str, int]:
 
 
 def _load(message_id: int) -> Message:
-    message = Message.objects.select_related("session__avatar").get(pk=message_id)
-    if message.session.is_ended:
-        raise Ignore()  # the session ended while this waited in the queue
+    message = Message.objects.select_related("session__avatar").filter(pk=message_id).first()
+    if message is None or message.session.is_ended:
+        raise Ignore()  # the session ended (its history maybe deleted) while this waited
     return message
 
 

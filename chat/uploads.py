@@ -27,9 +27,9 @@ from django.conf import settings
 from kombu.exceptions import OperationalError
 from redis.exceptions import RedisError
 
-from chat import sessions
+from chat import limits, sessions
 from chat.audio import TARGET_RATE, AudioInvalid, decode_upload, lower_priority, pcm_to_wav
-from chat.models import Message
+from chat.models import ChatSession, Message
 from chat.protocol import Err
 from chat.storage import public_url, save_for_session
 
@@ -116,9 +116,14 @@ async def check_and_decode_async(data: bytes) -> bytes:
 
 
 def accept_upload(session_id: uuid.UUID | str, pcm: bytes, ref: str | None) -> Message:
-    """Store the normalised utterance, record the user message, start the chain."""
+    """Store the normalised utterance, record the user message, start the chain; raises
+    limits.Limited when the session's user or address has reached a limit (chat.limits)."""
     from chat.tasks import turn_reply, turn_synthesize, turn_transcribe
 
+    who = limits.subject_of(session_id) or ""
+    video = ChatSession.objects.filter(pk=session_id, mode="video").exists()
+    limits.admit_turn(who, audio=True, video=video)
+    limits.add(limits.AUDIO, who, len(pcm) / (2 * TARGET_RATE))
     message = sessions.add_message(session_id, sessions.USER)
     name = save_for_session(
         session_id, f"audio/user-{message.id}.wav", pcm_to_wav(pcm, TARGET_RATE)
@@ -154,6 +159,10 @@ async def start_upload_turn(consumer: Any, data: bytes, ref: str | None) -> None
         await database_sync_to_async(accept_upload)(consumer.session_id, pcm, ref)
     except UploadRefused as exc:
         await consumer.send_error(exc.code, exc.message, ref=ref)
+    except limits.Limited as exc:
+        await consumer.send_error(
+            Err.RATE_LIMITED, exc.message, retryable=True, ref=ref, **exc.fields()
+        )
     except (RedisError, OperationalError):  # past the clients' retries: this turn only
         await consumer.send_error(
             Err.INTERNAL,

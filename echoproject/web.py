@@ -29,6 +29,7 @@ def main(argv: list[str]) -> None:
         str(2 * settings.MAX_UPLOAD_BYTES),
         "--websocket-max-frame-size",
         str(2 * settings.MAX_UPLOAD_BYTES),
+        *(["--proxy-headers"] if settings.TRUST_PROXY_HEADERS else []),
         *argv,
         "echoproject.asgi:application",
     ]

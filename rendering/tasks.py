@@ -26,7 +26,7 @@ from django.core.files import File
 from django.core.files.storage import default_storage
 from django.db import DatabaseError
 
-from chat import deliveries, protocol
+from chat import deliveries, limits, protocol
 from chat.events import publish_sync
 from chat.models import Message
 from chat.protocol import Err, error
@@ -167,6 +167,7 @@ def render_video(
     )
     report(100, "done")
     if store.once(f"ready:{message_id}", task_id):
+        limits.add_for_session(limits.VIDEO, session.id, duration_ms / 1000)  # counted once
         publish_sync(
             session.id,
             protocol.event(
@@ -181,7 +182,8 @@ def render_video(
 
 
 def _session_ended(message: Message) -> bool:
-    return Message.objects.filter(pk=message.pk, session__ended_at__isnull=False).exists()
+    """Ended, or gone with its history (SESSION_RETENTION=end)."""
+    return not Message.objects.filter(pk=message.pk, session__ended_at__isnull=True).exists()
 
 
 def _render(

@@ -16,7 +16,8 @@ host=${HOST:-127.0.0.1}
 port=${PORT:-8000}
 echo
 echo "  app:    http://$host:$port/"
-echo "  admin:  http://$host:$port/admin/"
+admin_url=${ADMIN_URL:-admin/}
+echo "  admin:  http://$host:$port/${admin_url%/}/"
 echo "  flower: http://$host:${FLOWER_PORT:-5555}/"
 echo "  health: http://$host:$port/healthz"
 echo "  service health: http://$host:$port/admin/health/   metrics: http://$host:$port/metrics"

@@ -30,6 +30,7 @@ SECRET = {
         "TURN_SECRET",
         "S3_ACCESS_KEY_ID",
         "S3_SECRET_ACCESS_KEY",
+        "FLOWER_PASSWORD",
     )
 }
 

@@ -99,6 +99,15 @@ def test_values_from_the_environment() -> None:
         ({"WORKER_METRICS_ADDR": "9808"}, "WORKER_METRICS_ADDR"),
         ({"WORKER_METRICS_ADDR": "0.0.0.0:99999"}, "WORKER_METRICS_ADDR"),
         ({"METRICS_DIR": "/proc/no-metrics-here"}, "METRICS_DIR"),
+        ({"CHAT_ACCESS": "everyone"}, "CHAT_ACCESS"),
+        ({"CHAT_ACCESS": "token"}, "CHAT_TOKENS"),
+        ({"CHAT_TICKET_TTL_S": "1"}, "CHAT_TICKET_TTL_S"),
+        ({"ADMIN_URL": "/"}, "ADMIN_URL"),
+        ({"ADMIN_URL": "adm in/"}, "ADMIN_URL"),
+        ({"FLOWER_BASIC_AUTH": "operator"}, "FLOWER_BASIC_AUTH"),
+        ({"FLOWER_BASIC_AUTH": "operator:short"}, "FLOWER_BASIC_AUTH"),
+        ({"LIMIT_SESSIONS": "-1"}, "LIMIT_SESSIONS"),
+        ({"MEDIA_URL_EXPIRY_S": "5"}, "MEDIA_URL_EXPIRY_S"),
     ],
 )
 def test_bad_value_stops_start_up_with_one_line(environ: dict[str, str], named: str) -> None:

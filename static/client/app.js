@@ -93,11 +93,24 @@ async function loadAvatars() {
   socket.open();
 }
 
-function sessionUrl() {
+/** The WebSocket URL of a new session, with a fresh ticket from the web app (docs/protocol.md). */
+async function sessionUrl() {
   const scheme = location.protocol === "https:" ? "wss" : "ws";
   const query = new URLSearchParams({ mode: settings.mode });
   if (settings.avatar) query.set("avatar", settings.avatar);
   if (settings.lang) query.set("lang", settings.lang);
+  const response = await fetch(app.dataset.ticketsUrl, {
+    method: "POST",
+    headers: { "Content-Type": "application/json", Accept: "application/json" },
+    body: JSON.stringify({ mode: settings.mode, avatar: settings.avatar }),
+    signal: AbortSignal.timeout(10_000), // a web app that does not answer: try again later
+  });
+  if (response.status === 401) throw Object.assign(new Error("no ticket"), { closeCode: 4401 });
+  if (response.status === 404) throw Object.assign(new Error("no avatar"), { closeCode: 4404 });
+  if (!response.ok) throw new Error(`HTTP ${response.status}`);
+  const ticket = await response.json();
+  query.set("ticket", ticket.ticket);
+  query.set("avatar", ticket.avatar);
   return `${scheme}://${location.host}${app.dataset.wsPath}?${query}`;
 }
 
@@ -311,6 +324,7 @@ function connectionChanged(s, detail = {}) {
     socket.open();
   } else if (s === "closed" && detail.code === 4401) {
     page.showError("ERR_AUTH", { sticky: true });
+    $("error-login").hidden = app.dataset.access !== "login"; // the site's login page
   }
   refresh();
 }

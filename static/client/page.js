@@ -116,6 +116,7 @@ let errorTimer = 0;
  * whoever looks closer, go to data-detail and the tooltip. */
 export function showError(code, { sticky = false, detail = "" } = {}) {
   const box = $("error");
+  $("error-login").hidden = true; // shown by the caller when logging in is the way on
   box.dataset.code = code;
   box.dataset.detail = detail;
   box.title = detail;
