@@ -33,16 +33,21 @@ def session_files(media_root: Path, session_id: str) -> list[Path]:
     return [p for p in (media_root / "sessions" / session_id).rglob("*") if p.is_file()]
 
 
-async def one_turn(url: str, *, stop: bool) -> tuple[dict[str, Any], int]:
-    """A session with one text turn, then stopped (or dropped); its init and how many files
-    it had before it ended."""
+async def one_turn(url: str, *, stop: bool) -> tuple[dict[str, Any], bool]:
+    """A session with one text turn, then stopped (or dropped); its init and whether the
+    reply's audio was stored before it ended."""
     async with websockets.connect(url) as ws:
         client = Client(ws)
         init = await client.recv()
         await client.send(type="text_message", text="hello, who are you?")
         await client.until("tts_complete", fail_on_error=True)
+        # the reply's row gets its audio's name as the reply is saved, just after tts_complete
         files = await asyncio.to_thread(
-            lambda: Message.objects.filter(session_id=init["session_id"]).exclude(audio="").count()
+            lambda: wait_for(
+                lambda: (
+                    Message.objects.filter(session_id=init["session_id"]).exclude(audio="").exists()
+                )
+            )
         )
         if stop:
             await client.send(type="stop_session")
@@ -65,7 +70,7 @@ def test_history_is_deleted_when_the_session_ends(
 ) -> None:
     init, files = run(one_turn(forgetful + "?mode=voice", stop=stop))
     session_id = init["session_id"]
-    assert files == 1
+    assert files, "the reply's audio was stored before the session ended"
     assert wait_for(lambda: not ChatSession.objects.filter(pk=session_id).exists())
     assert not Message.objects.filter(session_id=session_id).exists()
     assert session_files(media_root, session_id) == []
