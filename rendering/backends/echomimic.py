@@ -197,6 +197,7 @@ class EchoMimicBackend(RenderBackend):
         should_cancel: CancelFn,
         *,
         mouth: tuple[float, float] = DEFAULT_MOUTH,
+        face: dict | None = None,
     ) -> RenderResult:
         import torch
         from PIL import Image, UnidentifiedImageError

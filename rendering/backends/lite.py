@@ -9,10 +9,13 @@ Warping (a producer thread, torch releases the GIL) overlaps encoding (this thre
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
 import queue
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -34,11 +37,17 @@ from rendering.backends.base import (
     RenderResult,
     SegmentFn,
 )
-from rendering.backends.motion import Face, Motion
-from rendering.media import AudioTrack, load_speech, loudness
+from rendering.backends.motion import Motion
+from rendering.backends.mouth import Fields, MouthInside
+from rendering.backends.phonemes import Phone
+from rendering.backends.visemes import mouth_shapes
+from rendering.backends.warp import Layout, Mesh
+from rendering.media import AudioTrack, load_speech
 from rendering.pieces import Piece, PieceWriter
 
 BATCH = 8
+WARPER_CACHE = 8  # portraits whose fields a worker keeps (a few MB each at 512×512)
+log = logging.getLogger(__name__)
 
 
 def select_device(preference: str) -> torch.device:
@@ -78,8 +87,19 @@ def rgb_to_i420_planes(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return y, uv
 
 
+def face_layout(face: dict | None, mouth: tuple[float, float], width: int, height: int) -> Layout:
+    """The avatar's landmarks when it has usable ones, else a face around the mouth point."""
+    if face:
+        try:
+            return Layout.from_face(face, width, height)
+        except (KeyError, TypeError, ValueError) as exc:
+            log.warning("avatar face landmarks unusable (%s): using the mouth point", exc)
+    return Layout.synthetic(mouth, width, height)
+
+
 class LiteBackend(RenderBackend):
     name = "lite"
+    uses_phonemes = True
 
     def __init__(self) -> None:
         self._device = select_device(settings.RENDER_DEVICE)
@@ -91,9 +111,28 @@ class LiteBackend(RenderBackend):
         self.max_size = settings.RENDER_MAX_SIZE
         self.segment_s = settings.RENDER_SEGMENT_S
 
+        self._warpers: OrderedDict[tuple, Warper] = OrderedDict()
+
     @property
     def device(self) -> str:
         return str(self._device)
+
+    def warper(self, rgb: np.ndarray, layout: Layout) -> Warper:
+        """The portrait's mesh fields, built once per avatar and kept for the next replies."""
+        points = [layout.mouth_outer, layout.mouth_inner, layout.left_eye, layout.jaw]
+        key = (
+            hashlib.sha1(rgb.tobytes()).hexdigest(),
+            rgb.shape,
+            np.concatenate(points).round(2).tobytes(),
+        )
+        if key in self._warpers:
+            self._warpers.move_to_end(key)
+            return self._warpers[key]
+        warper = Warper(rgb, layout, self._device)
+        self._warpers[key] = warper
+        while len(self._warpers) > WARPER_CACHE:
+            self._warpers.popitem(last=False)
+        return warper
 
     @classmethod
     def check(cls) -> str | None:
@@ -116,6 +155,8 @@ class LiteBackend(RenderBackend):
         should_cancel: CancelFn,
         *,
         mouth: tuple[float, float] = DEFAULT_MOUTH,
+        face: dict | None = None,
+        phonemes: list[Phone] | None = None,
     ) -> RenderResult:
         started = time.perf_counter()
         rgb = load_portrait(Path(image_path), self.max_size)
@@ -123,9 +164,9 @@ class LiteBackend(RenderBackend):
         frames = speech.frame_count(self.fps)
         out_dir.mkdir(parents=True, exist_ok=True)
         height, width = rgb.shape[:2]
-        face = Face(mouth[0], mouth[1], width, height)
-        motion = Motion(face, loudness(speech, self.fps, frames), self.fps)
-        warper = Warper(rgb, face, self._device)
+        layout = face_layout(face, mouth, width, height)
+        motion = Motion(layout, mouth_shapes(speech, self.fps, frames, phonemes), self.fps)
+        warper = self.warper(rgb, layout)
         prepared = time.perf_counter()
 
         def piece_done(piece: Piece) -> None:
@@ -168,27 +209,34 @@ class LiteBackend(RenderBackend):
 
 
 class Warper:
-    """The portrait as Y and UV tensors, and the sampling grids that move it."""
+    """The portrait as Y and UV tensors, the mesh's fields that move it, and the mouth."""
 
-    def __init__(self, rgb: np.ndarray, face: Face, device: torch.device) -> None:
+    def __init__(self, rgb: np.ndarray, layout: Layout, device: torch.device) -> None:
         self.device = device
         y, uv = rgb_to_i420_planes(rgb)
         self.height, self.width = y.shape
         self.y = torch.from_numpy(y)[None, None].to(device)
         self.uv = torch.from_numpy(np.ascontiguousarray(uv))[None].to(device)
-        self.full = face.fields(self.height, self.width, device)
-        self.half = face.fields(self.height // 2, self.width // 2, device)
+        mesh = Mesh(layout)
+        fields = mesh.fields()  # forward, pixels
+        # backward sampling offsets in grid_sample's normalised units (resolution-free)
+        norm = -2 * fields / np.array([self.width, self.height], dtype=np.float32)
+        half = norm.reshape(len(norm), self.height // 2, 2, self.width // 2, 2, 2).mean((2, 4))
+        self.full = Fields(norm, device, 2 / self.width)
+        self.half = Fields(half, device, 4 / self.width)
+        self.mouth = MouthInside(mesh, self.full, device)
 
     @torch.inference_mode()
     def frames(self, params: np.ndarray) -> np.ndarray:
-        """I420 frames (B, H*3/2, W) uint8 for motion parameters (B, 8)."""
+        """I420 frames (B, H*3/2, W) uint8 for motion parameters (B, PARAMS)."""
         p = torch.from_numpy(params).to(self.device)
         batch = p.shape[0]
         h, w = self.height, self.width
         out = torch.empty(batch, h * w * 3 // 2, dtype=torch.uint8, device=self.device)
+        grid = self.full.grid(p)
         y = F.grid_sample(
             self.y.expand(batch, -1, -1, -1),
-            self.full.grid(p),
+            grid,
             mode="bilinear",
             padding_mode="border",
             align_corners=False,
@@ -200,6 +248,7 @@ class Warper:
             padding_mode="border",
             align_corners=False,
         )
+        self.mouth.paint(y, uv, params, p)
         out[:, : h * w] = y.reshape(batch, -1).add_(0.5).clamp_(0, 255)
         out[:, h * w :] = uv.reshape(batch, -1).add_(0.5).clamp_(0, 255)
         return out.view(batch, h * 3 // 2, w).cpu().numpy()
