@@ -1,8 +1,8 @@
 """What moves in a `lite` frame: head, breath, mouth shape and eyelids, as numbers per frame.
 
-Each frame is PARAMS numbers: a 2×3 affine for the head (sway about the neck, a nod with
-speech, the rise and fall of breathing, which go on in the pauses and between replies so the
-face never freezes), then one value per warp channel (warp.BASES): the four mouth-shape
+Each frame is PARAMS numbers: a 2×3 affine for the head (sway about the neck and the rise
+and fall of breathing, which go on in the pauses so the face never freezes; the same whatever
+is said, so speech moves nothing outside the mouth region), then one value per warp channel (warp.BASES): the four mouth-shape
 fields from the visemes and the eyelid closing. Everything is deterministic, so a re-run
 renders the same video.
 """
@@ -29,15 +29,13 @@ class Motion:
         self.shapes = shapes.astype(np.float32)
         self.blink = self._blinks(self.frames, fps)
         t = np.arange(self.frames, dtype=np.float64) / fps
-        opening = np.clip(self.shapes[:, 0], 0, 1)
-        speech = np.convolve(opening, np.ones(9) / 9, mode="same")  # slow speech energy
         deg = math.pi / 180
         self.angle = deg * (
             0.8 * np.sin(2 * np.pi * 0.21 * t + 0.4) + 0.5 * np.sin(2 * np.pi * 0.37 * t)
         )
         breath = np.sin(2 * np.pi * BREATH_HZ * t)
         self.dx = 0.004 * np.sin(2 * np.pi * 0.16 * t + 1.1)
-        self.dy = -0.0025 * breath - 0.006 * speech
+        self.dy = -0.0025 * breath  # no nod with speech: the mouth alone answers the sound
         self.scale = 1 + 0.003 * breath
 
     @staticmethod

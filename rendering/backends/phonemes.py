@@ -4,7 +4,8 @@ The offline TTS (chat.providers.tts.espeak) runs the espeak-ng program once per 
 the reply's WAV is those outputs back to back. The same engine as a library (libespeak-ng,
 through ctypes) reports a phoneme event at the sample where each phoneme starts and writes
 the very same samples, so the render worker synthesises the reply's sentences again and
-keeps the phonemes only when its samples equal the stored audio: speech from any other
+keeps the phonemes only when they match the stored audio (each sentence's loudness envelope
+nearly the same, within a few ms of where it should be): speech from any other
 source (DashScope CosyVoice, uploads, another voice) is never given wrong timings, it falls
 back to visemes from the audio itself. Synthesis runs at about 100× real time.
 """
@@ -30,6 +31,8 @@ _CHARS_UTF8 = 1
 _ENDPAUSE = 0x1000  # the pause the espeak-ng program adds after the text (samples match)
 _POS_CHARACTER = 1
 _EVENT_END_OF_LIST, _EVENT_PHONEME = 0, 7
+SLACK = 220  # samples (10 ms): how far the library's sentence may start from the program's
+MIN_CORRELATION = 0.97  # of the loudness envelopes: the same speech, not just similar
 
 
 class _Event(ctypes.Structure):
@@ -107,26 +110,26 @@ class Espeak:
         return pcm, self._events
 
 
-def synthesize(sentences: list[str], voice: str) -> tuple[np.ndarray, list[Phone], int]:
-    """The sentences spoken one after the other as the offline TTS does: samples, phones
-    (times from the start of the first sentence) and the sample rate."""
+def synthesize(sentences: list[str], voice: str) -> tuple[list[np.ndarray], list[list[Phone]], int]:
+    """Each sentence spoken on its own as the offline TTS does: its samples and its phones
+    (times from the sentence's start), and the sample rate."""
+    chunks: list[np.ndarray] = []
+    phones: list[list[Phone]] = []
     with Espeak._lock:
         engine = Espeak.get()
-        chunks: list[np.ndarray] = []
-        marks: list[tuple[str, int]] = []
-        offset = 0
         for sentence in sentences:
             pcm, events = engine.synthesize(sentence, voice)
-            marks.extend((symbol, offset + sample) for symbol, sample in events)
+            rate = engine.rate
+            ends = [sample for _, sample in events[1:]] + [len(pcm)]
+            phones.append(
+                [
+                    Phone(symbol, start / rate, end / rate)
+                    for (symbol, start), end in zip(events, ends, strict=True)
+                    if end > start
+                ]
+            )
             chunks.append(pcm)
-            offset += len(pcm)
-        rate = engine.rate
-    phones = [
-        Phone(symbol, start / rate, (marks[i + 1][1] if i + 1 < len(marks) else offset) / rate)
-        for i, (symbol, start) in enumerate(marks)
-    ]
-    samples = np.concatenate(chunks) if chunks else np.zeros(0, np.int16)
-    return samples, [p for p in phones if p.end_s > p.start_s], rate
+    return chunks, phones, engine.rate
 
 
 def read_wav(path: Path) -> tuple[np.ndarray, int] | None:
@@ -141,19 +144,60 @@ def read_wav(path: Path) -> tuple[np.ndarray, int] | None:
         return None
 
 
+def _envelope(pcm: np.ndarray, hop: int) -> np.ndarray:
+    count = len(pcm) // hop
+    frames = pcm[: count * hop].astype(np.float64).reshape(count, hop)
+    return np.sqrt(np.mean(frames**2, axis=1))
+
+
+def _place(stored: np.ndarray, pcm: np.ndarray, at: int, rate: int) -> int | None:
+    """Where `pcm` lies in `stored` near sample `at`, None when it is not there.
+
+    The program starts fresh for each sentence; the library, having spoken before, gives
+    the same phonemes at the same times but not the same samples (its voice's jitter runs
+    on), and may start a few samples off: so the loudness envelopes (5 ms steps) are
+    compared, at shifts of up to SLACK samples."""
+    hop = rate // 200
+    target = _envelope(pcm, hop)
+    if len(target) < 4 or not target.any():
+        return None
+    best: tuple[float, int] | None = None
+    for shift in range(-SLACK, SLACK + 1, hop // 2):
+        start = at + shift
+        if start < 0:
+            continue
+        part = _envelope(stored[start : start + len(pcm)], hop)
+        if len(part) < len(target) - 2 or not part.any():
+            continue
+        n = min(len(part), len(target))
+        score = float(np.corrcoef(part[:n], target[:n])[0, 1])
+        if best is None or score > best[0]:
+            best = (score, start)
+    if best is None or best[0] < MIN_CORRELATION:
+        return None
+    return best[1]
+
+
 def espeak_alignment(audio: Path, sentences: list[str], voice: str) -> list[Phone] | None:
-    """The phones of `audio` when it is exactly espeak-ng speaking `sentences` in `voice`."""
+    """The phones of `audio` when it is espeak-ng speaking `sentences` in `voice`."""
     stored = read_wav(audio)
     if stored is None or not sentences:
         return None
     try:
-        samples, phones, rate = synthesize(sentences, voice)
+        chunks, phones, rate = synthesize(sentences, voice)
     except OSError as exc:
         log.info("no phoneme timing: %s", exc)
         return None
     pcm, stored_rate = stored
-    if stored_rate != rate or len(pcm) != len(samples):
+    if stored_rate != rate:
         return None
-    if np.max(np.abs(pcm.astype(np.int32) - samples.astype(np.int32)), initial=0) > 2:
-        return None
-    return phones
+    out: list[Phone] = []
+    cursor = 0
+    for chunk, sentence_phones in zip(chunks, phones, strict=True):
+        start = _place(pcm, chunk, cursor, rate)
+        if start is None:
+            return None
+        offset = start / rate
+        out.extend(Phone(p.symbol, p.start_s + offset, p.end_s + offset) for p in sentence_phones)
+        cursor = start + len(chunk)
+    return out if abs(cursor - len(pcm)) <= SLACK * len(chunks) else None
