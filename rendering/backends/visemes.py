@@ -52,7 +52,7 @@ def phone_target(symbol: str) -> tuple[np.ndarray, float, float]:
         return REST, 0.6, FALL_S
     first = s[0]
     if first in "pbm":
-        return VISEMES["closed"], 4.0, 0.015
+        return VISEMES["closed"], 4.0, 0.025
     if first in "fv":
         return VISEMES["teeth"], 3.0, 0.02
     if first in "0O":
@@ -72,9 +72,11 @@ def phone_target(symbol: str) -> tuple[np.ndarray, float, float]:
 
 def from_phones(phones: list[Phone], frames: int, fps: int, level: np.ndarray) -> np.ndarray:
     """(frames, 4) mouth shapes from timed phonemes, opening scaled a little by loudness."""
-    t = (np.arange(frames) + 0.5) / fps + LEAD_S
-    total = np.full(frames, 1e-3)
-    acc = np.outer(total, REST)
+    # each frame is the mean of the shape over its 40 ms (a camera's shutter): no jumps
+    shutter = np.linspace(-0.4, 0.4, 5) / fps
+    t = ((np.arange(frames) + 0.5) / fps + LEAD_S)[:, None] + shutter[None]
+    total = np.full(t.shape, 1e-3)
+    acc = total[..., None] * REST
     for phone in phones:
         target, strength, fall = phone_target(phone.symbol)
         centre = (phone.start_s + phone.end_s) / 2
@@ -82,8 +84,8 @@ def from_phones(phones: list[Phone], frames: int, fps: int, level: np.ndarray) -
         outside = np.maximum(0.0, np.abs(t - centre) - half)
         d = strength * np.exp(-((outside / fall) ** 2))
         total += d
-        acc += np.outer(d, target)
-    shapes = acc / total[:, None]
+        acc += d[..., None] * target
+    shapes = (acc / total[..., None]).mean(axis=1)
     envelope = np.convolve(level, np.ones(3) / 3, mode="same")
     shapes[:, 0] *= 0.55 + 0.45 * np.clip(envelope / max(float(envelope.max()), 1e-6), 0, 1)
     return shapes
