@@ -251,3 +251,20 @@ def test_unusable_landmarks_fall_back_to_the_mouth_point(tmp_path: Path) -> None
         ARIA, wav, tmp_path / "out", noop, noop, lambda: False, face=broken
     )
     assert result.frames == 25
+
+
+def test_render_task_gives_the_renderer_the_phonemes_of_an_espeak_reply(
+    video_session: object, reply_wav: Path, settings: object
+) -> None:
+    """What the render worker does with a stored reply (the WAV of the offline TTS)."""
+    from rendering.tasks import _espeak_phonemes
+    from tests.fixtures_rendering import make_reply
+
+    settings.TTS_BACKEND = "espeak"  # type: ignore[attr-defined]
+    spoken = make_reply(video_session, reply_wav, text=" ".join(SENTENCES))
+    found = _espeak_phonemes(spoken, reply_wav)
+    assert found and [p.symbol for p in found[:3]] == ["b", "0", "b"]
+    other = make_reply(video_session, reply_wav, text="Something else entirely.")
+    assert _espeak_phonemes(other, reply_wav) is None
+    settings.TTS_BACKEND = "dashscope"  # type: ignore[attr-defined]
+    assert _espeak_phonemes(spoken, reply_wav) is None
