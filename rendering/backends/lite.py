@@ -13,8 +13,10 @@ import hashlib
 import logging
 import os
 import queue
+import tempfile
 import threading
 import time
+import wave
 from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
@@ -87,6 +89,14 @@ def rgb_to_i420_planes(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return y, uv
 
 
+def _ignore(*args: object) -> None:
+    return None
+
+
+def _never() -> bool:
+    return False
+
+
 def face_layout(face: dict | None, mouth: tuple[float, float], width: int, height: int) -> Layout:
     """The avatar's landmarks when it has usable ones, else a face around the mouth point."""
     if face:
@@ -112,6 +122,23 @@ class LiteBackend(RenderBackend):
         self.segment_s = settings.RENDER_SEGMENT_S
 
         self._warpers: OrderedDict[tuple, Warper] = OrderedDict()
+        self._warm_up()
+
+    def _warm_up(self) -> None:
+        """One tiny render at start-up, so the first reply does not pay the one-time costs
+        (triangulation, interpolation, encoder set-up: ~0.5-1 s on this machine)."""
+        with tempfile.TemporaryDirectory(prefix="lite-warm-up-") as tmp:
+            folder = Path(tmp)
+            Image.new("RGB", (64, 64), (200, 170, 150)).save(folder / "face.png")
+            with wave.open(str(folder / "quiet.wav"), "wb") as out:
+                out.setnchannels(1)
+                out.setsampwidth(2)
+                out.setframerate(16000)
+                out.writeframes(bytes(2 * 3200))
+            self.render(
+                folder / "face.png", folder / "quiet.wav", folder / "out", _ignore, _ignore, _never
+            )
+        self._warpers.clear()
 
     @property
     def device(self) -> str:
@@ -218,10 +245,10 @@ class Warper:
         self.y = torch.from_numpy(y)[None, None].to(device)
         self.uv = torch.from_numpy(np.ascontiguousarray(uv))[None].to(device)
         mesh = Mesh(layout)
-        fields = mesh.fields()  # forward, pixels
+        fields = torch.from_numpy(mesh.fields())  # forward, pixels
         # backward sampling offsets in grid_sample's normalised units (resolution-free)
-        norm = -2 * fields / np.array([self.width, self.height], dtype=np.float32)
-        half = norm.reshape(len(norm), self.height // 2, 2, self.width // 2, 2, 2).mean((2, 4))
+        norm = fields * torch.tensor([-2 / self.width, -2 / self.height])
+        half = F.avg_pool2d(norm.permute(0, 3, 1, 2), 2).permute(0, 2, 3, 1)
         self.full = Fields(norm, device, 2 / self.width)
         self.half = Fields(half, device, 4 / self.width)
         self.mouth = MouthInside(mesh, self.full, device)

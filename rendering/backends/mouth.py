@@ -30,7 +30,7 @@ class Fields:
 
     MIN_SHIFT_PX = 0.05
 
-    def __init__(self, norm: np.ndarray, device: torch.device, pixel: float) -> None:
+    def __init__(self, norm: torch.Tensor, device: torch.device, pixel: float) -> None:
         """`norm`: (channels, h, w, 2) backward offsets in grid_sample's normalised units;
         `pixel`: one pixel of this resolution in those units."""
         _, h, w, _ = norm.shape
@@ -44,15 +44,17 @@ class Fields:
         self.groups: list[tuple[slice, slice, slice, tuple[int, int], torch.Tensor]] = []
         for channels in (slice(0, blink), slice(blink, blink + 1)):
             part = norm[channels]
-            moving = np.abs(part).max(axis=(0, 3)) > self.MIN_SHIFT_PX * pixel
-            rows, cols = np.flatnonzero(moving.any(axis=1)), np.flatnonzero(moving.any(axis=0))
+            moving = part.abs().amax(dim=(0, 3)) > self.MIN_SHIFT_PX * pixel
+            rows = torch.nonzero(moving.any(dim=1)).flatten()
+            cols = torch.nonzero(moving.any(dim=0)).flatten()
             if not len(rows):
                 continue
             r = slice(int(rows[0]), int(rows[-1]) + 1)
             c = slice(int(cols[0]), int(cols[-1]) + 1)
-            crop = np.ascontiguousarray(part[:, r, c])
-            tensor = torch.from_numpy(crop.reshape(len(crop), -1)).to(device)
-            self.groups.append((channels, r, c, crop.shape[1:3], tensor))
+            crop = part[:, r, c].contiguous()
+            self.groups.append(
+                (channels, r, c, tuple(crop.shape[1:3]), crop.view(len(crop), -1).to(device))
+            )
 
     def affine(self, params: torch.Tensor) -> torch.Tensor:
         """(B, h, w, 2) source positions of the head motion alone."""

@@ -15,9 +15,11 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
+import multiprocessing
 import threading
 import wave
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +34,8 @@ _ENDPAUSE = 0x1000  # the pause the espeak-ng program adds after the text (sampl
 _POS_CHARACTER = 1
 _EVENT_END_OF_LIST, _EVENT_PHONEME = 0, 7
 SLACK = 220  # samples (10 ms): how far the library's sentence may start from the program's
-MIN_CORRELATION = 0.97  # of the loudness envelopes: the same speech, not just similar
+MIN_CORRELATION = 0.97
+CHILD_TIMEOUT_S = 30.0  # of the loudness envelopes: the same speech, not just similar
 
 
 class _Event(ctypes.Structure):
@@ -110,26 +113,61 @@ class Espeak:
         return pcm, self._events
 
 
-def synthesize(sentences: list[str], voice: str) -> tuple[list[np.ndarray], list[list[Phone]], int]:
-    """Each sentence spoken on its own as the offline TTS does: its samples and its phones
-    (times from the sentence's start), and the sample rate."""
+def _synthesize_here(sentences: list[str], voice: str) -> tuple[list, list, int]:
     chunks: list[np.ndarray] = []
     phones: list[list[Phone]] = []
-    with Espeak._lock:
-        engine = Espeak.get()
-        for sentence in sentences:
-            pcm, events = engine.synthesize(sentence, voice)
-            rate = engine.rate
-            ends = [sample for _, sample in events[1:]] + [len(pcm)]
-            phones.append(
-                [
-                    Phone(symbol, start / rate, end / rate)
-                    for (symbol, start), end in zip(events, ends, strict=True)
-                    if end > start
-                ]
-            )
-            chunks.append(pcm)
+    engine = Espeak.get()
+    for sentence in sentences:
+        pcm, events = engine.synthesize(sentence, voice)
+        rate = engine.rate
+        ends = [sample for _, sample in events[1:]] + [len(pcm)]
+        phones.append(
+            [
+                Phone(symbol, start / rate, end / rate)
+                for (symbol, start), end in zip(events, ends, strict=True)
+                if end > start
+            ]
+        )
+        chunks.append(pcm)
     return chunks, phones, engine.rate
+
+
+def _child(connection: Connection, sentences: list[str], voice: str) -> None:
+    try:
+        connection.send(_synthesize_here(sentences, voice))
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent as a value
+        connection.send(OSError(str(exc)))
+    finally:
+        connection.close()
+
+
+def synthesize(sentences: list[str], voice: str) -> tuple[list[np.ndarray], list[list[Phone]], int]:
+    """Each sentence spoken on its own as the offline TTS does: its samples and its phones
+    (times from the sentence's start), and the sample rate.
+
+    The library keeps state from one text to the next (a voice spoken before changes the
+    next one's timing), so each call runs in a forked child that has never spoken: it
+    behaves as the program does, which starts afresh for every sentence (~10 ms to fork)."""
+    context = multiprocessing.get_context("fork")
+    receive, send = context.Pipe(duplex=False)
+    child = context.Process(target=_child, args=(send, sentences, voice), daemon=True)
+    with Espeak._lock:
+        child.start()
+        send.close()
+        try:
+            if not receive.poll(CHILD_TIMEOUT_S):
+                raise OSError("espeak-ng took too long")
+            result = receive.recv()
+        except EOFError:
+            raise OSError("espeak-ng stopped") from None
+        finally:
+            receive.close()
+            if child.is_alive():
+                child.kill()
+            child.join(5)
+    if isinstance(result, OSError):
+        raise result
+    return result
 
 
 def read_wav(path: Path) -> tuple[np.ndarray, int] | None:
