@@ -162,7 +162,7 @@ class Mesh:
                 d["press"][:, 1] = 0.025 * a * p + (gap(pts[:, 0]) / 2 if inner else 0)
                 d["bite"][:, 1] = -0.07 * a * p
             else:
-                d["open"][:, 1] = 0.36 * a * (0.25 + 0.75 * p)
+                d["open"][:, 1] = 0.3 * a * (0.25 + 0.75 * p)
                 d["spread"][:, 1] = -0.03 * a * p
                 d["press"][:, 1] = -0.025 * a * p - (gap(pts[:, 0]) / 2 if inner else 0)
                 d["bite"][:, 1] = -0.09 * a * p
@@ -176,7 +176,7 @@ class Mesh:
         jaw_half = max(float(np.ptp(jaw[:, 0])) / 2, half)
         chin = np.clip(1 - ((jaw[:, 0] - centre[0]) / jaw_half) ** 2, 0, 1)
         chin *= np.clip((jaw[:, 1] - centre[1]) / (0.5 * a) + 0.5, 0, 1)
-        self.disp[BASES.index("open"), self.slices["jaw"], 1] = 0.36 * a * chin
+        self.disp[BASES.index("open"), self.slices["jaw"], 1] = 0.3 * a * chin
         self.disp[BASES.index("bite"), self.slices["jaw"], 1] = 0.03 * a * chin
         for name in ("left_eye", "right_eye"):
             self._blink(name)
@@ -241,7 +241,7 @@ class Mesh:
         values = self.disp.transpose(1, 0, 2).reshape(len(self.points), -1)
         coarse = LinearNDInterpolator(self.points, values, fill_value=0.0)(gx, gy)
         coarse = coarse.reshape(len(ys), len(xs), len(BASES), 2)
-        sigma = max(1.0, 0.08 * self.layout.mouth_width / FIELD_STEP)
+        sigma = max(0.75, 0.035 * self.layout.mouth_width / FIELD_STEP)
         coarse = gaussian_filter(coarse, sigma=(sigma, sigma, 0, 0), mode="nearest")
         # to every pixel (bilinear; coarse sample j*STEP lands on pixel j*STEP)
         chw = torch.from_numpy(coarse.reshape(len(ys), len(xs), -1).astype(np.float32))
