@@ -184,8 +184,14 @@ def compare(ref: str, runs: int, wav: Path) -> None:
     current, baseline = Server(), Server(baseline_dir)
     try:
         for name, img, landmarks in (("drawn", IMAGE, None), ("photo", image, face)):
-            for server in (current, baseline):
-                server.render(wav, img, landmarks)  # warm-up: portrait fields are cached
+            # the first reply of this avatar in these warm processes (the portrait's fields
+            # are built then, and cached for the next replies)
+            new_here = current.render(wav, img, landmarks)["first_piece_s"]
+            new_there = baseline.render(wav, img, landmarks)["first_piece_s"]
+            print(
+                f"{name:5} first piece of a new avatar in a warm process: this tree "
+                f"{new_here * 1000:.0f} ms, baseline {new_there * 1000:.0f} ms"
+            )
             mine, theirs = [], []
             for _ in range(runs):
                 mine.append(current.render(wav, img, landmarks))
