@@ -136,6 +136,7 @@ def serve(package_root: str) -> None:
     from rendering.backends import get_backend
 
     backend = get_backend()
+    print("ready", flush=True)
     for line in sys.stdin:
         job = json.loads(line)
         result = render_once(backend, Path(job["wav"]), Path(job["image"]), job.get("face"))
@@ -153,6 +154,8 @@ class Server:
             stdout=subprocess.PIPE,
             text=True,
         )
+        assert self.proc.stdout
+        self.proc.stdout.readline()  # "ready": started, backend loaded
 
     def render(self, wav: Path, image: Path, face: dict | None) -> dict[str, float]:
         assert self.proc.stdin and self.proc.stdout

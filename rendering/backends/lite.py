@@ -245,7 +245,7 @@ class Warper:
         self.y = torch.from_numpy(y)[None, None].to(device)
         self.uv = torch.from_numpy(np.ascontiguousarray(uv))[None].to(device)
         mesh = Mesh(layout)
-        fields = torch.from_numpy(mesh.fields())  # forward, pixels
+        fields = mesh.fields()  # forward, pixels
         # backward sampling offsets in grid_sample's normalised units (resolution-free)
         norm = fields * torch.tensor([-2 / self.width, -2 / self.height])
         half = F.avg_pool2d(norm.permute(0, 3, 1, 2), 2).permute(0, 2, 3, 1)

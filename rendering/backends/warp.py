@@ -25,6 +25,7 @@ from scipy.ndimage import gaussian_filter
 
 BASES = ("open", "spread", "press", "bite", "blink")
 FIELD_STEP = 4  # the fields are interpolated on every 4th pixel, then smoothed and upsampled
+BORDER = [[0, 0], [0.5, 0], [1, 0], [1, 0.5], [1, 1], [0.5, 1], [0, 1], [0, 0.5]]  # fixed
 
 
 def _points(value: object) -> np.ndarray:
@@ -223,8 +224,7 @@ class Mesh:
         s = np.linspace(0, 2 * np.pi, 32, endpoint=False)
         out.append(np.stack([cx + rx * np.cos(s), cy + ry * np.sin(s)], 1))
         w, h = lay.width, lay.height
-        border = [[0, 0], [w / 2, 0], [w, 0], [w, h / 2], [w, h], [w / 2, h], [0, h], [0, h / 2]]
-        out.append(np.array(border, dtype=np.float64))
+        out.append(np.array(BORDER, dtype=np.float64) * [w, h])
         return out
 
     def moved(self, group: str, params: np.ndarray) -> np.ndarray:
@@ -232,23 +232,37 @@ class Mesh:
         sl = self.slices[group]
         return self.points[sl][None] + np.einsum("bk,knd->bnd", params, self.disp[:, sl])
 
-    def fields(self) -> np.ndarray:
-        """(len(BASES), H, W, 2) forward displacement fields in pixels over the portrait."""
+    def fields(self) -> torch.Tensor:
+        """(len(BASES), H, W, 2) forward displacement fields in pixels over the portrait.
+
+        Only the face ring's box is computed: outside it every point is fixed."""
         w, h = self.layout.width, self.layout.height
-        ys = np.arange(0, h + FIELD_STEP, FIELD_STEP, dtype=np.float64)
-        xs = np.arange(0, w + FIELD_STEP, FIELD_STEP, dtype=np.float64)
+        sigma = max(0.75, 0.035 * self.layout.mouth_width / FIELD_STEP)
+        margin = (3 * sigma + 2) * FIELD_STEP
+        inner = self.points[: -len(BORDER)]
+        x0, y0 = (np.floor((inner.min(axis=0) - margin) / FIELD_STEP) * FIELD_STEP).astype(int)
+        x1, y1 = (np.ceil((inner.max(axis=0) + margin) / FIELD_STEP) * FIELD_STEP).astype(int)
+        x0, y0 = max(0, x0), max(0, y0)
+        x1, y1 = (
+            min(w + FIELD_STEP, max(x1, x0 + FIELD_STEP)),
+            min(h + FIELD_STEP, max(y1, y0 + FIELD_STEP)),
+        )
+        ys = np.arange(y0, y1 + 1, FIELD_STEP, dtype=np.float64)
+        xs = np.arange(x0, x1 + 1, FIELD_STEP, dtype=np.float64)
         gx, gy = np.meshgrid(xs, ys)
         values = self.disp.transpose(1, 0, 2).reshape(len(self.points), -1)
         coarse = LinearNDInterpolator(self.points, values, fill_value=0.0)(gx, gy)
-        coarse = coarse.reshape(len(ys), len(xs), len(BASES), 2)
-        sigma = max(0.75, 0.035 * self.layout.mouth_width / FIELD_STEP)
-        coarse = gaussian_filter(coarse, sigma=(sigma, sigma, 0, 0), mode="nearest")
-        # to every pixel (bilinear; coarse sample j*STEP lands on pixel j*STEP)
-        chw = torch.from_numpy(coarse.reshape(len(ys), len(xs), -1).astype(np.float32))
+        coarse = coarse.reshape(len(ys), len(xs), len(BASES) * 2)
+        coarse = gaussian_filter(coarse, sigma=(sigma, sigma, 0), mode="constant")
+        # to every pixel (bilinear; coarse sample j lands on pixel x0 + j * STEP)
+        chw = torch.from_numpy(coarse.astype(np.float32)).permute(2, 0, 1)[None]
         dense = F.interpolate(
-            chw.permute(2, 0, 1)[None],
+            chw,
             size=((len(ys) - 1) * FIELD_STEP + 1, (len(xs) - 1) * FIELD_STEP + 1),
             mode="bilinear",
             align_corners=True,
-        )[0, :, :h, :w]
-        return dense.reshape(len(BASES), 2, h, w).permute(0, 2, 3, 1).contiguous().numpy()
+        )[0]
+        out = torch.zeros(len(BASES) * 2, h, w)
+        rows, cols = min(h, y0 + dense.shape[1]) - y0, min(w, x0 + dense.shape[2]) - x0
+        out[:, y0 : y0 + rows, x0 : x0 + cols] = dense[:, :rows, :cols]
+        return out.view(len(BASES), 2, h, w).permute(0, 2, 3, 1).contiguous()
