@@ -4,6 +4,7 @@ the time to the first piece in this (warm) process and in a fresh one, and the c
 final remux. Runs on CUDA too when torch sees a GPU (RENDER_DEVICE=auto).
 
     .venv/bin/python bench/render.py [--runs 5] [--device auto|cpu|cuda] [--baseline REF]
+                                     [--piecewise]
 
 With --baseline, the `rendering` package of git revision REF (exported to a temporary
 directory) renders the same utterance in a second warm process, its renders interleaved with
@@ -222,12 +223,54 @@ def compare(ref: str, runs: int, wav: Path) -> None:
         shutil.rmtree(baseline_dir, ignore_errors=True)
 
 
+def piecewise_affine(frames: int = 16) -> None:
+    """Per-frame cost of moving the face: scikit-image's PiecewiseAffineTransform (estimated
+    and applied every frame, as a per-frame mesh needs) against this tree's fields."""
+    import numpy as np
+    import torch
+    from PIL import Image
+    from skimage.transform import PiecewiseAffineTransform, warp
+
+    from rendering.backends.lite import Warper, load_portrait
+    from rendering.backends.motion import Motion
+    from rendering.backends.warp import Layout, Mesh
+
+    rgb = load_portrait(IMAGE, 512)
+    layout = Layout.synthetic((0.5, 0.7), 512, 512)
+    mesh = Mesh(layout)
+    rng = np.random.default_rng(1)
+    channels = rng.uniform(0, 1, (frames, mesh.disp.shape[0]))
+    image = np.asarray(Image.fromarray(rgb).convert("L"), dtype=np.float64) / 255
+    start = time.perf_counter()
+    for k in range(frames):
+        moved = mesh.points + np.einsum("k,knd->nd", channels[k], mesh.disp)
+        # output position -> source position
+        transform = PiecewiseAffineTransform.from_estimate(moved, mesh.points)
+        warp(image, transform, order=1)
+    skimage_ms = (time.perf_counter() - start) / frames * 1000
+    warper = Warper(rgb, layout, torch.device("cpu"))
+    shapes = rng.uniform(0, 1, (frames, 4))
+    params = Motion(layout, shapes, 25).params(0, frames)
+    warper.frames(params[:8])
+    start = time.perf_counter()
+    for i in range(0, frames, 8):
+        warper.frames(params[i : i + 8])
+    ours_ms = (time.perf_counter() - start) / frames * 1000
+    print(
+        f"moving the face, 512x512, per frame: skimage PiecewiseAffineTransform (grey only) "
+        f"{skimage_ms:.0f} ms, this tree's fields (Y and UV, mouth painted) {ours_ms:.1f} ms"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     parser.add_argument("--baseline", help="a git revision to compare with, e.g. main")
     parser.add_argument("--serve", help=argparse.SUPPRESS)  # internal: a render process
+    parser.add_argument(
+        "--piecewise", action="store_true", help="also time skimage's piecewise-affine warp"
+    )
     args = parser.parse_args()
     os.environ["RENDER_DEVICE"] = args.device
     if args.serve is not None:
@@ -276,6 +319,8 @@ def main() -> None:
     )
     if args.baseline:
         compare(args.baseline, args.runs, wav)
+    if args.piecewise:
+        piecewise_affine()
 
 
 if __name__ == "__main__":
