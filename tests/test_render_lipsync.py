@@ -19,9 +19,10 @@ from PIL import Image
 
 from chat.audio import pcm_to_wav
 from chat.providers.tts.espeak import EspeakTTS
-from rendering.backends.lite import LiteBackend
+from rendering.backends.lite import LiteBackend, face_layout
 from rendering.backends.phonemes import Phone, espeak_alignment
 from rendering.backends.visemes import from_phones, phone_target
+from rendering.backends.warp import Layout
 from tests.audio import read_wav, resample, write_wav
 from tests.face_mesh import JAW, NOSE, face_box, face_json, find_face, opening
 
@@ -33,6 +34,7 @@ FPS = 25
 # envelope half a second away (a mouth that does not follow this speech) is below 0.
 MIN_CORRELATION = 0.45
 MIN_MARGIN = 0.4
+RINGS = ("mouth_outer", "mouth_inner", "left_eye", "right_eye", "jaw", "nose")
 
 
 def noop(*args: object) -> None:
@@ -238,6 +240,27 @@ def test_phonemes_only_for_the_espeak_speech_they_belong_to(
     assert espeak_alignment(reply_wav, SENTENCES, "en-gb") is None
     other = write_wav(tmp_path / "upload.wav", resample(pcm, rate, 24000), 24000)
     assert espeak_alignment(other, SENTENCES, "en-us") is None
+
+
+GOOD_RING = [[0.4, 0.7], [0.5, 0.68], [0.6, 0.7], [0.5, 0.72]]
+BAD_FACES = [
+    {"version": 1},
+    {"points": {"mouth_outer": [[0.5, 0.7]]}},
+    {"points": "mouth"},
+    {"points": dict.fromkeys(("mouth_outer", "mouth_inner", "jaw"), GOOD_RING)},
+    {"points": dict.fromkeys(RINGS, [[0.5, 0.7], [0.5, float("nan")], [0.6, 0.7]])},
+    {"points": dict.fromkeys(RINGS, [[0.5, 0.7], [0.5, 0.71], [0.5, 0.72]])},
+    {"points": dict.fromkeys(RINGS, [[0.4, 0.7], [1e9, 0.7], [0.6, 0.7]])},
+    {"points": dict.fromkeys(RINGS, [["a", "b"], [0.5, 0.7], [0.6, 0.7]])},
+]
+
+
+@pytest.mark.parametrize("face", BAD_FACES)
+def test_bad_landmarks_are_refused_and_the_mouth_point_used(face: dict) -> None:
+    with pytest.raises((KeyError, TypeError, ValueError)):
+        Layout.from_face(face, 512, 512)
+    layout = face_layout(face, (0.5, 0.7), 512, 512)
+    assert np.allclose(layout.mouth_centre, [256, 358], atol=4)  # around the mouth point
 
 
 def test_unusable_landmarks_fall_back_to_the_mouth_point(tmp_path: Path) -> None:

@@ -136,7 +136,7 @@ class MouthInside:
         alpha *= (gap / 1.5).clamp_(max=1)  # a hairline gap stays the lips' colour
         depth = (torch.minimum(ys - yu, yl - ys) / (0.12 * self.a)).clamp_(0, 1)
         bite = p[:, 6 + BASES.index("bite")].view(batch, 1, 1)
-        teeth_h = torch.minimum(gap * (0.42 + 0.5 * bite), torch.tensor(0.1 * self.a))
+        teeth_h = (gap * (0.42 + 0.5 * bite)).clamp_(max=0.1 * self.a)
         across = 1 - ((xs - self.centre_x).abs() / (0.36 * self.a)).clamp_(0, 1) ** 4
         teeth = (yu + teeth_h - ys + 0.5).clamp_(0, 1) * across
         colour = CAVITY_Y + (CAVITY_DEEP_Y - CAVITY_Y) * depth

@@ -32,6 +32,10 @@ def _points(value: object) -> np.ndarray:
     array = np.asarray(value, dtype=np.float64)
     if array.ndim != 2 or array.shape[1] != 2 or len(array) < 3 or not np.isfinite(array).all():
         raise ValueError("a landmark ring needs at least three [x, y] points")
+    if array.min() < -0.5 or array.max() > 1.5:
+        raise ValueError("landmarks lie far outside the image")
+    if np.ptp(array[:, 0]) <= 0:
+        raise ValueError("a landmark ring has no width")
     return array
 
 
