@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "echoproject.settings")
 
 SENTENCES = ["Bob bought a big map.", "Five fish see you."]
-# (label, phoneme, which occurrence): rest is the first frame, before any sound
+# (label, phoneme, which occurrence): rest is the last frame, in the pause after the speech
 COLUMNS = [
     ("rest", None, 0),
     ("b: closed", "b", 1),
@@ -104,7 +104,7 @@ def main() -> None:
             frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
         draw.text((6, label_h + r * TILE + TILE // 2), name, fill=(0, 0, 0))
         for c, (_, symbol, nth) in enumerate(COLUMNS):
-            index = 0
+            index = len(frames) - 1
             if symbol is not None:
                 phone = [p for p in phones if p.symbol == symbol][nth]
                 index = min(len(frames) - 1, int((phone.start_s + phone.end_s) / 2 * 25))

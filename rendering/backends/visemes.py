@@ -26,7 +26,7 @@ from rendering.backends.phonemes import Phone
 from rendering.media import Speech, loudness
 
 SHAPE_FIELDS = ("open", "spread", "press", "bite")
-REST = np.array([0.04, 0.0, 0.3, 0.0])
+REST = np.zeros(4)  # the portrait's own mouth
 VISEMES = {
     "rest": REST,
     "closed": np.array([0.0, 0.0, 1.0, 0.0]),
