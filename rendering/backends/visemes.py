@@ -3,7 +3,8 @@
 A mouth shape is four numbers (SHAPE_FIELDS): `open` (jaw and lips apart, 0..1), `spread`
 (corners out, lips thin; negative is rounded, corners in), `press` (lips sealed, the rest
 gap closed) and `bite` (lower lip up against the upper teeth). Six visemes are points of that
-space: closed (m b p), rounded (o u w), spread (i e), open (a), teeth (f v) and rest.
+space: closed (m b p), rounded (o u w), spread (i e), open (a), teeth (f v) and rest (the
+portrait's own mouth).
 
 Coarticulation follows the dominance model of Cohen and Massaro: every phone pulls the mouth
 towards its target with a strength that is flat over the phone and falls off smoothly
