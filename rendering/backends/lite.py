@@ -1,10 +1,14 @@
 """The `lite` backend: animates the reference portrait from the speech signal with torch.
 
-The mouth opens with the loudness of each video frame, the eyes blink now and then and the
-head sways slightly; all three are one sampling grid per frame (built directly, not with
-F.affine_grid, which costs several ms a frame), applied with grid_sample to the Y plane and
-the half-size UV planes, so frames come out as I420 for x264 with no colour conversion.
-Warping (a producer thread, torch releases the GIL) overlaps encoding (this thread).
+The mouth takes the shapes of the sounds (visemes.py: from espeak-ng's phonemes when the
+render task found them, else from the audio), moving the face as a mesh over its landmarks
+(warp.py: the avatar's `face` landmarks, or a face laid out around its mouth point); the eyes
+blink, the head sways and breathes (motion.py). All of it is one sampling grid per frame
+(mouth.py: the head's affine built directly, plus the mesh's fields), applied with
+grid_sample to the Y plane and the half-size UV planes, with the inside of the mouth painted
+where the lips part, so frames come out as I420 for x264 with no colour conversion. Warping
+(a producer thread, torch releases the GIL) overlaps encoding (this thread). docs/rendering.md
+describes it with pictures.
 """
 
 from __future__ import annotations
