@@ -291,3 +291,16 @@ def test_render_task_gives_the_renderer_the_phonemes_of_an_espeak_reply(
     assert _espeak_phonemes(other, reply_wav) is None
     settings.TTS_BACKEND = "dashscope"  # type: ignore[attr-defined]
     assert _espeak_phonemes(spoken, reply_wav) is None
+
+
+def count_phones(wav: str) -> int | None:
+    found = espeak_alignment(Path(wav), SENTENCES, "en-us")
+    return None if found is None else len(found)
+
+
+def test_phonemes_are_found_inside_a_celery_pool_process(reply_wav: Path, phones: list) -> None:
+    """Celery's prefork pool processes are daemonic: they may not use multiprocessing."""
+    import billiard
+
+    with billiard.Pool(1) as pool:
+        assert pool.map(count_phones, [str(reply_wav)]) == [len(phones)]

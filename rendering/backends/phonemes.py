@@ -12,14 +12,18 @@ back to visemes from the audio itself. Synthesis runs at about 100× real time.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import logging
-import multiprocessing
+import os
+import pickle
+import select
+import signal
 import threading
+import time
 import wave
 from dataclasses import dataclass
-from multiprocessing.connection import Connection
 from pathlib import Path
 
 import numpy as np
@@ -132,42 +136,58 @@ def _synthesize_here(sentences: list[str], voice: str) -> tuple[list, list, int]
     return chunks, phones, engine.rate
 
 
-def _child(connection: Connection, sentences: list[str], voice: str) -> None:
-    try:
-        connection.send(_synthesize_here(sentences, voice))
-    except BaseException as exc:  # noqa: BLE001 - reported to the parent as a value
-        connection.send(OSError(str(exc)))
-    finally:
-        connection.close()
-
-
 def synthesize(sentences: list[str], voice: str) -> tuple[list[np.ndarray], list[list[Phone]], int]:
     """Each sentence spoken on its own as the offline TTS does: its samples and its phones
     (times from the sentence's start), and the sample rate.
 
     The library keeps state from one text to the next (a voice spoken before changes the
     next one's timing), so each call runs in a forked child that has never spoken: it
-    behaves as the program does, which starts afresh for every sentence (~10 ms to fork)."""
-    context = multiprocessing.get_context("fork")
-    receive, send = context.Pipe(duplex=False)
-    child = context.Process(target=_child, args=(send, sentences, voice), daemon=True)
+    behaves as the program does, which starts afresh (~10 ms to fork). A plain fork, not
+    multiprocessing: a Celery pool process is daemonic and may not start those."""
+    receive, send = os.pipe()
     with Espeak._lock:
-        child.start()
-        send.close()
+        pid = os.fork()
+        if pid == 0:  # the child: speak, hand the result over, leave without clean-up
+            code = 0
+            try:
+                os.close(receive)
+                try:
+                    result: object = _synthesize_here(sentences, voice)
+                except BaseException as exc:  # noqa: BLE001 - reported to the parent
+                    result = OSError(str(exc))
+                with os.fdopen(send, "wb") as out:
+                    out.write(pickle.dumps(result))
+            except BaseException:  # noqa: BLE001 - nothing may escape a forked child
+                code = 1
+            finally:
+                os._exit(code)
+        os.close(send)
         try:
-            if not receive.poll(CHILD_TIMEOUT_S):
-                raise OSError("espeak-ng took too long")
-            result = receive.recv()
-        except EOFError:
-            raise OSError("espeak-ng stopped") from None
+            data = _read_all(receive, time.monotonic() + CHILD_TIMEOUT_S)
         finally:
-            receive.close()
-            if child.is_alive():
-                child.kill()
-            child.join(5)
+            os.close(receive)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+    if not data:
+        raise OSError("espeak-ng stopped or took too long")
+    result = pickle.loads(data)  # noqa: S301 - our own child's output
     if isinstance(result, OSError):
         raise result
     return result
+
+
+def _read_all(fd: int, deadline: float) -> bytes:
+    """Everything the child writes to `fd` until it closes it; b"" past the deadline."""
+    chunks: list[bytes] = []
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            return b""
+        chunk = os.read(fd, 1 << 20)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
 
 
 def read_wav(path: Path) -> tuple[np.ndarray, int] | None:
