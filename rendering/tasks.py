@@ -230,8 +230,8 @@ def _render(
 
 def _espeak_phonemes(message: Message, audio: Path) -> list[Phone] | None:
     """The reply's phonemes with their times when its audio is the offline TTS speaking its
-    text (the render checks it sample by sample), else None: visemes then come from the
-    audio itself."""
+    text (checked against the stored audio by phonemes.espeak_alignment), else None: visemes
+    then come from the audio itself."""
     if settings.TTS_BACKEND != "espeak" or not message.text.strip():
         return None
     session, avatar = message.session, message.session.avatar
