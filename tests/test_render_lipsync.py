@@ -304,3 +304,33 @@ def test_phonemes_are_found_inside_a_celery_pool_process(reply_wav: Path, phones
 
     with billiard.Pool(1) as pool:
         assert pool.map(count_phones, [str(reply_wav)]) == [len(phones)]
+
+
+def vowel(formants: list[float], seconds: float, rate: int = 48_000) -> np.ndarray:
+    """A voiced sound at 120 Hz whose harmonics are loud near `formants`."""
+    t = np.arange(int(seconds * rate)) / rate
+    out = np.zeros_like(t)
+    for k in range(1, 40):
+        f = 120.0 * k
+        gain = sum(np.exp(-(((f - fm) / 120.0) ** 2)) for fm in formants)
+        out += gain * np.sin(2 * np.pi * f * t)
+    return (0.3 * out / np.abs(out).max()).astype(np.float32)
+
+
+def test_audio_alone_tells_rounded_from_spread_and_closes_on_short_gaps() -> None:
+    from rendering.backends.visemes import from_audio
+    from rendering.media import Speech, loudness
+
+    rate = 48_000
+    oo, ee = vowel([300, 700], 0.5), vowel([300, 2300, 3000], 0.5)
+    gap = np.zeros(int(0.08 * rate), np.float32)
+    samples = np.concatenate([oo, gap, ee])
+    speech = Speech(samples)
+    frames = speech.frame_count(FPS)
+    shapes = from_audio(speech, frames, FPS, loudness(speech, FPS, frames))
+    spread = shapes[:, 1]
+    assert spread[4:9].mean() < -0.3  # "oo": rounded
+    assert spread[-8:-3].mean() > 0.3  # "ee": spread
+    middle = int((0.5 + 0.04) * FPS)
+    assert shapes[middle - 1 : middle + 2, 2].max() > 0.4  # the short gap: lips pressed
+    assert shapes[middle - 1 : middle + 2, 0].min() < shapes[4:9, 0].mean()
