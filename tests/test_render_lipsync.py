@@ -224,6 +224,7 @@ def test_phoneme_classes_map_to_the_six_visemes() -> None:
     assert shape("a")[0] == 1  # open
     assert shape("f")[3] == 1 and shape("v")[3] == 1  # teeth
     assert shape("_")[0] < 0.1  # rest
+    assert phone_target("(en)")[1] == 0  # espeak-ng's language switch pulls nowhere
 
 
 def test_phonemes_only_for_the_espeak_speech_they_belong_to(

@@ -49,6 +49,8 @@ def phone_target(symbol: str) -> tuple[np.ndarray, float, float]:
     """Target shape, dominance and fall-off (s) of an espeak-ng phoneme mnemonic (English
     and Mandarin): lips that must close pull hard but only close by, vowels reach further."""
     s = symbol.strip("'`,%=")
+    if s.startswith("("):  # a language switch, "(en)": no sound of its own
+        return REST, 0.0, FALL_S
     if not s or s[0] in "_#":
         return REST, 0.6, FALL_S
     first = s[0]
