@@ -11,7 +11,7 @@ import os
 from typing import Any
 
 from celery import Celery
-from celery.signals import celeryd_after_setup
+from celery.signals import celeryd_after_setup, setup_logging
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "echoproject.settings")
 
@@ -38,3 +38,14 @@ def add_own_render_queue(sender: str, instance: Any, **kwargs: Any) -> None:
     queues = instance.app.amqp.queues
     if RENDER_QUEUE in queues.consume_from:
         queues.select_add(worker_queue(sender))
+
+
+@setup_logging.connect
+def log_like_the_web_process(**kwargs: Any) -> None:
+    """Workers and beat log through the settings' LOGGING (LOG_FORMAT, the session and turn
+    ids of echoproject.logs) instead of Celery's own format."""
+    from logging.config import dictConfig
+
+    from django.conf import settings
+
+    dictConfig(settings.LOGGING)

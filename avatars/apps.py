@@ -6,3 +6,6 @@ from django.apps import AppConfig
 class AvatarsConfig(AppConfig):
     name = "avatars"
     verbose_name = "Avatar characters"
+
+    def ready(self) -> None:
+        from avatars import voices  # noqa: F401 - connects the cloned voices' signal handlers

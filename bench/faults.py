@@ -30,7 +30,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from stack import Stack  # noqa: E402
 
-from tests.procs import free_port  # noqa: E402
+from tests.procs import RedisServer  # noqa: E402
 
 UTTERANCE = "what is the weather like in london today"
 
@@ -96,44 +96,6 @@ async def upload_turn(session: Session, audio: bytes) -> float:
     return time.monotonic() - started
 
 
-class Redis:
-    def __init__(self, work: Path) -> None:
-        self.port, self.work = free_port(), work
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc = self.start()
-
-    def start(self) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
-            + ["--appendonly", "no", "--dir", str(self.work)],
-            stdout=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 20
-        while not self.answers():
-            if time.monotonic() > deadline:
-                raise RuntimeError("redis-server did not start")
-            time.sleep(0.05)
-        return proc
-
-    def client(self) -> Any:
-        import redis
-
-        return redis.Redis.from_url(self.url, socket_timeout=2, socket_connect_timeout=1)
-
-    def answers(self) -> bool:
-        import redis
-
-        try:
-            return bool(self.client().ping())
-        except redis.RedisError:
-            return False
-
-    def restart(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
-        self.proc = self.start()
-
-
 def report(name: str, sessions: list[Session], answered_s: float, **figures: float) -> None:
     closed = [s.closed for s in sessions if s.closed is not None]
     extra = "".join(f", {k} {v:.2f} s" for k, v in figures.items())
@@ -143,7 +105,7 @@ def report(name: str, sessions: list[Session], answered_s: float, **figures: flo
     )
 
 
-async def redis_faults(stack: Stack, server: Redis, url: str, count: int) -> None:
+async def redis_faults(stack: Stack, server: RedisServer, url: str, count: int) -> None:
     from tests.audio import speak
 
     audio = speak(UTTERANCE).read_bytes()
@@ -154,12 +116,12 @@ async def redis_faults(stack: Stack, server: Redis, url: str, count: int) -> Non
     server.client().client_kill_filter(_type="normal", skipme=True)
     report("CLIENT KILL TYPE normal", sessions, await all_answer(sessions, 1))
 
-    os.kill(server.proc.pid, signal.SIGSTOP)
+    server.proc.signal(signal.SIGSTOP)
     paused = time.monotonic()
     await asyncio.sleep(1)
     during = await all_answer(sessions, 20)  # the session's own path needs no Redis
     await asyncio.sleep(max(0.0, 5 - (time.monotonic() - paused)))
-    os.kill(server.proc.pid, signal.SIGCONT)
+    server.proc.signal(signal.SIGCONT)
     report(
         "5 s SIGSTOP of redis-server",
         sessions,
@@ -234,7 +196,7 @@ def main() -> None:
     parser.add_argument("--orphans", type=int, default=20)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="echo-bench-faults-"))
-    server = Redis(work)
+    server = RedisServer(work, work)
     stack = Stack(redis_db=0, REDIS_URL=server.url, RENDER_HEARTBEAT_S="1")
     try:
         stack.prepare()
@@ -245,8 +207,7 @@ def main() -> None:
         asyncio.run(killed_web(stack, args.orphans))
     finally:
         stack.close()
-        server.proc.terminate()
-        server.proc.wait(10)
+        server.stop()
         subprocess.run(["rm", "-rf", str(work)], check=False)
     print(f"machine: {os.cpu_count()} CPUs")
 

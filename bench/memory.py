@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -24,33 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from stack import Stack  # noqa: E402
 
-
-def rss_mb(pid: int) -> float:
-    """Resident set size of `pid` in MB, from /proc."""
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS")
-
-
-def cpu_s(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def settle(pid: int, quiet_s: float = 3.0, limit_s: float = 60.0) -> None:
-    """Wait until the process spent under 2 % of a core over `quiet_s`: its sessions have
-    ended and it has been idle a moment, as a server is between waves of users."""
-    deadline = time.monotonic() + limit_s
-    before = cpu_s(pid)
-    while time.monotonic() < deadline:
-        time.sleep(quiet_s)
-        now = cpu_s(pid)
-        if now - before < 0.02 * quiet_s:
-            return
-        before = now
+from tests.procs import cpu_s, rss_mb, wait_idle  # noqa: E402
 
 
 class Counted:
@@ -137,13 +110,13 @@ def main() -> None:
         stack.prepare()
         server, port = stack.start_web()
         url = f"ws://127.0.0.1:{port}/ws/chat/"
-        settle(server.pid)
+        wait_idle(server.pid)
         rows = [{"round": 0, "sessions": 0, "rss_mb": round(rss_mb(server.pid), 1)}]
         print(json.dumps(rows[0]), flush=True)
         for number in range(1, args.rounds + 1):
             started = time.monotonic()
             errors = asyncio.run(round_of(url, args.sessions, args.parallel))
-            settle(server.pid)
+            wait_idle(server.pid)
             row = {
                 "round": number,
                 "sessions": number * args.sessions,

@@ -41,9 +41,10 @@ class ChatSessionAdmin(ReadOnlyAdmin):
         "last_activity_at",
         "ended_at",
         "end_reason",
+        "user",
     ]
     list_filter = ["mode", "end_reason", "avatar"]
-    search_fields = ["id", "messages__text"]
+    search_fields = ["id", "messages__text", "user__username"]
     date_hierarchy = "started_at"
     inlines = [MessageInline]
     exclude = ["token"]
@@ -58,3 +59,21 @@ class MessageAdmin(ReadOnlyAdmin):
     @admin.display(description="Text")
     def short_text(self, message: Message) -> str:
         return message.text[:80]
+
+
+def _with_health_page(get_urls: Any) -> Any:
+    """The admin's URLs with "Service health" (chat.health_page) among them, wherever the
+    admin is mounted, behind the admin's own login and staff check."""
+
+    def urls() -> list:
+        from django.urls import path
+
+        from chat.health_page import service_health
+
+        page = path("health/", admin.site.admin_view(service_health), name="service_health")
+        return [page, *get_urls()]
+
+    return urls
+
+
+admin.site.get_urls = _with_health_page(admin.site.get_urls)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
+import os
 import wave
 
 from chat.providers.base import SPEECH_RATE
@@ -80,3 +82,12 @@ def decode_upload(data: bytes, max_seconds: float) -> bytes:
     if int(np.abs(np.frombuffer(pcm, dtype=np.int16)).max()) < SILENCE_PEAK:
         raise AudioInvalid("the audio is silent")
     return pcm
+
+
+def lower_priority(nice: int) -> None:
+    """The initializer of the process that decodes a web process's uploads: yield the CPU to
+    the event loop that spawned it, as the workers do (WORKER_NICE). Kept here, importable
+    without Django's set-up, because the process is spawned."""
+    if nice:
+        with contextlib.suppress(OSError):
+            os.nice(nice)

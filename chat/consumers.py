@@ -9,10 +9,10 @@ group of the session and are forwarded unchanged.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import logging
 import time
+import uuid
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -22,7 +22,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
 from avatars.models import Avatar
-from chat import ice, presence, protocol, sessions
+from chat import access, ice, limits, observe, presence, protocol, sessions
 from chat.layers import RETRYABLE as REDIS_DOWN
 from chat.models import ChatSession, EndReason
 from chat.protocol import (
@@ -36,12 +36,22 @@ from chat.protocol import (
     parse,
     scrub,
 )
+from chat.providers.registry import asr_languages
 from chat.reply import Reply, ReplyRequest, WebRTCSink, WebSocketSink
+from echoproject import logs, metrics
 
 log = logging.getLogger(__name__)
 REALTIME_TYPES = {"offer", "ice_candidate", "ready", "asr_start", "asr_stop"}
 URL_FIELDS = {"tts_complete": "audio_url", "video_segment": "url", "video_ready": "video_url"}
 LANGUAGE_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ-")
+
+
+def _active_user(user_id: int | None) -> bool:
+    from django.contrib.auth import get_user_model
+
+    return (
+        user_id is not None and get_user_model().objects.filter(pk=user_id, is_active=True).exists()
+    )
 
 
 def _find_avatar(slug: str | None) -> Avatar | None:
@@ -51,6 +61,7 @@ def _find_avatar(slug: str | None) -> Avatar | None:
 
 class ChatConsumer(AsyncWebsocketConsumer):
     session: ChatSession | None = None
+    counted_as: tuple[str, str] | None = None  # (mode, transport) in echo_sessions_open
     _ending: asyncio.Future[None] | None = None  # the end on disconnect, once started
 
     async def dispatch(self, message: dict[str, Any]) -> None:
@@ -84,16 +95,39 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.limiter = RateLimiter(settings.RATE_LIMIT_MESSAGES, settings.RATE_LIMIT_WINDOW_S)
         self.last_seen = time.monotonic()
         self.last_touch = self.last_seen
+        self.subject = ""  # whose usage the session counts against (chat.limits)
+        self.limit_member = uuid.uuid4().hex
         params = {k: v[-1] for k, v in parse_qs(self.scope["query_string"].decode()).items()}
         await self.accept()
-        if settings.CHAT_REQUIRE_TOKEN and not self._token_ok(params.get("token", "")):
-            await self._refuse(Err.AUTH, "a valid token is required", Close.AUTH)
+        ticket: access.Ticket | None = None
+        if params.get("ticket"):
+            try:
+                ticket = access.check(
+                    params["ticket"], avatar=params.get("avatar"), mode=params.get("mode")
+                )
+                if settings.CHAT_ACCESS == access.LOGIN and not await database_sync_to_async(
+                    _active_user
+                )(ticket.user_id):
+                    raise access.TicketRefused("the ticket is not for a user who may log in")
+            except access.TicketRefused as exc:
+                await self._refuse(Err.AUTH, exc.message, Close.AUTH, retryable=exc.retryable)
+                return
+        elif settings.CHAT_ACCESS == access.TOKEN:
+            if not access.token_ok(params.get("token", "")):
+                await self._refuse(Err.AUTH, "a valid token or ticket is required", Close.AUTH)
+                return
+        elif access.ticket_required():
+            await self._refuse(
+                Err.AUTH, "a ticket is required: POST /api/tickets", Close.AUTH, retryable=True
+            )
             return
-        mode = params.get("mode", "voice")
+        mode = params.get("mode") or (ticket.mode if ticket else "voice")
         if mode not in ("voice", "video"):
             await self._refuse(Err.MODE_INVALID, "mode must be voice or video", Close.BAD_REQUEST)
             return
-        avatar = await database_sync_to_async(_find_avatar)(params.get("avatar"))
+        avatar = await database_sync_to_async(_find_avatar)(
+            params.get("avatar") or (ticket.avatar if ticket else None)
+        )
         if avatar is None:
             await self._refuse(Err.AVATAR_NOT_FOUND, "no such avatar", Close.NOT_FOUND)
             return
@@ -104,12 +138,29 @@ class ChatConsumer(AsyncWebsocketConsumer):
             )
             return
         self.avatar = avatar
+        self.subject = limits.subject(ticket.user_id if ticket else None, self._client_ip())
+        try:
+            if settings.LIMIT_SESSIONS:
+                await asyncio.to_thread(limits.open_session, self.subject, self.limit_member)
+        except limits.Limited as exc:
+            await self._refuse(
+                Err.RATE_LIMITED, exc.message, Close.RATE_LIMITED, retryable=True, **exc.fields()
+            )
+            return
+        except REDIS_DOWN:
+            log.warning("limits: Redis unreachable, session of %s not counted", self.subject)
         web_process = await presence.announce()  # its sessions end soon after it dies
+        client_info = self._client_info()
+        if ticket is not None:
+            client_info["ticket"] = ticket.nonce
         self.session = await database_sync_to_async(sessions.open_session)(
-            avatar, mode, language, self._client_info(), web_process
+            avatar, mode, language, client_info, web_process, ticket.user_id if ticket else None
         )
         self.session_id = str(self.session.id)
         self.language = language
+        metrics.session_opened(mode)
+        self.counted_as = (mode, "websocket")
+        logs.bind(self.session_id)  # every line this consumer logs names its session
         try:
             await self.channel_layer.group_add(self.session.group, self.channel_name)
         except REDIS_DOWN:  # past the layer's retries: no events could reach this session
@@ -120,13 +171,16 @@ class ChatConsumer(AsyncWebsocketConsumer):
         await self.send_event(self._init_frame())
         self._spawn(self._watch_idle())
 
-    def _token_ok(self, token: str) -> bool:
-        return any(hmac.compare_digest(token.encode(), t.encode()) for t in settings.CHAT_TOKENS)
-
-    async def _refuse(self, code: Err, message: str, close_code: int) -> None:
+    async def _refuse(
+        self, code: Err, message: str, close_code: int, *, retryable: bool = False, **extra: Any
+    ) -> None:
         self.ended = True
-        await self.send_event(error(code, message))
+        await self.send_event(error(code, message, retryable=retryable, **extra))
         await self.close(code=close_code)
+
+    def _client_ip(self) -> str:
+        client = self.scope.get("client") or ["", 0]
+        return str(client[0])
 
     def _client_info(self) -> dict[str, Any]:
         headers = {
@@ -176,6 +230,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 "max_upload_bytes": settings.MAX_UPLOAD_BYTES,
                 "max_audio_seconds": settings.MAX_AUDIO_SECONDS,
                 "audio_formats": AUDIO_FORMATS,
+                "asr_languages": asr_languages(),
                 "providers": {
                     "asr": settings.ASR_BACKEND,
                     "llm": settings.LLM_BACKEND,
@@ -210,9 +265,15 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self.send(text_data=scrub(data))
 
     async def send_error(
-        self, code: str, message: str, *, retryable: bool = False, ref: str | None = None
+        self,
+        code: str,
+        message: str,
+        *,
+        retryable: bool = False,
+        ref: str | None = None,
+        **extra: Any,
     ) -> None:
-        await self.send_event(error(code, message, retryable=retryable, ref=ref))
+        await self.send_event(error(code, message, retryable=retryable, ref=ref, **extra))
 
     async def session_event(self, message: dict[str, Any]) -> None:
         """An event published to the session's group by a task or worker."""
@@ -235,6 +296,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if self.last_seen - self.last_touch > sessions.touch_interval_s():
             self.last_touch = self.last_seen
             self._spawn(database_sync_to_async(sessions.touch)(self.session_id))
+            if settings.LIMIT_SESSIONS:
+                self._spawn(
+                    asyncio.to_thread(limits.renew_session, self.subject, self.limit_member)
+                )
         ref = None
         try:
             if bytes_data is not None:
@@ -279,10 +344,28 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 ref=ref,
             )
             return
+        if not await self.admit_turn(ref, audio=False):
+            return
         user = await database_sync_to_async(sessions.add_message)(
             self.session_id, sessions.USER, text
         )
         await self.start_reply(user.id, ref)
+
+    async def admit_turn(self, ref: str | None, *, audio: bool) -> bool:
+        """Whether a new user turn is within the limits of the session's subject (it is then
+        counted); if not the client gets ERR_RATE_LIMITED with `limit` and `retry_after`."""
+        if not limits.turn_limited():
+            return True
+        try:
+            await asyncio.to_thread(
+                limits.admit_turn, self.subject, audio=audio, video=self.session.mode == "video"
+            )
+        except limits.Limited as exc:
+            await self.send_error(
+                Err.RATE_LIMITED, exc.message, retryable=True, ref=ref, **exc.fields()
+            )
+            return False
+        return True
 
     async def on_interrupt(self, message: dict[str, Any], ref: str | None) -> None:
         if not await self.interrupt():
@@ -318,11 +401,25 @@ class ChatConsumer(AsyncWebsocketConsumer):
             return WebSocketSink(lambda pcm: self.send(bytes_data=pcm))
         return None
 
-    async def start_reply(self, user_message_id: int, ref: str | None) -> None:
+    async def start_reply(
+        self,
+        user_message_id: int,
+        ref: str | None,
+        *,
+        kind: str = "text",
+        asr_ms: float | None = None,
+    ) -> None:
         """Answer a user message; a reply still running is superseded (cancelled) first."""
         await self.interrupt()
         request = ReplyRequest.of(
-            self.session_id, self.session.mode, self.language, self.avatar, user_message_id, ref
+            self.session_id,
+            self.session.mode,
+            self.language,
+            self.avatar,
+            user_message_id,
+            ref,
+            kind=kind,
+            asr_ms=asr_ms,
         )
         self.reply = Reply(request, self.send_event, self.reply_sink())
         self.reply_task = self._spawn(self._run_reply(self.reply))
@@ -359,15 +456,25 @@ class ChatConsumer(AsyncWebsocketConsumer):
             # local: defers aiortc (heavy) until a session first negotiates or streams audio
             from chat.realtime.handler import RealtimeHandler
 
-            self.realtime = RealtimeHandler(self)
+            self.realtime = RealtimeHandler(self, on_transport=self._transport_changed)
         return self.realtime
 
+    def _transport_changed(self, transport: str) -> None:
+        if self.counted_as is not None and self.counted_as[1] != transport:
+            mode, old = self.counted_as
+            metrics.session_moved(mode, old, transport)
+            self.counted_as = (mode, transport)
+
     async def user_utterance(self, text: str, utterance_id: str) -> None:
+        asr_ms = observe.take_asr_ms()
+        timings = {"asr_ms": round(asr_ms, 1)} if asr_ms is not None else {}
+        if not await self.admit_turn(None, audio=True):
+            return
         user = await database_sync_to_async(sessions.add_message)(
-            self.session_id, sessions.USER, text
+            self.session_id, sessions.USER, text, timings=timings
         )
         await self.send_event(protocol.asr_result(text, utterance_id, user.id, None))
-        await self.start_reply(user.id, None)
+        await self.start_reply(user.id, None, kind="realtime", asr_ms=asr_ms)
 
     async def barge_in(self) -> None:
         if self.reply_task is not None and not self.reply_task.done():
@@ -404,7 +511,17 @@ class ChatConsumer(AsyncWebsocketConsumer):
         await asyncio.gather(*(t for t in self.tasks if t is not current), return_exceptions=True)
         if self.realtime is not None:
             await self.realtime.close()
+        if self.counted_as is not None:
+            metrics.session_closed(*self.counted_as)
+            self.counted_as = None
         await self.channel_layer.group_discard(self.session.group, self.channel_name)
+        try:
+            if settings.LIMIT_SESSIONS:
+                await asyncio.to_thread(limits.close_session, self.subject, self.limit_member)
+        except REDIS_DOWN:  # it falls out of the count when it is no longer renewed
+            log.warning(
+                "limits: Redis unreachable, end of a session of %s not counted", self.subject
+            )
         files_deleted = await database_sync_to_async(sessions.end_session)(self.session_id, reason)
         if notify:
             await self.send_event(

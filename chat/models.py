@@ -6,6 +6,7 @@ import secrets
 import uuid
 from typing import Any
 
+from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
@@ -44,6 +45,15 @@ class ChatSession(models.Model):
     # the web process holding the WebSocket (chat.presence): the cleanup ends the session
     # soon after that process dies
     web_process = models.CharField(max_length=64, blank=True, editable=False)
+    # the logged-in user whose ticket opened the session (chat.access); their history goes
+    # with them when the account is deleted
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="chat_sessions",
+    )
 
     class Meta:
         ordering = ["-started_at"]

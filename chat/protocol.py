@@ -48,6 +48,7 @@ class Close:
     AUTH = 4401
     NOT_FOUND = 4404  # unknown avatar
     TIMEOUT = 4408  # idle past SESSION_TIMEOUT_S
+    RATE_LIMITED = 4429  # a limit of the client's address or user (chat.limits) is reached
     UNAVAILABLE = 4503  # a service the session needs (Redis) is unreachable at the handshake
     ABNORMAL = 1006  # the connection was lost without a close frame
 
@@ -194,16 +195,23 @@ def event(kind: str, ref: str | None = None, /, **fields: Any) -> dict[str, Any]
 
 
 def error(
-    code: Err | str, message: str, *, retryable: bool = False, ref: str | None = None
+    code: Err | str,
+    message: str,
+    *,
+    retryable: bool = False,
+    ref: str | None = None,
+    **extra: Any,
 ) -> dict[str, Any]:
     """The `error` event; unlike the others it always carries `ref` (null without one). A code
-    outside `Err` is a bug of ours and fails here rather than reaching a client."""
+    outside `Err` is a bug of ours and fails here rather than reaching a client. `extra`: fields
+    of particular codes (`retry_after`, `limit` of ERR_RATE_LIMITED)."""
     return {
         "type": "error",
         "code": str(Err(code)),
         "message": message,
         "retryable": retryable,
         "ref": ref,
+        **extra,
     }
 
 

@@ -19,17 +19,20 @@ from typing import Any, Protocol
 
 from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
+from django.conf import settings
 
 from avatars.models import Avatar
-from chat import protocol, sessions, video
+from avatars.voices import speaking_voice
+from chat import limits, observe, protocol, sessions, video
 from chat.audio import pcm_duration_ms, pcm_to_wav
 from chat.models import Message
 from chat.protocol import Err, scrub
-from chat.providers.base import ChatTurn, ProviderError
+from chat.providers.base import ChatTurn, ProviderError, Voice
 from chat.providers.registry import get_llm, get_tts
 from chat.providers.text import split_sentences, stream_sentences
 from chat.storage import public_url, save_for_session
 from chat.video import RenderBusy
+from echoproject import logs, metrics
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +79,7 @@ class WebRTCSink:
         await self._speaker.write(pcm, sample_rate)
 
     async def finish(self) -> None:
+        self._speaker.end_of_speech()
         await self._speaker.drained()
 
     def clear(self) -> None:
@@ -87,13 +91,17 @@ class ReplyRequest:
     session_id: str
     mode: str
     language: str
-    voice: str
+    voice: Voice | str
     persona: str
     avatar_name: str
     greeting: str
     user_message_id: int
     ref: str | None = None
     speak: bool = True  # False: text only (the upload chain speaks in its own step)
+    # text, realtime or upload: what operators see of the turn (the upload chain records its
+    # own turns, over its steps)
+    kind: str = "text"
+    asr_ms: float | None = None  # a realtime utterance's recognition, for the turn's record
 
     @classmethod
     def of(
@@ -106,6 +114,8 @@ class ReplyRequest:
         ref: str | None,
         *,
         speak: bool = True,
+        kind: str = "text",
+        asr_ms: float | None = None,
     ) -> ReplyRequest:
         """The one place that reads a reply's voice and persona off the avatar (a session whose
         avatar was deleted keeps replying, with the defaults)."""
@@ -113,13 +123,15 @@ class ReplyRequest:
             session_id=session_id,
             mode=mode,
             language=language,
-            voice=avatar.voice if avatar else "",
+            voice=speaking_voice(avatar),
             persona=avatar.persona if avatar else "",
             avatar_name=avatar.name if avatar else "",
             greeting=avatar.greeting if avatar else "",
             user_message_id=user_message_id,
             ref=ref,
             speak=speak,
+            kind=kind,
+            asr_ms=asr_ms,
         )
 
 
@@ -137,6 +149,7 @@ class Reply:
         self.timings: dict[str, float] = {}
         self._started = time.perf_counter()
         self._task: asyncio.Task[Any] | None = None
+        self._counted = 0  # reply characters counted against the limits (chat.limits)
 
     async def send(self, event: dict[str, Any]) -> None:
         await self._send(event)
@@ -147,6 +160,7 @@ class Reply:
     async def run(self) -> None:
         request = self.request
         self._task = asyncio.current_task()
+        logs.bind(request.session_id, request.user_message_id)
         if self.message is None:  # else a redelivered upload step produces it again
             self.message = await database_sync_to_async(sessions.add_message)(
                 request.session_id, sessions.ASSISTANT, reply_to_id=request.user_message_id
@@ -170,6 +184,8 @@ class Reply:
             finally:
                 sentences.put_nowait(None)
             self._mark("llm_done_ms")
+            if settings.LIMIT_REPLY_CHARS_PER_DAY:  # counted before the client hears of it,
+                await self._count_reply()  # so that its next turn is checked against it
             await self.send(
                 protocol.text_response(
                     self.text, self.message.id, request.user_message_id, request.ref
@@ -184,7 +200,31 @@ class Reply:
             await asyncio.shield(self._interrupted())
             raise
         finally:
+            self._record()
             await asyncio.shield(self._save())
+            await asyncio.shield(self._count_reply())  # what the LLM produced is spent
+
+    async def _count_reply(self) -> None:
+        """Count the reply's characters against the daily limit of its subject, once."""
+        counted, self._counted = self._counted, len(self.text)
+        if len(self.text) > counted:
+            await database_sync_to_async(limits.add_for_session)(
+                limits.REPLY, self.request.session_id, len(self.text) - counted
+            )
+
+    def _record(self) -> None:
+        """The turn's log line and metrics (an upload's are recorded by its chain)."""
+        request = self.request
+        if request.kind == "upload" or self.message is None:
+            return
+        timings = {} if request.asr_ms is None else {"asr_ms": request.asr_ms}
+        observe.record_turn(
+            request.session_id,
+            request.user_message_id,
+            request.kind,
+            {**timings, **self.timings},
+            self.message.error_code,
+        )
 
     async def _timed(self, items: AsyncIterator[Any], key: str) -> AsyncIterator[Any]:
         """Pass items through, adding the time spent waiting for the provider to timings[key]
@@ -242,12 +282,16 @@ class Reply:
         pcm = bytearray()
         try:
             async for sentence in sentences:
+                asked = time.perf_counter()
                 chunks = self._timed(
                     tts.stream(sentence, request.voice, request.language), "tts_ms"
                 )
                 async for chunk in chunks:
                     self._check_cancelled()
                     if not self.speaking:
+                        # the provider's own time to the first audio of the reply
+                        waited = (time.perf_counter() - asked) * 1000
+                        self.timings.setdefault("tts_first_chunk_ms", round(waited, 1))
                         await self._start_speech(tts.sample_rate)
                     pcm.extend(chunk)
                     if self.sink is not None:
@@ -307,6 +351,8 @@ class Reply:
             await self._fail(Err.BUSY, str(exc), True)
 
     async def _fail(self, code: str, message: str, retryable: bool) -> None:
+        if code != Err.BUSY:
+            metrics.provider_error(code)
         if self.message is not None and not self.message.error_code:
             self.message.error_code = str(code)
             self.message.error_message = message

@@ -26,15 +26,22 @@ log = logging.getLogger(__name__)
 
 
 def open_session(
-    avatar: Avatar, mode: str, language: str, client_info: dict[str, Any], web_process: str = ""
+    avatar: Avatar,
+    mode: str,
+    language: str,
+    client_info: dict[str, Any],
+    web_process: str = "",
+    user_id: int | None = None,
 ) -> ChatSession:
-    """`web_process`: the announced process holding the WebSocket (chat.presence)."""
+    """`web_process`: the announced process holding the WebSocket (chat.presence); `user_id`:
+    the logged-in user of the session's ticket (chat.access)."""
     return ChatSession.objects.create(
         avatar=avatar,
         mode=mode,
         language=language,
         client_info=client_info,
         web_process=web_process,
+        user_id=user_id,
     )
 
 
@@ -90,7 +97,15 @@ def end_session(session_id: uuid.UUID | str, reason: EndReason | str) -> int:
     if deleted:  # one UPDATE: the row may be gone meanwhile (history purged)
         rows.update(files_deleted=F("files_deleted") + deleted)
     total = rows.values_list("files_deleted", flat=True).first()
+    if settings.SESSION_RETENTION == "end":
+        forget(session_id)
     return deleted if total is None else total
+
+
+def forget(session_id: uuid.UUID | str) -> None:
+    """Delete the history of an ended session (SESSION_RETENTION=end): its row and messages.
+    A task still running then finds nothing and stops; a file it writes is deleted at once."""
+    ChatSession.objects.filter(pk=session_id, ended_at__isnull=False).delete()
 
 
 def idle_sessions(now: Any = None) -> list[uuid.UUID]:

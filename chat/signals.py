@@ -11,12 +11,13 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from celery.signals import task_failure, task_prerun, task_retry, task_success
+from celery.signals import task_failure, task_postrun, task_prerun, task_retry, task_success
 
 from chat import deliveries, protocol
 from chat.events import publish_sync
 from chat.models import Message, Role
 from chat.tasks import fail_step
+from echoproject import logs
 
 log = logging.getLogger(__name__)
 
@@ -121,3 +122,9 @@ def on_failure(sender: Any = None, exception: BaseException | None = None, **kwa
 @task_retry.connect
 def on_retry(sender: Any = None, request: Any = None, **kwargs: Any) -> None:
     _publish(sender, "retrying", request)
+
+
+@task_postrun.connect
+def forget_turn(**kwargs: Any) -> None:
+    """The next task this process runs logs without the ids of this one's turn."""
+    logs.unbind()

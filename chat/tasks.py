@@ -25,13 +25,14 @@ from celery import Task, shared_task
 from celery.exceptions import Ignore
 from django.core.files.storage import default_storage
 
-from chat import deliveries, protocol, sessions
+from chat import deliveries, observe, protocol, sessions
 from chat.events import publish, publish_sync, run_sync
 from chat.models import Message, Role
 from chat.protocol import Err, error
 from chat.providers.base import ProviderError
 from chat.providers.registry import get_asr
 from chat.reply import Reply, ReplyRequest
+from echoproject import logs, metrics
 
 log = logging.getLogger(__name__)
 
@@ -55,15 +56,16 @@ def cleanup_sessions() -> dict[str, int]:
 
 
 def _load(message_id: int) -> Message:
-    message = Message.objects.select_related("session__avatar").get(pk=message_id)
-    if message.session.is_ended:
-        raise Ignore()  # the session ended while this waited in the queue
+    message = Message.objects.select_related("session__avatar").filter(pk=message_id).first()
+    if message is None or message.session.is_ended:
+        raise Ignore()  # the session ended (its history maybe deleted) while this waited
     return message
 
 
 def _begin(task: Task, step: str, message_id: int, session_id: str, ref: str | None) -> Message:
     """The step's message; a delivery past the bound fails the step instead of running it."""
     message = _load(message_id)
+    logs.bind(session_id, turn_of(message))
     number = deliveries.delivery(task.request)
     if deliveries.exhausted(number):
         from chat.signals import publish_progress  # local: chat.signals imports this module
@@ -79,6 +81,25 @@ def _begin(task: Task, step: str, message_id: int, session_id: str, ref: str | N
         )
         raise Ignore()
     return message
+
+
+def turn_of(message: Message) -> int:
+    """The turn's id: its user message's (a reply names the message it answers)."""
+    if message.role == Role.ASSISTANT and message.reply_to_id:
+        return message.reply_to_id
+    return message.id
+
+
+def record_upload_turn(session_id: str, turn_id: int) -> None:
+    """The upload turn is over (done or failed): its log line and metrics, from what its
+    messages recorded."""
+    user = Message.objects.filter(pk=turn_id).first()
+    if user is None:
+        return
+    reply = Message.objects.filter(reply_to=user, role=Role.ASSISTANT).order_by("id").last()
+    timings = {**user.timings, **(reply.timings if reply is not None else {})}
+    code = user.error_code or (reply.error_code if reply is not None else "")
+    observe.record_turn(session_id, turn_id, "upload", timings, code)
 
 
 def step_message(step: str, message_id: int) -> Message | None:
@@ -110,6 +131,8 @@ def fail_step(
         message.save(update_fields=["error_code", "error_message"])
     publish_sync(session_id, error(code, text, retryable=retryable, ref=ref))
     sessions.finish_turn(session_id, task_id)
+    if message is not None:
+        record_upload_turn(session_id, turn_of(message))
 
 
 def _publish_once(name: str, session_id: str, event: dict[str, Any]) -> None:
@@ -123,12 +146,14 @@ def _publish_once(name: str, session_id: str, event: dict[str, Any]) -> None:
 
 def _fail(task: Task, message: Message, exc: ProviderError, ref: str | None) -> None:
     """Retry a retryable failure with backoff; otherwise report it and stop the chain."""
+    metrics.provider_error(exc.code)
     if exc.retryable and task.request.retries < len(RETRY_BACKOFF_S):
         raise task.retry(countdown=RETRY_BACKOFF_S[task.request.retries], exc=exc)
     message.error_code, message.error_message = exc.code, exc.message
     message.save(update_fields=["error_code", "error_message"])
     publish_sync(message.session_id, error(exc.code, exc.message, retryable=exc.retryable, ref=ref))
     sessions.finish_turn(message.session_id, task.request.id)
+    record_upload_turn(str(message.session_id), message.id)
     raise Ignore()
 
 
@@ -140,12 +165,22 @@ def _local_copy(name: str) -> str:
 
 
 @shared_task(**STEP, max_retries=len(RETRY_BACKOFF_S))
-def turn_transcribe(self: Task, message_id: int, *, session_id: str, ref: str | None = None) -> int:
+def turn_transcribe(
+    self: Task,
+    message_id: int,
+    *,
+    session_id: str,
+    ref: str | None = None,
+    sent_at: float | None = None,
+) -> int:
+    """`sent_at`: when the upload's chain was sent (time.time()), for the queue wait."""
     message = _begin(self, "transcribe", message_id, session_id, ref)
     if message.error_code:  # a lost run already failed the turn and told the client
         sessions.finish_turn(session_id, self.request.id)
         raise Ignore()
     if not message.text:  # else a lost run recognised and stored it already
+        if sent_at is not None and "queue_ms" not in message.timings:
+            message.add_timing("queue_ms", max(0.0, time.time() - sent_at) * 1000)
         step_started = time.perf_counter()
         path = _local_copy(message.audio)
         try:
@@ -167,6 +202,7 @@ def turn_transcribe(self: Task, message_id: int, *, session_id: str, ref: str | 
     if message.error_code:
         publish_sync(session_id, error(message.error_code, message.error_message, ref=ref))
         sessions.finish_turn(session_id, self.request.id)
+        record_upload_turn(session_id, message.id)
         raise Ignore()
     event = protocol.asr_result(message.text, f"upload-{message.id}", message.id, ref)
     _publish_once(f"asr_result:{message.id}", session_id, event)
@@ -178,7 +214,14 @@ def _request(
 ) -> ReplyRequest:
     session, avatar = message.session, message.session.avatar
     return ReplyRequest.of(
-        str(session.id), session.mode, session.language, avatar, user_message_id, ref, speak=speak
+        str(session.id),
+        session.mode,
+        session.language,
+        avatar,
+        user_message_id,
+        ref,
+        speak=speak,
+        kind="upload",
     )
 
 
@@ -220,6 +263,7 @@ def turn_reply(self: Task, user_message_id: int, *, session_id: str, ref: str | 
     message.save(update_fields=["timings"])
     if message.error_code:
         sessions.finish_turn(session_id, self.request.id)
+        record_upload_turn(session_id, user.id)
         raise Ignore()
     return message.id
 
@@ -254,4 +298,5 @@ def turn_synthesize(
     message.add_timing("synthesize_step_ms", (time.perf_counter() - started) * 1000)
     message.save(update_fields=["timings"])
     sessions.finish_turn(session_id, self.request.id)
+    record_upload_turn(session_id, turn_of(message))
     return message.id

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import multiprocessing
 import threading
+import time
 import uuid
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -25,11 +27,13 @@ from django.conf import settings
 from kombu.exceptions import OperationalError
 from redis.exceptions import RedisError
 
-from chat import sessions
-from chat.audio import TARGET_RATE, AudioInvalid, decode_upload, pcm_to_wav
-from chat.models import Message
+from chat import limits, sessions
+from chat.audio import TARGET_RATE, AudioInvalid, decode_upload, lower_priority, pcm_to_wav
+from chat.models import ChatSession, Message
 from chat.protocol import Err
 from chat.storage import public_url, save_for_session
+
+log = logging.getLogger(__name__)
 
 
 class UploadRefused(Exception):
@@ -53,7 +57,10 @@ def _decoder_pool(renew: bool = False) -> ProcessPoolExecutor:
             _decoder = None
         if _decoder is None:
             _decoder = ProcessPoolExecutor(
-                max_workers=1, mp_context=multiprocessing.get_context("spawn")
+                max_workers=1,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=lower_priority,
+                initargs=(settings.WORKER_NICE,),
             )
         return _decoder
 
@@ -109,9 +116,14 @@ async def check_and_decode_async(data: bytes) -> bytes:
 
 
 def accept_upload(session_id: uuid.UUID | str, pcm: bytes, ref: str | None) -> Message:
-    """Store the normalised utterance, record the user message, start the chain."""
+    """Store the normalised utterance, record the user message, start the chain; raises
+    limits.Limited when the session's user or address has reached a limit (chat.limits)."""
     from chat.tasks import turn_reply, turn_synthesize, turn_transcribe
 
+    who = limits.subject_of(session_id) or ""
+    video = ChatSession.objects.filter(pk=session_id, mode="video").exists()
+    limits.admit_turn(who, audio=True, video=video)
+    limits.add(limits.AUDIO, who, len(pcm) / (2 * TARGET_RATE))
     message = sessions.add_message(session_id, sessions.USER)
     name = save_for_session(
         session_id, f"audio/user-{message.id}.wav", pcm_to_wav(pcm, TARGET_RATE)
@@ -122,7 +134,7 @@ def accept_upload(session_id: uuid.UUID | str, pcm: bytes, ref: str | None) -> M
     message.duration_ms = len(pcm) * 1000 // (2 * TARGET_RATE)
     options: dict[str, Any] = {"session_id": str(session_id), "ref": ref}
     steps = [
-        turn_transcribe.s(message.id, **options).set(task_id=uuid.uuid4().hex),
+        turn_transcribe.s(message.id, **options, sent_at=time.time()).set(task_id=uuid.uuid4().hex),
         turn_reply.s(**options).set(task_id=uuid.uuid4().hex),
         turn_synthesize.s(**options).set(task_id=uuid.uuid4().hex),
     ]
@@ -132,6 +144,11 @@ def accept_upload(session_id: uuid.UUID | str, pcm: bytes, ref: str | None) -> M
     sessions.stop_turn(session_id)  # a new utterance supersedes the turn in flight
     sessions.set_turn(session_id, ids)
     chain(*steps).apply_async()
+    log.info(
+        "upload turn %s sent to the speech workers",
+        message.id,
+        extra={"session_id": str(session_id), "turn_id": str(message.id)},
+    )
     return message
 
 
@@ -142,6 +159,10 @@ async def start_upload_turn(consumer: Any, data: bytes, ref: str | None) -> None
         await database_sync_to_async(accept_upload)(consumer.session_id, pcm, ref)
     except UploadRefused as exc:
         await consumer.send_error(exc.code, exc.message, ref=ref)
+    except limits.Limited as exc:
+        await consumer.send_error(
+            Err.RATE_LIMITED, exc.message, retryable=True, ref=ref, **exc.fields()
+        )
     except (RedisError, OperationalError):  # past the clients' retries: this turn only
         await consumer.send_error(
             Err.INTERNAL,

@@ -6,6 +6,7 @@ under media/, offline providers, the `lite` renderer.
 
 from __future__ import annotations
 
+import os
 import secrets
 from pathlib import Path
 
@@ -137,6 +138,8 @@ STATICFILES_DIRS = [BASE_DIR / "static"]
 # used to turn local media paths into URLs a cloud service can fetch.
 PUBLIC_BASE_URL = env_str("PUBLIC_BASE_URL").rstrip("/")
 SERVE_MEDIA = env_bool("SERVE_MEDIA", True)
+# lifetime of the signed URLs of session files with filesystem storage (echoproject.media)
+MEDIA_URL_EXPIRY_S = env_int("MEDIA_URL_EXPIRY_S", 3600, minimum=60, maximum=7 * 24 * 3600)
 
 S3_BUCKET = env_str("S3_BUCKET")
 S3_URL_EXPIRY_S = env_int("S3_URL_EXPIRY_S", 3600, minimum=60, maximum=7 * 24 * 3600)
@@ -173,6 +176,8 @@ STORAGES = {
 SESSION_TIMEOUT_S = env_int("SESSION_TIMEOUT_S", 600, minimum=1)
 HEARTBEAT_INTERVAL_S = env_int("HEARTBEAT_INTERVAL_S", 30, minimum=1)
 SESSION_RETENTION_DAYS = env_int("SESSION_RETENTION_DAYS", 30, minimum=0)
+# `days`: history kept SESSION_RETENTION_DAYS; `end`: a session's history goes when it ends
+SESSION_RETENTION = env_choice("SESSION_RETENTION", ["days", "end"], "days")
 MAX_UPLOAD_BYTES = env_int("MAX_UPLOAD_BYTES", 10 * 1024 * 1024, minimum=1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_UPLOAD_BYTES + 64 * 1024
 MAX_AUDIO_SECONDS = env_float("MAX_AUDIO_SECONDS", 60.0, minimum=1.0)
@@ -183,6 +188,22 @@ CHAT_REQUIRE_TOKEN = env_bool("CHAT_REQUIRE_TOKEN", False)
 CHAT_TOKENS = env_list("CHAT_TOKENS", [])
 if CHAT_REQUIRE_TOKEN and not CHAT_TOKENS:
     raise SettingsError("CHAT_TOKENS must list at least one token when CHAT_REQUIRE_TOKEN is true")
+# who gets session tickets (chat.access): anyone, Django's logged-in users, or static-token holders
+CHAT_ACCESS = env_choice(
+    "CHAT_ACCESS", ["anonymous", "login", "token"], "token" if CHAT_REQUIRE_TOKEN else "anonymous"
+)
+if CHAT_ACCESS == "token" and not CHAT_TOKENS:
+    raise SettingsError("CHAT_TOKENS must list at least one token when CHAT_ACCESS is token")
+CHAT_TICKET_TTL_S = env_int("CHAT_TICKET_TTL_S", 120, minimum=5, maximum=24 * 3600)
+# limits that protect the provider bill, per logged-in user or client address (chat.limits);
+# 0 is no limit
+LIMIT_SESSIONS = env_int("LIMIT_SESSIONS", 0, minimum=0)
+LIMIT_TURNS_PER_MINUTE = env_int("LIMIT_TURNS_PER_MINUTE", 0, minimum=0)
+LIMIT_AUDIO_S_PER_DAY = env_int("LIMIT_AUDIO_S_PER_DAY", 0, minimum=0)
+LIMIT_REPLY_CHARS_PER_DAY = env_int("LIMIT_REPLY_CHARS_PER_DAY", 0, minimum=0)
+LIMIT_VIDEO_S_PER_DAY = env_int("LIMIT_VIDEO_S_PER_DAY", 0, minimum=0)
+# behind a proxy that sets X-Forwarded-For (deploy/nginx): the client address comes from it
+TRUST_PROXY_HEADERS = env_bool("TRUST_PROXY_HEADERS", False)
 DEFAULT_AVATAR = env_str("DEFAULT_AVATAR", "aria")
 ICE_SERVERS = env_json("ICE_SERVERS", [])
 if not isinstance(ICE_SERVERS, list) or not all(
@@ -229,6 +250,12 @@ if LLM_BACKEND == "openai" and not (LLM_BASE_URL and LLM_MODEL):
 LLM_MAX_HISTORY = env_int("LLM_MAX_HISTORY", 20, minimum=0)
 PROVIDER_TIMEOUT_S = env_float("PROVIDER_TIMEOUT_S", 30.0, minimum=0.1)
 PROVIDER_CONNECT_TIMEOUT_S = env_float("PROVIDER_CONNECT_TIMEOUT_S", 5.0, minimum=0.1)
+# cloned voices (avatars.tasks): enrolment and deletion run as Celery tasks on this queue
+VOICE_QUEUE = env_str("VOICE_QUEUE", "speech")
+if not VOICE_QUEUE:
+    raise SettingsError("VOICE_QUEUE must name a Celery queue, e.g. speech")
+VOICE_POLL_S = env_float("VOICE_POLL_S", 5.0, minimum=0.1)
+VOICE_READY_TIMEOUT_S = env_float("VOICE_READY_TIMEOUT_S", 600.0, minimum=1.0)
 
 # --- rendering --------------------------------------------------------------------------------
 RENDER_BACKEND = env_choice("RENDER_BACKEND", ["lite", "echomimic"], "lite")
@@ -252,6 +279,7 @@ CELERY_TASK_DEFAULT_QUEUE = "speech"
 CELERY_TASK_ROUTES = {
     "chat.tasks.*": {"queue": "speech"},
     "rendering.tasks.*": {"queue": "render"},
+    "avatars.tasks.*": {"queue": VOICE_QUEUE},
 }
 CELERY_TASK_SOFT_TIME_LIMIT = env_int("CELERY_TASK_SOFT_TIME_LIMIT", 120, minimum=1)
 CELERY_TASK_TIME_LIMIT = env_int("CELERY_TASK_TIME_LIMIT", 180, minimum=1)
@@ -288,6 +316,7 @@ CLEANUP_INTERVAL_S = env_int("CLEANUP_INTERVAL_S", 60, minimum=1)
 WEB_PRESENCE_TTL_S = env_float("WEB_PRESENCE_TTL_S", 30.0, minimum=1.0)
 CELERY_BEAT_SCHEDULE: dict[str, dict] = {
     "cleanup-sessions": {"task": "chat.tasks.cleanup_sessions", "schedule": CLEANUP_INTERVAL_S},
+    "sweep-voices": {"task": "avatars.tasks.sweep_voices", "schedule": 300.0},
 }
 
 # --- web process, workers' priority, health (echoproject/web.py, workers.py, health.py) -----
@@ -295,6 +324,18 @@ WEB_HOST = env_str("HOST", "127.0.0.1")  # where `python -m echoproject.web` lis
 WEB_PORT = env_int("PORT", 8000, minimum=1, maximum=65535)
 WEB_GC = env_choice("WEB_GC", ["tuned", "default", "off"], "tuned")
 HEALTHZ_TOKEN = env_str("HEALTHZ_TOKEN")
+# Flower (echoproject/flower.py): where it listens and its login, required beyond loopback
+FLOWER_HOST = WEB_HOST
+FLOWER_PORT = env_int("FLOWER_PORT", 5555, minimum=1, maximum=65535)
+FLOWER_BASIC_AUTH = env_str("FLOWER_BASIC_AUTH")
+FLOWER_AUTH = env_str("FLOWER_AUTH")  # OAuth: a regular expression of the e-mails let in
+if FLOWER_BASIC_AUTH and not all(
+    ":" in pair and pair.split(":", 1)[0] and len(pair.split(":", 1)[1]) >= 8
+    for pair in FLOWER_BASIC_AUTH.split(",")
+):
+    raise SettingsError(
+        "FLOWER_BASIC_AUTH must be user:password pairs, comma-separated, passwords of 8 or more"
+    )
 WORKER_NICE = env_int("WORKER_NICE", 10, minimum=0, maximum=19)
 
 # --- admin and auth ---------------------------------------------------------------------------
@@ -306,15 +347,55 @@ TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
 
+# --- operators: logs and metrics (echoproject.logs, echoproject.metrics) ----------------------
+LOG_FORMAT = env_choice("LOG_FORMAT", ["text", "json"], "text")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {"turn": {"()": "echoproject.logs.TurnContextFilter"}},
+    "formatters": {
+        "text": {"()": "echoproject.logs.TextFormatter"},
+        "json": {"()": "echoproject.logs.JsonFormatter"},
+    },
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": LOG_FORMAT,
+            "filters": ["turn"],
+        }
+    },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {"daphne": {"level": "WARNING"}},
 }
 
+# where the admin lives (a path prefix like "admin/" or "ops-7f3k/"), and the login of users
+ADMIN_URL = env_str("ADMIN_URL", "admin/").strip("/") + "/"
+if ADMIN_URL == "/" or not all(c.isalnum() or c in "-_/." for c in ADMIN_URL):
+    raise SettingsError(
+        f"ADMIN_URL must be a path prefix like admin/ or ops-7f3k/, got {ADMIN_URL!r}"
+    )
+LOGIN_URL = "/accounts/login/"
+LOGIN_REDIRECT_URL = "/"
+LOGOUT_REDIRECT_URL = "/"
+
 ADMIN_USERNAME = env_str("ADMIN_USERNAME", "admin")
 ADMIN_PASSWORD = env_str("ADMIN_PASSWORD")
 ADMIN_EMAIL = env_str("ADMIN_EMAIL", "admin@localhost")
+
+# Every process of the service on a machine (web processes, the workers' pool processes) keeps
+# its metrics in files under METRICS_DIR (prometheus_client's multiprocess mode); a web
+# process's /metrics and a worker's WORKER_METRICS_ADDR serve the sum over the machine.
+METRICS_DIR = Path(env_str("METRICS_DIR", str(VAR_DIR / "metrics")))
+try:
+    METRICS_DIR.mkdir(parents=True, exist_ok=True)
+except OSError as exc:
+    raise SettingsError(
+        f"METRICS_DIR: cannot create {str(METRICS_DIR)!r} ({exc.strerror})"
+    ) from None
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(METRICS_DIR)
+METRICS_TOKEN = env_str("METRICS_TOKEN")
+WORKER_METRICS_ADDR = env_str("WORKER_METRICS_ADDR")
+if WORKER_METRICS_ADDR:
+    _host, _, _port = WORKER_METRICS_ADDR.rpartition(":")
+    if not _host or not _port.isdigit() or not 0 < int(_port) < 65536:
+        raise SettingsError("WORKER_METRICS_ADDR must be host:port, e.g. 0.0.0.0:9808")

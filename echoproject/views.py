@@ -10,4 +10,8 @@ from django.views.decorators.http import require_GET
 
 @require_GET
 def index(request: HttpRequest) -> HttpResponse:
-    return render(request, "index.html", {"heartbeat_s": settings.HEARTBEAT_INTERVAL_S})
+    return render(
+        request,
+        "index.html",
+        {"heartbeat_s": settings.HEARTBEAT_INTERVAL_S, "chat_access": settings.CHAT_ACCESS},
+    )

@@ -29,14 +29,26 @@ def main(argv: list[str]) -> None:
         str(2 * settings.MAX_UPLOAD_BYTES),
         "--websocket-max-frame-size",
         str(2 * settings.MAX_UPLOAD_BYTES),
+        *(["--proxy-headers"] if settings.TRUST_PROXY_HEADERS else []),
         *argv,
         "echoproject.asgi:application",
     ]
     close_oversized_messages_cleanly()
+    forget_own_metrics_at_exit()
     tune_gc()
     cli = CommandLineInterface()
     cli.server_class = _server_waiting_for_every_consumer()
     cli.run(args)
+
+
+def forget_own_metrics_at_exit() -> None:
+    """The sessions this process counts as open stop counting when it exits (a process that is
+    killed is found dead at the next scrape instead: echoproject.metrics)."""
+    import atexit
+
+    from echoproject import metrics
+
+    atexit.register(metrics.on_process_exit)
 
 
 def close_oversized_messages_cleanly() -> None:

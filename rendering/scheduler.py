@@ -134,7 +134,7 @@ def submit_render(message_id: int, ref: str | None = None) -> RenderTicket:
     publish_sync(message.session_id, event)  # before the task can report progress
     render_video.apply_async(
         (message_id,),
-        {"ref": ref} if ref else {},
+        {"ref": ref, "sent_at": time.time()} if ref else {"sent_at": time.time()},
         task_id=task_id,
         queue=queue,
         soft_time_limit=soft,

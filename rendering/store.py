@@ -58,9 +58,14 @@ def cancel_key(task_id: str) -> str:
     return f"{PREFIX}cancel:{task_id}"
 
 
+# A heartbeat may be late on a loaded machine (seen: over 1.5 s with a dozen busy processes on
+# two cores); a live worker called dead has its running render handed to another and run twice.
+MIN_STALE_S = 5.0
+
+
 def stale_after_s() -> float:
-    """A heartbeat older than three intervals means the worker is gone."""
-    return 3 * settings.RENDER_HEARTBEAT_S
+    """A heartbeat older than three intervals (and than MIN_STALE_S) means the worker is gone."""
+    return max(3 * settings.RENDER_HEARTBEAT_S, MIN_STALE_S)
 
 
 def read_workers(include_stale: bool = False) -> list[dict[str, Any]]:

@@ -27,13 +27,14 @@ from django.core.files import File
 from django.core.files.storage import default_storage
 from django.db import DatabaseError
 
-from chat import deliveries, protocol
+from chat import deliveries, limits, protocol
 from chat.events import publish_sync
 from chat.models import Message
 from chat.protocol import Err, error
 from chat.providers.text import split_sentences
 from chat.providers.tts.espeak import espeak_voice
 from chat.storage import public_url, save_for_session
+from echoproject import logs, metrics
 from rendering import heartbeat, store
 from rendering.backends import get_backend
 from rendering.backends.base import RenderCancelled, RenderError
@@ -94,15 +95,20 @@ def _copy_from_storage(name: str, into: Path, what: str) -> Path:
 
 
 @shared_task(bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=MAX_RETRIES)
-def render_video(self: Task, message_id: int, ref: str | None = None) -> dict[str, Any]:
+def render_video(
+    self: Task, message_id: int, ref: str | None = None, sent_at: float | None = None
+) -> dict[str, Any]:
     """Render the talking-head video of an assistant message, publishing as it goes; `ref` is
-    the turn's, for the client to match an error to what it sent."""
+    the turn's, for the client to match an error to what it sent; `sent_at` when the task was
+    sent (time.time()), for its queue wait."""
+    queue_s = max(0.0, time.time() - sent_at) if sent_at is not None else None
     task_id: str = self.request.id
     message = Message.objects.select_related("session__avatar").filter(pk=message_id).first()
     if message is None:
         log.warning("render %s: message %s does not exist", task_id, message_id)
         return {"status": "missing"}
     session = message.session
+    logs.bind(session.id, message.reply_to_id or message.id)
     if session.ended_at is not None or store.is_cancelled(task_id):
         delete_outputs(session.id, message_id)
         return {"status": "cancelled"}
@@ -150,9 +156,22 @@ def render_video(self: Task, message_id: int, ref: str | None = None) -> dict[st
     message = Message.objects.get(pk=message_id)  # the timings other stages wrote meanwhile
     message.video, message.duration_ms = name, duration_ms
     message.add_timing("render", elapsed_ms)
+    if queue_s is not None and number == 1:
+        message.add_timing("render_queue_ms", queue_s * 1000)
+        metrics.stage("queue_wait", "render", queue_s)
     message.save(update_fields=["video", "duration_ms", "timings"])
+    metrics.render_speed(elapsed_ms / 1000, duration_ms / 1000)
+    log.info(
+        "render of message %s done: render=%.1f ms for %d ms of video (%.2f x real time)",
+        message_id,
+        elapsed_ms,
+        duration_ms,
+        elapsed_ms / duration_ms if duration_ms else 0.0,
+        extra={"stages": {"render_ms": round(elapsed_ms, 1), "duration_ms": duration_ms}},
+    )
     report(100, "done")
     if store.once(f"ready:{message_id}", task_id):
+        limits.add_for_session(limits.VIDEO, session.id, duration_ms / 1000)  # counted once
         publish_sync(
             session.id,
             protocol.event(
@@ -167,7 +186,8 @@ def render_video(self: Task, message_id: int, ref: str | None = None) -> dict[st
 
 
 def _session_ended(message: Message) -> bool:
-    return Message.objects.filter(pk=message.pk, session__ended_at__isnull=False).exists()
+    """Ended, or gone with its history (SESSION_RETENTION=end)."""
+    return not Message.objects.filter(pk=message.pk, session__ended_at__isnull=True).exists()
 
 
 def _render(

@@ -253,6 +253,7 @@ def make_secret() -> dict[str, str]:
         "TURN_SECRET": secrets.token_hex(16),
         "S3_ACCESS_KEY_ID": "echo" + secrets.token_hex(6),
         "S3_SECRET_ACCESS_KEY": secrets.token_hex(16),
+        "FLOWER_PASSWORD": secrets.token_hex(12),
     }
     path = WORK / "secret.json"
     path.write_text(json.dumps(secret))

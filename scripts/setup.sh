@@ -41,6 +41,7 @@ if [ ! -f "$stamp" ]; then
   echo "setup: installing pinned requirements (requirements/dev.txt)"
   .venv/bin/pip install -q --upgrade pip >/dev/null
   .venv/bin/pip install -q -r requirements/dev.txt
+  .venv/bin/pip install -q --no-deps -r requirements/nodeps.txt
   rm -f .venv/.requirements-*
   touch "$stamp"
 fi

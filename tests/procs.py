@@ -14,6 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
+import redis
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
@@ -198,3 +200,93 @@ def kill_pool_child(worker: Proc | int, timeout: float = 10.0) -> int:
     assert len(children) == 1, f"worker {pid} has {len(children)} pool processes"
     os.kill(children[0], signal.SIGKILL)
     return children[0]
+
+
+def rss_mb(pid: int) -> float:
+    """Resident set size of `pid` in MB, from /proc."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+def _stat(pid: int) -> list[str]:
+    with open(f"/proc/{pid}/stat") as stat:
+        return stat.read().rsplit(")", 1)[1].split()
+
+
+def cpu_s(pid: int) -> float:
+    """CPU time (user + system) `pid` has used, in seconds."""
+    fields = _stat(pid)
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def nice_of(pid: int) -> int:
+    return int(_stat(pid)[16])
+
+
+def wait_idle(pid: int, quiet_s: float = 3.0, limit_s: float = 90.0) -> None:
+    """Until `pid` used under 2 % of a core over `quiet_s` (bounded by `limit_s`): its
+    sessions have ended and it has been idle a moment, as a server is between waves of users."""
+    deadline = time.monotonic() + limit_s
+    before = cpu_s(pid)
+    while time.monotonic() < deadline:
+        time.sleep(quiet_s)
+        now = cpu_s(pid)
+        if now - before < 0.02 * quiet_s:
+            return
+        before = now
+
+
+class RedisServer:
+    """A redis-server of the test's own, without persistence: a restart loses everything."""
+
+    def __init__(self, log_dir: Path, data_dir: Path) -> None:
+        self.log_dir, self.data_dir = log_dir, data_dir
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.starts = 0
+        self.proc = self._start()
+
+    def _start(self) -> Proc:
+        self.starts += 1
+        proc = Proc(
+            f"redis-{self.port}-{self.starts}",
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.data_dir),
+            ],
+            dict(os.environ),  # redis-server needs none of the service's settings
+            self.log_dir,
+        )
+        proc.wait_until(self.answers, timeout=20, what="answering")
+        return proc
+
+    def client(self) -> redis.Redis:
+        return redis.Redis.from_url(self.url, socket_timeout=2, socket_connect_timeout=2)
+
+    def answers(self) -> bool:
+        try:
+            return bool(self.client().ping())
+        except redis.RedisError:
+            return False
+
+    def restart(self) -> None:
+        self.proc.stop()
+        self.start()
+
+    def start(self) -> None:
+        self.proc = self._start()
+
+    def stop(self) -> None:
+        self.proc.stop()

@@ -41,10 +41,10 @@ def wait_reply_audio_plays(page: Any, timeout: float = 60_000) -> None:
 def test_gallery_shows_every_avatar_and_switches_language(browser) -> None:
     session = browser()
     page = session.open()
-    page.wait_for_selector("#gallery[data-count='2']")
+    page.wait_for_selector("#gallery[data-count='3']")
     cards = page.locator("#gallery .card")
-    assert cards.count() == 2
-    assert cards.locator(".name").all_inner_texts() == ["Aria", "Lin Xiao"]
+    assert cards.count() == 3
+    assert cards.locator(".name").all_inner_texts() == ["Aria", "Astra", "Lin Xiao"]
     assert "travel guide" in cards.nth(0).locator(".persona").inner_text()
     page.wait_for_function(
         "() => [...document.querySelectorAll('#gallery img')].every(i => i.naturalWidth > 0)"

@@ -15,6 +15,7 @@ from django.core.management import CommandError, call_command
 from tests.fakes.dashscope_server import DashScopeServer, Fault
 
 ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.django_db  # the command also reads the avatars (their cloned voices)
 
 
 def _lines(out: StringIO) -> dict[str, list[str]]:

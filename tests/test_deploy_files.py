@@ -30,6 +30,7 @@ SECRET = {
         "TURN_SECRET",
         "S3_ACCESS_KEY_ID",
         "S3_SECRET_ACCESS_KEY",
+        "FLOWER_PASSWORD",
     )
 }
 
@@ -68,3 +69,44 @@ def test_role_procfiles_run_the_commands_of_make_run() -> None:
         # make run wraps each in respawn.sh; under systemd (or the cluster) the unit restarts
         wrapped = main[name].replace(f"bash scripts/respawn.sh {name} ", "")
         assert roles[name] == wrapped, name
+
+
+def test_prometheus_configuration_scrapes_what_the_service_exports() -> None:
+    """The scrape jobs name the paths the exporters serve, and every rule names a metric the
+    service (or Flower) exports, so a renamed metric cannot leave a rule silently empty."""
+    import yaml
+    from django.urls import resolve
+
+    from echoproject import metrics
+
+    config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    assert set(jobs) == {"echoproject-web", "echoproject-workers", "flower"}
+    assert resolve(jobs["echoproject-web"]["metrics_path"]).func is metrics.metrics_view
+    assert all(job["static_configs"][0]["targets"] for job in jobs.values())
+    [rules_file] = config["rule_files"]
+    rules = yaml.safe_load((DEPLOY / "prometheus" / rules_file).read_text())
+    exported = set()
+    for metric in (
+        metrics.SESSIONS_OPEN,
+        metrics.TURNS,
+        metrics.STAGE_SECONDS,
+        metrics.RENDER_RTF,
+        metrics.PROVIDER_ERRORS,
+        metrics.AUDIO_UNDERRUNS,
+        metrics.WEBRTC_CONNECTIONS,
+        metrics.SESSIONS,
+    ):
+        exported.add(metric._name)
+    series = {
+        f"{name}{suffix}" for name in exported for suffix in ("", "_total", "_bucket", "_count")
+    }
+    recorded = {
+        rule["record"] for group in rules["groups"] for rule in group["rules"] if "record" in rule
+    }
+    for group in rules["groups"]:
+        for rule in group["rules"]:
+            names = set(re.findall(r"\b(echo[_:][a-z0-9_:]+)", rule["expr"]))
+            assert names and names <= series | recorded, (rule, names - series - recorded)
+    nginx = (DEPLOY / "nginx" / "echoproject.conf").read_text()
+    assert "location = /metrics" in nginx  # not served to the internet

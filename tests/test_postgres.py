@@ -44,4 +44,4 @@ def test_migrate_and_load_avatars_on_postgres(postgres_database: str) -> None:
         assert result.returncode == 0, result.stderr
     with psycopg.connect(postgres_database) as conn:
         slugs = [row[0] for row in conn.execute("SELECT slug FROM avatars_avatar ORDER BY slug")]
-    assert slugs == ["aria", "lin"]
+    assert slugs == ["aria", "astra", "lin"]

@@ -18,71 +18,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import redis
 import websockets
 
 from chat.models import group_name
 from tests.audio import speak
 from tests.fixtures_sessions import Client, run
-from tests.procs import Proc, child_env, free_port, start_celery_worker, start_daphne
+from tests.procs import RedisServer, child_env, start_celery_worker, start_daphne
 
 pytestmark = pytest.mark.usefixtures("live_avatars")
 
 SESSIONS = 20
 UTTERANCE = "what is the weather like in london today"
-
-
-class RedisServer:
-    """A redis-server of the test's own, without persistence: a restart loses everything."""
-
-    def __init__(self, log_dir: Path, data_dir: Path) -> None:
-        self.log_dir, self.data_dir = log_dir, data_dir
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.starts = 0
-        self.proc = self._start()
-
-    def _start(self) -> Proc:
-        self.starts += 1
-        proc = Proc(
-            f"redis-faults-{self.starts}",
-            [
-                "redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.data_dir),
-            ],
-            child_env(),
-            self.log_dir,
-        )
-        proc.wait_until(self.answers, timeout=20, what="answering")
-        return proc
-
-    def client(self) -> redis.Redis:
-        return redis.Redis.from_url(self.url, socket_timeout=2, socket_connect_timeout=2)
-
-    def answers(self) -> bool:
-        try:
-            return bool(self.client().ping())
-        except redis.RedisError:
-            return False
-
-    def restart(self) -> None:
-        self.proc.stop()
-        self.start()
-
-    def start(self) -> None:
-        self.proc = self._start()
-
-    def stop(self) -> None:
-        self.proc.stop()
 
 
 @pytest.fixture(scope="module")

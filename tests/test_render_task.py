@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any
 
@@ -65,12 +66,17 @@ def test_render_worker_delivers_queued_progress_segments_and_one_ready(
     assert len(listener.of("video_ready")) == 1 and ready["task_id"] == ticket.task_id
     message.refresh_from_db()
     assert message.task_id == ticket.task_id
-    assert message.video.endswith(f"video/{message.pk}/video.mp4")
-    assert ready["video_url"].endswith(message.video)
+    # unguessable names, served through signed URLs (chat.storage, echoproject.media)
+    assert re.fullmatch(rf".*/video/{message.pk}/video-[0-9a-f]{{20}}\.mp4", message.video)
+    assert ready["video_url"].split("?")[0].endswith(message.video)
+    assert "s=" in ready["video_url"].split("?")[1]
     assert message.duration_ms == ready["duration_ms"] and message.timings["render"] > 0
     assert default_storage.exists(message.video)
     for segment in segments:
-        assert segment["url"].endswith(f"video/{message.pk}/segment-{segment['index']:03d}.mp4")
+        path = segment["url"].split("?")[0]
+        assert re.fullmatch(
+            rf".*/video/{message.pk}/segment-{segment['index']:03d}-[0-9a-f]{{20}}\.mp4", path
+        )
 
 
 def test_running_a_render_twice_overwrites_and_announces_once(

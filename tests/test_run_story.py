@@ -63,7 +63,7 @@ def test_procfile_runs_every_process_and_ctrl_c_stops_them(log_dir, tmp_path) ->
 
         honcho.wait_until(healthy, timeout=90, what="healthy")
         status, body = get(f"http://127.0.0.1:{port}/api/avatars")
-        assert status == 200 and len(json.loads(body)["avatars"]) == 2
+        assert status == 200 and len(json.loads(body)["avatars"]) == 3
         honcho.wait_until(
             lambda: get(f"http://127.0.0.1:{flower_port}/")[0] == 200,
             timeout=60,

@@ -89,6 +89,7 @@ def test_voice_turn_on_s3_and_session_end_deletes_the_files(
     assert (
         "X-Amz-Signature=" in complete["audio_url"]
         and "X-Amz-Expires=3600" in complete["audio_url"]
+        and "response-content-disposition=inline" in complete["audio_url"]
     )
     assert audio[:4] == b"RIFF"
     assert sorted(k.rsplit("/", 1)[1].split("-")[0] for k in stored) == ["reply", "user"]

@@ -12,6 +12,7 @@ import pytest
 from chat import uploads
 from chat.audio import TARGET_RATE
 from tests.audio import speak
+from tests.procs import nice_of
 
 UTTERANCE = "what is the weather like in london today"
 
@@ -57,3 +58,14 @@ def _alive(pid: int) -> bool:
             return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_the_decoder_yields_the_cpu_to_the_web_process() -> None:
+    """The decoding process runs at the workers' lower priority (WORKER_NICE), so that a
+    decoding never takes a core from the event loop serving the sessions."""
+    own = os.nice(0)  # this test process stands for the web process
+    uploads.check_and_decode(speak(UTTERANCE).read_bytes())
+    pids = _decoder_pids()
+    assert pids
+    assert all(nice_of(pid) == min(19, own + 10) for pid in pids)
+    assert os.nice(0) == own  # the web process keeps its own priority

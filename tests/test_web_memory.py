@@ -9,44 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import time
 from pathlib import Path
 
 import pytest
 import websockets
 
 from tests.fixtures_sessions import run
-from tests.procs import child_env, start_daphne
+from tests.procs import child_env, rss_mb, start_daphne, wait_idle
 
 SESSIONS = 300
 ROUNDS = 4
-
-
-def rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
-
-
-def cpu_s(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def wait_idle(pid: int, quiet_s: float = 3.0, limit_s: float = 90.0) -> None:
-    """Until the process used under 2 % of a core over `quiet_s` (bounded)."""
-    deadline = time.monotonic() + limit_s
-    before = cpu_s(pid)
-    while time.monotonic() < deadline:
-        time.sleep(quiet_s)
-        now = cpu_s(pid)
-        if now - before < 0.02 * quiet_s:
-            return
-        before = now
 
 
 async def open_and_close(url: str, sessions: int) -> int:

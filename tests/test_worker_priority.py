@@ -5,12 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 
-from tests.procs import Proc
-
-
-def _nice(pid: int) -> int:
-    with open(f"/proc/{pid}/stat") as stat:
-        return int(stat.read().rsplit(")", 1)[1].split()[16])
+from tests.procs import Proc, nice_of
 
 
 def _children(pid: int) -> list[int]:
@@ -26,4 +21,4 @@ def test_worker_and_its_pool_run_at_a_lower_priority_than_the_web(celery_worker:
     pool = _children(worker)
     assert pool, "the prefork pool has processes"
     for pid in [worker, *pool]:
-        assert _nice(pid) == min(19, own + 10), pid
+        assert nice_of(pid) == min(19, own + 10), pid

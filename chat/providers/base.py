@@ -119,6 +119,23 @@ class LLMProvider(Configurable, ABC):
         return "".join([piece async for piece in self.stream_reply(turn)])
 
 
+@dataclass(frozen=True)
+class Voice:
+    """Who speaks: each backend takes the part it can use. `cloned` is a ready cloned CosyVoice
+    voice, tried before `preset` (a CosyVoice preset id); `espeak`, `pitch` and `rate` are the
+    offline engine's settings. A plain string is a preset (`Voice.of`)."""
+
+    preset: str = ""
+    cloned: str = ""
+    espeak: str = ""
+    pitch: int | None = None
+    rate: int | None = None
+
+    @classmethod
+    def of(cls, voice: Voice | str) -> Voice:
+        return voice if isinstance(voice, Voice) else cls(preset=voice)
+
+
 class TTSProvider(Configurable, ABC):
     """Text to PCM16 mono audio at `sample_rate`."""
 
@@ -126,8 +143,8 @@ class TTSProvider(Configurable, ABC):
     sample_rate: int
 
     @abstractmethod
-    def stream(self, text: str, voice: str, language: str) -> AsyncIterator[bytes]:
+    def stream(self, text: str, voice: Voice | str, language: str) -> AsyncIterator[bytes]:
         """PCM16 chunks, the first as soon as it is ready."""
 
-    async def synthesize(self, text: str, voice: str, language: str) -> bytes:
+    async def synthesize(self, text: str, voice: Voice | str, language: str) -> bytes:
         return b"".join([chunk async for chunk in self.stream(text, voice, language)])

@@ -90,3 +90,19 @@ def reset_providers() -> None:
 def _reset_on_setting_change(*, setting: str, **kwargs: Any) -> None:
     if setting.startswith(("ASR_", "LLM_", "TTS_", "DASHSCOPE_")) or setting in _PROVIDER_SETTINGS:
         reset_providers()
+
+
+# The languages (BCP 47 primary subtags) a recogniser understands; absent: any it is asked for.
+ASR_LANGUAGES: dict[str, tuple[str, ...]] = {"pocketsphinx": ("en",)}
+
+
+def asr_languages() -> list[str] | None:
+    """What the configured recogniser understands, or None when it takes every language."""
+    languages = ASR_LANGUAGES.get(backend_name("asr"))
+    return list(languages) if languages is not None else None
+
+
+def asr_understands(language: str) -> bool:
+    """Whether speech in `language` ("zh-CN") is recognised, not guessed at in English."""
+    languages = asr_languages()
+    return languages is None or language.split("-")[0].lower() in languages

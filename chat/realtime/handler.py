@@ -10,13 +10,16 @@ negotiate again (after reconnecting, as the protocol says, or on the same socket
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from django.conf import settings
+from redis.exceptions import RedisError
 
-from chat import protocol
+from chat import limits, protocol
 from chat.ice import session_ice_servers
 from chat.protocol import Err
 from chat.providers.base import ASRProvider, ProviderError
@@ -27,6 +30,7 @@ from chat.realtime.peer import CandidateError, PeerSession, WebRTCError, parse_c
 from chat.realtime.speaker import SpeakerTrack
 from chat.realtime.tasks import Tasks
 from chat.realtime.vad import VADConfig
+from echoproject import metrics
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +58,13 @@ class SessionContext(Protocol):
     async def send_event(self, event: dict[str, Any]) -> None: ...
 
     async def send_error(
-        self, code: str, message: str, *, retryable: bool = False, ref: str | None = None
+        self,
+        code: str,
+        message: str,
+        *,
+        retryable: bool = False,
+        ref: str | None = None,
+        **extra: Any,
     ) -> None: ...
 
     async def user_utterance(self, text: str, utterance_id: str) -> None: ...
@@ -76,6 +86,7 @@ class _Span:
         self.listener = listener
         self.ref = ref
         self.resample = PcmResampler(sample_rate, SAMPLE_RATE)
+        self.fed = 0  # bytes of PCM at SAMPLE_RATE given to the recogniser (chat.limits)
 
 
 def _get_asr() -> ASRProvider:
@@ -92,8 +103,12 @@ class RealtimeHandler:
         *,
         asr: ASRProvider | None = None,
         vad_config: VADConfig | None = None,
+        on_transport: Callable[[str], None] | None = None,
     ) -> None:
+        """`on_transport("webrtc" | "websocket")`: the session's audio moved to a connected
+        peer, or back (the peer failed or closed)."""
         self.ctx = ctx
+        self._on_transport = on_transport
         self.state = INITIALIZED
         self._asr = asr
         self._vad_config = vad_config
@@ -164,6 +179,7 @@ class RealtimeHandler:
             return False
         pcm = span.resample(data)
         if pcm:
+            span.fed += len(pcm)
             await span.listener.feed(pcm)
         return True
 
@@ -261,7 +277,13 @@ class RealtimeHandler:
         if self._peer is not peer or self.state != ANSWER_SENT:
             return
         self.state = WEBRTC_CONNECTED
+        metrics.webrtc("connected")
+        self._transport("webrtc")
         await self.ctx.send_event(protocol.event("connected", self._offer_ref))
+
+    def _transport(self, transport: str) -> None:
+        if self._on_transport is not None:
+            self._on_transport(transport)
 
     async def _fail(
         self, peer: PeerSession, message: str, *, retryable: bool, ref: str | None
@@ -269,6 +291,9 @@ class RealtimeHandler:
         """ERR_WEBRTC_FAILED; the peer is closed and the session may negotiate again."""
         if self._peer is not peer:
             return
+        metrics.webrtc("failed" if self.state not in _CONNECTED_STATES else "lost")
+        if self.state in _CONNECTED_STATES:
+            self._transport("websocket")
         self._peer = None
         self.state = INITIALIZED
         self._direction = "both"
@@ -313,9 +338,19 @@ class RealtimeHandler:
                 Err.STATE, "asr_start over webrtc needs a connected peer", ref=ref
             )
             return
+        who = getattr(self.ctx, "subject", "")
+        try:
+            if who and settings.LIMIT_AUDIO_S_PER_DAY:
+                await asyncio.to_thread(limits.check, limits.AUDIO, who)
+        except limits.Limited as exc:
+            await self.ctx.send_error(
+                Err.RATE_LIMITED, exc.message, retryable=True, ref=ref, **exc.fields()
+            )
+            return
         try:
             asr = self._asr or _get_asr()
         except ProviderError as exc:
+            metrics.provider_error(exc.code)
             await self.ctx.send_error(exc.code, exc.message, retryable=exc.retryable, ref=ref)
             return
         listener = Listener(
@@ -358,10 +393,24 @@ class RealtimeHandler:
         finally:
             self._finishing_ws -= websocket
             await span.listener.close()
+            await self._count_audio(span)
+
+    async def _count_audio(self, span: _Span) -> None:
+        """The span's audio counts against the audio limit of the session's subject."""
+        who = getattr(self.ctx, "subject", "")
+        seconds, span.fed = span.fed / (2 * SAMPLE_RATE), 0
+        if who and seconds:
+            try:
+                await asyncio.to_thread(limits.add, limits.AUDIO, who, seconds)
+            except (RedisError, OSError) as exc:
+                logger.warning(
+                    "limits: could not count %.1f s of audio of %s: %s", seconds, who, exc
+                )
 
     async def _on_webrtc_audio(self, pcm: bytes) -> None:
         span = self._span
         if span is not None and span.transport == "webrtc":
+            span.fed += len(pcm)
             await span.listener.feed(pcm)
 
     async def _on_interim(self, text: str, utterance_id: str) -> None:
@@ -369,6 +418,7 @@ class RealtimeHandler:
         await self.ctx.send_event(protocol.asr_interim(text, utterance_id, ref))
 
     async def _on_asr_error(self, exc: ProviderError) -> None:
+        metrics.provider_error(exc.code)
         ref = self._span.ref if self._span is not None else None
         await self.ctx.send_error(exc.code, exc.message, retryable=exc.retryable, ref=ref)
 
@@ -387,6 +437,7 @@ class RealtimeHandler:
         peer, self._peer = self._peer, None
         if span is not None:
             await span.listener.close()
+            await self._count_audio(span)
         await self._tasks.cancel()
         if peer is not None:
             await peer.close()

@@ -12,12 +12,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable
 
 import numpy as np
 
+from chat import observe
 from chat.providers.base import ASRError, ASRProvider, ASRStream, ProviderError
 from chat.realtime.tasks import Tasks
 from chat.realtime.vad import EnergyVAD, VADConfig
@@ -94,6 +96,7 @@ class _Utterance:
     async def finish(self, previous: asyncio.Task[None] | None) -> None:
         """End the audio, wait for the final text, and deliver it after the previous one."""
         self.queue.put_nowait(None)
+        ended = time.perf_counter()
         try:
             try:
                 await asyncio.wait_for(
@@ -108,6 +111,7 @@ class _Utterance:
                 return
             text = self.text()
             if text:
+                observe.note_asr_ms((time.perf_counter() - ended) * 1000)
                 await self.listener.on_final(text, self.id)
         finally:
             await self.abandon()

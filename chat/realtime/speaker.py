@@ -26,6 +26,7 @@ from aiortc.codecs.opus import OpusEncoder
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from chat.realtime.pcm import PcmResampler
+from echoproject import metrics
 
 SAMPLE_RATE = 48000
 FRAME_MS = 20
@@ -76,6 +77,10 @@ class SpeakerTrack(MediaStreamTrack):
         self.encode_opus = False
         self.frames_encoded = 0  # by the track itself (speech only), when `encode_opus`
         self._encoder: OpusEncoder | None = None
+        # a reply is being written (until `end_of_speech`): running dry then is an underrun
+        self.expecting = False
+        self.underruns = 0
+        self._last_was_speech = False
 
     @property
     def queued_ms(self) -> float:
@@ -93,6 +98,11 @@ class SpeakerTrack(MediaStreamTrack):
         if pcm:
             self._buffer += pcm
             self._drained.clear()
+            self.expecting = True
+
+    def end_of_speech(self) -> None:
+        """The reply wrote all its audio: the queue may now run dry without a gap heard."""
+        self.expecting = False
 
     def hold(self, held: bool) -> None:
         """Pause (True) or resume (False) the queued speech; frames are silence while held."""
@@ -103,6 +113,7 @@ class SpeakerTrack(MediaStreamTrack):
         self._buffer.clear()
         self._resamplers.clear()
         self._drained.set()
+        self.expecting = False
 
     async def drained(self) -> None:
         """Wait until everything queued so far was sent (or dropped by `clear`/`stop`)."""
@@ -139,9 +150,14 @@ class SpeakerTrack(MediaStreamTrack):
             if len(chunk) < FRAME_BYTES:
                 chunk += bytes(FRAME_BYTES - len(chunk))
             self.speech_frames_sent += 1
+            self._last_was_speech = True
             if not self._buffer:
                 self._drained.set()
         else:
+            if self._last_was_speech and self.expecting and not self.held:
+                self.underruns += 1  # speech, then silence in the middle of the reply
+                metrics.audio_underrun()
+            self._last_was_speech = False
             chunk = self._silence
         self.frames_sent += 1
         if not self.encode_opus:

@@ -93,11 +93,24 @@ async function loadAvatars() {
   socket.open();
 }
 
-function sessionUrl() {
+/** The WebSocket URL of a new session, with a fresh ticket from the web app (docs/protocol.md). */
+async function sessionUrl() {
   const scheme = location.protocol === "https:" ? "wss" : "ws";
   const query = new URLSearchParams({ mode: settings.mode });
   if (settings.avatar) query.set("avatar", settings.avatar);
   if (settings.lang) query.set("lang", settings.lang);
+  const response = await fetch(app.dataset.ticketsUrl, {
+    method: "POST",
+    headers: { "Content-Type": "application/json", Accept: "application/json" },
+    body: JSON.stringify({ mode: settings.mode, avatar: settings.avatar }),
+    signal: AbortSignal.timeout(10_000), // a web app that does not answer: try again later
+  });
+  if (response.status === 401) throw Object.assign(new Error("no ticket"), { closeCode: 4401 });
+  if (response.status === 404) throw Object.assign(new Error("no avatar"), { closeCode: 4404 });
+  if (!response.ok) throw new Error(`HTTP ${response.status}`);
+  const ticket = await response.json();
+  query.set("ticket", ticket.ticket);
+  query.set("avatar", ticket.avatar);
   return `${scheme}://${location.host}${app.dataset.wsPath}?${query}`;
 }
 
@@ -191,14 +204,22 @@ function onInit(init) {
     if (init.avatar.greeting) chat.greeting(init.avatar.greeting);
   }
   page.showAvatar(init.avatar);
+  state.asrGuesses = !recognised(init);
+  page.showAsrNotice(state.asrGuesses ? init.language : null);
   page.setCaption("", false);
   if (page.errorShown() === "ERR_WEBRTC_FAILED") page.hideError(); // "reconnecting…" is over
   live.resume();
 }
 
+/** Whether the server's recogniser understands the session's language (it says which it does). */
+function recognised(init) {
+  const heard = init.server_info?.asr_languages;
+  return !heard || heard.includes((init.language || "").split("-")[0].toLowerCase());
+}
+
 function onInterim(event) {
   chat.setText(chat.utterance(event.utterance_id), event.text);
-  page.setCaption(event.text, false);
+  if (!state.asrGuesses) page.setCaption(event.text, false); // no English guesses as captions
 }
 
 function onTranscript(event) {
@@ -206,7 +227,8 @@ function onTranscript(event) {
   const item = upload ? state.pendingUploads.shift() : chat.utterance(event.utterance_id);
   chat.finishUser(item, event.text, event.message_id);
   chat.settleInterims(null, item);
-  page.setCaption(event.text, true);
+  if (state.asrGuesses) chat.setStatus(item, "asrGuess"); // say what the text is
+  else page.setCaption(event.text, true);
   newTurn();
 }
 
@@ -302,6 +324,7 @@ function connectionChanged(s, detail = {}) {
     socket.open();
   } else if (s === "closed" && detail.code === 4401) {
     page.showError("ERR_AUTH", { sticky: true });
+    $("error-login").hidden = app.dataset.access !== "login"; // the site's login page
   }
   refresh();
 }

@@ -2,7 +2,7 @@
 // stage (avatar, activity, live caption, render progress) and the error line. Texts go through
 // translate() so that they follow a change of language.
 
-import { translate, translateError } from "./i18n.js";
+import { t, translate, translateError } from "./i18n.js";
 
 export const $ = (id) => document.getElementById(id);
 const ERROR_SHOW_MS = 9000;
@@ -73,6 +73,16 @@ export function showAvatar(avatar) {
   $("avatar-persona").textContent = personaLine(avatar.persona);
 }
 
+/** Say that spoken `language` ("zh-CN") is not understood by the recogniser, or hide it (null). */
+export function showAsrNotice(language) {
+  const notice = $("asr-notice");
+  notice.hidden = !language;
+  if (language) {
+    const name = `language.${language.split("-")[0].toLowerCase()}`;
+    translate(notice, "asrEnglishOnly", { language: t(name) === name ? language : t(name) });
+  }
+}
+
 export function showActivity(activity) {
   $("app").dataset.activity = activity;
   translate($("activity"), `activity.${activity}`);
@@ -106,6 +116,7 @@ let errorTimer = 0;
  * whoever looks closer, go to data-detail and the tooltip. */
 export function showError(code, { sticky = false, detail = "" } = {}) {
   const box = $("error");
+  $("error-login").hidden = true; // shown by the caller when logging in is the way on
   box.dataset.code = code;
   box.dataset.detail = detail;
   box.title = detail;

@@ -12,7 +12,7 @@ const NO_RECONNECT = new Set([4400, 4401, 4404, 4408]); // refused or timed out:
 
 export class SessionSocket {
   constructor({ url, onEvent, onBinary, onState, heartbeatS = 30 }) {
-    this.url = url; // a function: the URL to (re)connect to
+    this.url = url; // a function: the URL to (re)connect to, or a promise of it
     this.onEvent = onEvent;
     this.onBinary = onBinary ?? (() => {});
     this.onState = onState;
@@ -79,12 +79,28 @@ export class SessionSocket {
     return true;
   }
 
-  #connect(state) {
+  async #connect(state) {
     this.#clearTimers();
     this.initialized = false;
     this.ended = false;
     this.onState(state);
-    const ws = new WebSocket(this.url());
+    // `url()` may fetch a ticket first; a newer connect or a close meanwhile wins.
+    const attempt = (this.attempt = (this.attempt ?? 0) + 1);
+    let url;
+    try {
+      url = await this.url();
+    } catch (err) {
+      if (attempt !== this.attempt || this.stopped) return;
+      if (NO_RECONNECT.has(err?.closeCode)) {
+        this.stopped = true; // refused (no ticket for this person): a person decides
+        this.onState("closed", { code: err.closeCode });
+      } else {
+        this.#scheduleReconnect(); // the web app is unreachable: try again
+      }
+      return;
+    }
+    if (attempt !== this.attempt || this.stopped) return;
+    const ws = new WebSocket(url);
     ws.binaryType = "arraybuffer";
     this.ws = ws;
     ws.onmessage = (message) => this.#receive(ws, message);

@@ -10,6 +10,7 @@ so tests can assert that the SDK really sent the key and the audio.
     server.behaviour.first_token_delay = 0.2          # LLM: before the first SSE event
     server.behaviour.llm_fault = Fault("http", 500)   # or "midstream", "drop", "hang"
     server.behaviour.tts_fault = Fault("task-failed", code="InvalidParameter")
+    server.behaviour.voice_ready_after = 1.0          # a cloned voice is DEPLOYING this long
     ...
     server.stop()
 """
@@ -71,13 +72,16 @@ class Behaviour:
     asr_fault: Fault | None = None
     tts_fault: Fault | None = None
     ws_handshake_status: int | None = None  # refuse every websocket handshake with this status
+    voice_ready_after: float = 0.0  # voices: seconds a created voice stays DEPLOYING
+    voice_rejection: str | None = None  # voices: a created voice ends UNDEPLOYED with this
+    voice_fault: Fault | None = None  # voices: "http" or "hang" on every customization call
 
 
 @dataclass
 class Received:
     """One request or websocket task as the server saw it."""
 
-    service: str  # "llm", "file-asr", "asr", "tts" ("ws" until run-task names the task)
+    service: str  # "llm", "file-asr", "asr", "tts", "voice" ("ws" until run-task names the task)
     authorization: str
     headers: dict[str, str]
     payload: dict[str, Any] = field(default_factory=dict)
@@ -86,6 +90,28 @@ class Received:
     actions: list[str] = field(default_factory=list)
     opened_at: float = field(default_factory=time.monotonic)  # request or handshake
     started_at: float | None = None  # websocket: when the first message (run-task) came
+
+
+@dataclass
+class ClonedVoice:
+    """A voice enrolled through the customization endpoint, as the fake keeps it."""
+
+    voice_id: str
+    target_model: str
+    prefix: str
+    url: str
+    language_hints: list[str]
+    ready_after: float  # seconds DEPLOYING after creation (or after an update)
+    rejection: str | None  # ends UNDEPLOYED with this instead of OK
+    created: float = field(default_factory=time.monotonic)
+    gmt_create: str = field(default_factory=lambda: time.strftime("%Y-%m-%d %H:%M:%S"))
+    gmt_modified: str = field(default_factory=lambda: time.strftime("%Y-%m-%d %H:%M:%S"))
+
+    @property
+    def status(self) -> str:
+        if time.monotonic() - self.created < self.ready_after:
+            return "DEPLOYING"
+        return "UNDEPLOYED" if self.rejection else "OK"
 
 
 class LoopbackServer:
@@ -182,6 +208,8 @@ class DashScopeServer(LoopbackServer):
         self.behaviour = Behaviour()
         self.received: list[Received] = []
         self._idle: set[web.WebSocketResponse] = set()  # open, no task asked for yet
+        self.voices: dict[str, ClonedVoice] = {}  # cloned voices by id (survive reset())
+        self.deleted_voices: list[str] = []
 
     @property
     def http_base_url(self) -> str:
@@ -194,6 +222,11 @@ class DashScopeServer(LoopbackServer):
     def reset(self) -> None:
         self.behaviour = Behaviour()
         self.received.clear()
+
+    def forget_voices(self) -> None:
+        """Drop every cloned voice, as if deleted at the service (not recorded as deleted)."""
+        self.voices.clear()
+        self.deleted_voices.clear()
 
     def of(self, service: str) -> list[Received]:
         return [item for item in self.received if item.service == service]
@@ -218,6 +251,7 @@ class DashScopeServer(LoopbackServer):
         app.router.add_post(
             "/api/v1/services/aigc/multimodal-generation/generation", self.multimodal
         )
+        app.router.add_post("/api/v1/services/audio/tts/customization", self.customization)
         app.router.add_get("/api-ws/v1/inference", self.inference)
         app.router.add_get("/api-ws/v1/inference/", self.inference)
 
@@ -365,6 +399,155 @@ class DashScopeServer(LoopbackServer):
             }
         )
 
+    # --- voice enrolment (CosyVoice voice cloning) ----------------------------------------------
+    _PREFIX = re.compile(r"[a-z0-9]{1,9}")
+
+    @staticmethod
+    def _voice_error(status: int, code: str, message: str) -> web.Response:
+        return DashScopeServer._error(Fault("http", status, code, message))
+
+    async def customization(self, request: web.Request) -> web.Response:
+        """`services/audio/tts/customization`: create, query, list, update and delete voices.
+
+        Requests are `{"model": "voice-enrollment", "input": {"action": ..., ...}}`; answers
+        `{"output": ..., "usage": ..., "request_id"}` or `{"code", "message"}` with an HTTP error
+        status. A created voice is DEPLOYING for `voice_ready_after` seconds, then OK (or
+        UNDEPLOYED with `voice_rejection`). An unknown voice id is a 404 `ResourceNotFound`. The
+        reason in an UNDEPLOYED voice's `message` is this fake's: clients must not rely on it.
+        """
+        item = self._record("voice", request)
+        try:
+            item.payload = await request.json()
+        except ValueError:
+            return self._voice_error(400, "InvalidParameter", "the body is not JSON")
+        refused = await self._refuse(item, self.behaviour.voice_fault)
+        if refused is not None:
+            return refused
+        if item.payload.get("model") != "voice-enrollment":
+            return self._voice_error(400, "ModelNotFound", "Model not exist.")
+        data = item.payload.get("input") or {}
+        action = str(data.get("action", ""))
+        item.actions.append(action)
+        handler = {
+            "create_voice": self._create_voice,
+            "query_voice": self._query_voice,
+            "list_voice": self._list_voices,
+            "update_voice": self._update_voice,
+            "delete_voice": self._delete_voice,
+        }.get(action)
+        if handler is None:
+            return self._voice_error(400, "InvalidParameter", f"unknown action: {action!r}")
+        outcome = handler(data)
+        if isinstance(outcome, web.Response):
+            return outcome
+        return web.json_response(
+            {"output": outcome, "usage": {"count": 1}, "request_id": uuid.uuid4().hex}
+        )
+
+    def _voice_of(self, data: dict[str, Any]) -> ClonedVoice | web.Response:
+        voice_id = str(data.get("voice_id", ""))
+        voice = self.voices.get(voice_id)
+        if voice is None:
+            return self._voice_error(404, "ResourceNotFound", f"voice not found: {voice_id}")
+        return voice
+
+    @staticmethod
+    def _bad_url(url: object) -> bool:
+        return not isinstance(url, str) or not url.startswith(("http://", "https://"))
+
+    def _create_voice(self, data: dict[str, Any]) -> dict[str, Any] | web.Response:
+        prefix, url = str(data.get("prefix", "")), data.get("url")
+        target = str(data.get("target_model", ""))
+        if not target.startswith("cosyvoice-"):
+            return self._voice_error(
+                400, "InvalidParameter", f"unsupported target_model {target!r}"
+            )
+        if not self._PREFIX.fullmatch(prefix):
+            return self._voice_error(
+                400, "InvalidParameter", "prefix: digits and lowercase letters, under 10"
+            )
+        if self._bad_url(url):
+            return self._voice_error(400, "InvalidParameter", "url must be a public http(s) URL")
+        voice_id = f"{target}-{prefix}-{uuid.uuid4().hex[:24]}"
+        self.voices[voice_id] = ClonedVoice(
+            voice_id,
+            target,
+            prefix,
+            str(url),
+            list(data.get("language_hints") or []),
+            self.behaviour.voice_ready_after,
+            self.behaviour.voice_rejection,
+        )
+        return {"voice_id": voice_id}
+
+    def _query_voice(self, data: dict[str, Any]) -> dict[str, Any] | web.Response:
+        voice = self._voice_of(data)
+        if isinstance(voice, web.Response):
+            return voice
+        answer = {
+            "gmt_create": voice.gmt_create,
+            "gmt_modified": voice.gmt_modified,
+            "resource_link": voice.url,
+            "target_model": voice.target_model,
+            "status": voice.status,
+        }
+        if voice.status == "UNDEPLOYED":
+            answer["message"] = voice.rejection
+        return answer
+
+    def _list_voices(self, data: dict[str, Any]) -> dict[str, Any]:
+        prefix = data.get("prefix")
+        index, size = int(data.get("page_index") or 0), int(data.get("page_size") or 10)
+        found = [v for v in self.voices.values() if not prefix or v.prefix == prefix]
+        page = found[index * size : (index + 1) * size]
+        return {
+            "voice_list": [
+                {
+                    "voice_id": v.voice_id,
+                    "gmt_create": v.gmt_create,
+                    "gmt_modified": v.gmt_modified,
+                    "status": v.status,
+                }
+                for v in page
+            ]
+        }
+
+    def _update_voice(self, data: dict[str, Any]) -> dict[str, Any] | web.Response:
+        voice = self._voice_of(data)
+        if isinstance(voice, web.Response):
+            return voice
+        if self._bad_url(data.get("url")):
+            return self._voice_error(400, "InvalidParameter", "url must be a public http(s) URL")
+        voice.url, voice.created = str(data["url"]), time.monotonic()
+        voice.ready_after, voice.rejection = (
+            self.behaviour.voice_ready_after,
+            self.behaviour.voice_rejection,
+        )
+        return {}
+
+    def _delete_voice(self, data: dict[str, Any]) -> dict[str, Any] | web.Response:
+        voice = self._voice_of(data)
+        if isinstance(voice, web.Response):
+            return voice
+        del self.voices[voice.voice_id]
+        self.deleted_voices.append(voice.voice_id)
+        return {}
+
+    def _unusable_voice(self, payload: dict[str, Any]) -> str | None:
+        """Why a synthesis task cannot use its voice: a cloned one (ids made here start with
+        "cosyvoice-") that is unknown, not ready or made for another model; presets pass."""
+        voice_id = str(payload.get("parameters", {}).get("voice", ""))
+        if not voice_id.startswith("cosyvoice-"):
+            return None
+        voice = self.voices.get(voice_id)
+        if voice is None:
+            return f"voice not found: {voice_id}"
+        if voice.status != "OK":
+            return f"voice {voice_id} is {voice.status}"
+        if voice.target_model != payload.get("model"):
+            return f"voice {voice_id} was made for {voice.target_model}"
+        return None
+
     # --- WebSocket duplex tasks ---------------------------------------------------------------
     async def inference(self, request: web.Request) -> web.StreamResponse:
         item = self._record("ws", request)
@@ -396,6 +579,12 @@ class DashScopeServer(LoopbackServer):
             return ws
         if fault and fault.kind == "task-failed":
             await self._event(ws, task_id, "task-failed", fault=fault)
+            await ws.close()
+            return ws
+        unusable = self._unusable_voice(payload) if item.service == "tts" else None
+        if unusable:
+            refusal = Fault("task-failed", 400, "InvalidParameter", unusable)
+            await self._event(ws, task_id, "task-failed", fault=refusal)
             await ws.close()
             return ws
         await self._event(ws, task_id, "task-started", payload={})

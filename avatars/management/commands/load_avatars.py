@@ -16,7 +16,17 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from avatars.models import Avatar
 
-FIELDS = ["name", "persona", "greeting", "voice", "language", "enabled", "mouth_x", "mouth_y"]
+FIELDS = [
+    "name",
+    "persona",
+    "greeting",
+    "voice",
+    "language",
+    "enabled",
+    "mouth_x",
+    "mouth_y",
+    "face",
+]
 
 
 class Command(BaseCommand):

@@ -1,4 +1,5 @@
-"""`manage.py check_providers`: one line per configured backend — works or not, and how fast."""
+"""`manage.py check_providers`: one line per configured backend — works or not, and how fast —
+and one per avatar with a cloned voice: usable or not (its turns then speak the preset)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from avatars.checks import STAGE as VOICE_STAGE
+from avatars.checks import check_cloned_voices
 from chat.providers.checks import STAGES, check_all
 
 
@@ -15,12 +18,18 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
-            "--stage", action="append", choices=STAGES, help="Check only this stage (repeatable)."
+            "--stage",
+            action="append",
+            choices=[*STAGES, VOICE_STAGE],
+            help="Check only this stage (repeatable); 'voice': the avatars' cloned voices.",
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        stages = tuple(options["stage"] or STAGES)
-        results = asyncio.run(check_all(stages))
+        chosen = options["stage"] or [*STAGES, VOICE_STAGE]
+        stages = tuple(stage for stage in chosen if stage in STAGES)
+        results = asyncio.run(check_all(stages)) if stages else []
+        if VOICE_STAGE in chosen:
+            results += check_cloned_voices()
         for result in results:
             style = self.style.SUCCESS if result.ok else self.style.ERROR
             status = style(f"{'ok' if result.ok else 'failed':<6}")

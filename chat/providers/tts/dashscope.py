@@ -8,6 +8,10 @@ it opens a new connection for every utterance, polling for the open socket every
 once and waits for the handshake's own end; `_Preconnected` keeps sockets open ahead of the
 next sentences, so a sentence starts with its `run-task` instead of a handshake. Every wait
 carries a timeout from settings.
+
+An avatar's cloned voice is tried first; when the service refuses it (not ready, deleted, made
+for another model) before any audio came, the sentence is spoken with the avatar's preset and a
+warning is logged, and the cloned voice is not tried again for UNUSABLE_FOR_S.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from dashscope.audio.tts_v2 import AudioFormat, ResultCallback, SpeechSynthesize
 from dashscope.common.error import RequestFailure
 from django.conf import settings
 
-from chat.providers.base import TTSError, TTSProvider
+from chat.providers.base import TTSError, TTSProvider, Voice
 from chat.providers.bridge import ThreadBridge
 from chat.providers.cloud import configure_dashscope, failure, timed_out
 
@@ -38,6 +42,7 @@ FORMAT = AudioFormat.PCM_22050HZ_MONO_16BIT
 RENEW_AFTER_S = 30.0  # a waiting socket is replaced after this (the SDK's own pool: 25-35 s)
 KEEP_FOR_S = 300.0  # sockets are kept ready for a voice used within this time
 MAINTAIN_EVERY_S = 5.0
+UNUSABLE_FOR_S = 60.0  # a cloned voice the service refused is not tried again for this long
 _ESPEAK_NAME = re.compile(r"[a-z]{2,3}(-[a-z0-9]+)*(\+.*)?")
 
 
@@ -301,6 +306,7 @@ class DashScopeTTS(TTSProvider):
         self.timeout_s = timeout_s
         self.connect_timeout_s = connect_timeout_s
         self.preconnected = _Preconnected(preconnect, self._new)
+        self._refused: dict[str, float] = {}  # cloned voice id -> when it may be tried again
 
     @classmethod
     def from_settings(cls) -> DashScopeTTS:
@@ -357,9 +363,41 @@ class DashScopeTTS(TTSProvider):
             return failure(TTSError, WHAT, code=exc.name, message=exc.message, secrets=(key,))
         return failure(TTSError, WHAT, exc=exc, secrets=(key,))
 
-    async def stream(self, text: str, voice: str, language: str) -> AsyncIterator[bytes]:
+    async def stream(self, text: str, voice: Voice | str, language: str) -> AsyncIterator[bytes]:
         if not text.strip():
             return
+        chosen = Voice.of(voice)
+        cloned = chosen.cloned
+        if cloned and self._refused.get(cloned, 0.0) > time.monotonic():
+            cloned = ""
+        if not cloned:
+            async for chunk in self._stream_voice(text, chosen.preset, language):
+                yield chunk
+            return
+        started = False
+        try:
+            async for chunk in self._stream_voice(text, cloned, language):
+                started = True
+                yield chunk
+            return
+        except TTSError as exc:
+            if started or exc.retryable:
+                raise
+            self._refused[cloned] = time.monotonic() + UNUSABLE_FOR_S
+            log.warning(
+                "cloned voice %s cannot speak (%s): speaking with the preset %s instead",
+                cloned,
+                exc.provider_message or exc.message,
+                self._voice(chosen.preset),
+            )
+        async for chunk in self._stream_voice(text, chosen.preset, language):
+            yield chunk
+
+    def forget_refusals(self) -> None:
+        """Try cloned voices again at once (after an operator fixed them)."""
+        self._refused.clear()
+
+    async def _stream_voice(self, text: str, voice: str, language: str) -> AsyncIterator[bytes]:
         key = self.key(voice, language)
         bridge: ThreadBridge[bytes] = ThreadBridge()
         synthesizer = self.preconnected.take(key, bridge)

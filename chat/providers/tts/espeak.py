@@ -2,8 +2,9 @@
 
 espeak-ng runs as an asyncio subprocess reading the text from stdin (text starting with "-"
 is then never taken for an option) and writing a WAV to stdout as it speaks, so the first
-chunk leaves long before the last sentence is synthesised. Avatars carry CosyVoice voice ids;
-a voice espeak-ng does not know falls back to the language's default voice.
+chunk leaves long before the last sentence is synthesised. An avatar's espeak-ng settings
+(voice and variant, pitch, rate) are used when set; its CosyVoice voice ids mean nothing here,
+and a voice espeak-ng does not know falls back to the language's default voice.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from collections.abc import AsyncIterator
 
 from django.conf import settings
 
-from chat.providers.base import TTSError, TTSProvider
+from chat.providers.base import TTSError, TTSProvider, Voice
 from chat.providers.cloud import timed_out
 
 logger = logging.getLogger(__name__)
@@ -102,15 +103,27 @@ class EspeakTTS(TTSProvider):
     def from_settings(cls) -> EspeakTTS:
         return cls(settings.PROVIDER_TIMEOUT_S)
 
-    async def stream(self, text: str, voice: str, language: str) -> AsyncIterator[bytes]:
+    @staticmethod
+    def options(voice: Voice) -> list[str]:
+        """Pitch and rate arguments, clamped to what espeak-ng accepts."""
+        args: list[str] = []
+        if voice.pitch is not None:
+            args += ["-p", str(max(0, min(99, voice.pitch)))]
+        if voice.rate is not None:
+            args += ["-s", str(max(80, min(450, voice.rate)))]
+        return args
+
+    async def stream(self, text: str, voice: Voice | str, language: str) -> AsyncIterator[bytes]:
         if not text.strip():
             return
-        name = await asyncio.to_thread(espeak_voice, voice, language)
+        chosen = Voice.of(voice)
+        name = await asyncio.to_thread(espeak_voice, chosen.espeak or chosen.preset, language)
         try:
             process = await asyncio.create_subprocess_exec(
                 self.binary,
                 "-v",
                 name,
+                *self.options(chosen),
                 "--stdout",
                 "--stdin",
                 stdin=asyncio.subprocess.PIPE,

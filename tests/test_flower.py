@@ -1,0 +1,100 @@
+"""Flower and the admin from the outside: Flower never listens beyond loopback without a login,
+asks for it, shows tasks whose arguments are ids only; the admin can move off /admin/."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.audio import speak
+from tests.fixtures_sessions import daphne_with, run
+from tests.procs import ROOT, Proc, child_env, free_port, port_open
+
+LOGIN = ("operator", "flower-pass-1")
+
+
+def test_flower_refuses_to_listen_beyond_loopback_without_a_login() -> None:
+    for host in ("0.0.0.0", "flower.example"):
+        result = subprocess.run(
+            [sys.executable, "-m", "echoproject.flower"],
+            cwd=ROOT,
+            env=child_env(HOST=host, FLOWER_PORT=str(free_port())),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 2
+        [line] = result.stderr.strip().splitlines()
+        assert f"listen on {host} without a login" in line and "FLOWER_BASIC_AUTH" in line
+
+
+@pytest.fixture(scope="module")
+def flower(django_db_setup: None, log_dir: Path) -> Iterator[str]:
+    """Flower on every address, with a basic-auth login; yields its URL on loopback."""
+    port = free_port()
+    proc = Proc(
+        "flower",
+        [sys.executable, "-m", "echoproject.flower"],
+        child_env(HOST="0.0.0.0", FLOWER_PORT=str(port), FLOWER_BASIC_AUTH=":".join(LOGIN)),
+        log_dir,
+    )
+    proc.wait_until(lambda: port_open(port), what="listening")
+    yield f"http://127.0.0.1:{port}"
+    proc.stop()
+
+
+def test_flower_asks_for_its_login(flower: str) -> None:
+    assert httpx.get(f"{flower}/").status_code == 401
+    assert httpx.get(f"{flower}/api/tasks").status_code == 401
+    assert httpx.get(f"{flower}/", auth=("operator", "wrong-password")).status_code == 401
+    assert httpx.get(f"{flower}/", auth=LOGIN).status_code == 200
+
+
+@pytest.mark.usefixtures("live_avatars", "celery_worker")
+def test_task_arguments_flower_shows_are_ids_only(flower: str, connect: Any) -> None:
+    utterance = "what is the weather like in paris"
+
+    async def body() -> dict[str, Any]:
+        async with connect("?mode=voice") as client:
+            init = await client.recv()
+            await client.ws.send(speak(utterance).read_bytes())
+            await client.until("tts_complete", timeout=60, fail_on_error=True)
+            return init
+
+    init = run(body(), timeout=90)
+    deadline = time.monotonic() + 20
+    tasks: dict[str, Any] = {}
+    while time.monotonic() < deadline:  # Flower hears of tasks from the workers' events
+        tasks = httpx.get(f"{flower}/api/tasks", auth=LOGIN).json()
+        mine = [t for t in tasks.values() if init["session_id"] in (t.get("kwargs") or "")]
+        if {t["name"] for t in mine} >= {"chat.tasks.turn_transcribe", "chat.tasks.turn_reply"}:
+            break
+        time.sleep(0.5)
+    assert {t["name"] for t in mine} >= {
+        "chat.tasks.turn_transcribe",
+        "chat.tasks.turn_reply",
+        "chat.tasks.turn_synthesize",
+    }
+    shown = json.dumps([[t["args"], t["kwargs"]] for t in mine])
+    for word in ("weather", "paris", "http", "sessions/", ".wav", init["session_token"]):
+        assert word not in shown.lower(), (word, shown)
+
+
+def test_the_admin_moves_off_admin_when_told(log_dir: Path) -> None:
+    proc, port = daphne_with(log_dir, "daphne-admin-url", ADMIN_URL="ops-7f3k")
+    try:
+        base = f"http://127.0.0.1:{port}"
+        assert httpx.get(f"{base}/admin/").status_code == 404
+        moved = httpx.get(f"{base}/ops-7f3k/")
+        assert moved.status_code == 302 and moved.headers["Location"].startswith("/ops-7f3k/login/")
+        assert "Django" in httpx.get(f"{base}/ops-7f3k/login/").text
+    finally:
+        proc.stop()
