@@ -22,6 +22,7 @@ import redis
 from celery import Task, shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import task_failure, worker_process_init
+from django.conf import settings
 from django.core.files import File
 from django.core.files.storage import default_storage
 from django.db import DatabaseError
@@ -30,11 +31,14 @@ from chat import deliveries, limits, protocol
 from chat.events import publish_sync
 from chat.models import Message
 from chat.protocol import Err, error
+from chat.providers.text import split_sentences
+from chat.providers.tts.espeak import espeak_voice
 from chat.storage import public_url, save_for_session
 from echoproject import logs, metrics
 from rendering import heartbeat, store
 from rendering.backends import get_backend
 from rendering.backends.base import RenderCancelled, RenderError
+from rendering.backends.phonemes import Phone, espeak_alignment
 from rendering.outputs import delete_outputs, segment_name, video_name
 from rendering.progress import ProgressReporter
 
@@ -223,6 +227,9 @@ def _render(
                 ),
             )
 
+    extra: dict[str, Any] = {}
+    if backend.uses_phonemes:
+        extra["phonemes"] = _espeak_phonemes(message, audio)
     result = backend.render(
         image,
         audio,
@@ -231,12 +238,30 @@ def _render(
         on_segment,
         cancelled,
         mouth=(avatar.mouth_x, avatar.mouth_y),
+        face=getattr(avatar, "face", None) or None,
+        **extra,
     )
     if cancelled():
         raise RenderCancelled()
     with result.video.open("rb") as handle:
         name = save_for_session(session.id, video_name(message.pk), File(handle))
     return (name, result.duration_ms) if name else None
+
+
+def _espeak_phonemes(message: Message, audio: Path) -> list[Phone] | None:
+    """The reply's phonemes with their times when its audio is the offline TTS speaking its
+    text (checked against the stored audio by phonemes.espeak_alignment), else None: visemes
+    then come from the audio itself."""
+    if settings.TTS_BACKEND != "espeak" or not message.text.strip():
+        return None
+    session, avatar = message.session, message.session.avatar
+    language = session.language or (avatar.language if avatar else "")
+    voice = espeak_voice(avatar.voice if avatar else "", language)
+    try:
+        return espeak_alignment(audio, split_sentences(message.text), voice)
+    except Exception:  # a missing library or odd text: the audio-driven visemes still work
+        log.warning("no phoneme timing for message %s", message.pk, exc_info=True)
+        return None
 
 
 @task_failure.connect

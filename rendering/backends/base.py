@@ -48,6 +48,7 @@ class RenderBackend(ABC):
     """
 
     name: str = ""
+    uses_phonemes = False  # render() takes `phonemes` (timed espeak-ng phonemes) when True
 
     @abstractmethod
     def render(
@@ -60,10 +61,12 @@ class RenderBackend(ABC):
         should_cancel: CancelFn,
         *,
         mouth: tuple[float, float] = DEFAULT_MOUTH,
+        face: dict | None = None,
     ) -> RenderResult:
         """Render into out_dir, calling on_segment per piece; RenderCancelled when told to.
 
-        `mouth` is the avatar's mouth centre (fractions), for backends that need a hint."""
+        `mouth` is the avatar's mouth centre (fractions), for backends that need a hint;
+        `face` its landmarks (the Avatar.face JSON), None when it has none."""
 
     @property
     def device(self) -> str:

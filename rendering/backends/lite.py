@@ -1,18 +1,27 @@
 """The `lite` backend: animates the reference portrait from the speech signal with torch.
 
-The mouth opens with the loudness of each video frame, the eyes blink now and then and the
-head sways slightly; all three are one sampling grid per frame (built directly, not with
-F.affine_grid, which costs several ms a frame), applied with grid_sample to the Y plane and
-the half-size UV planes, so frames come out as I420 for x264 with no colour conversion.
-Warping (a producer thread, torch releases the GIL) overlaps encoding (this thread).
+The mouth takes the shapes of the sounds (visemes.py: from espeak-ng's phonemes when the
+render task found them, else from the audio), moving the face as a mesh over its landmarks
+(warp.py: the avatar's `face` landmarks, or a face laid out around its mouth point); the eyes
+blink, the head sways and breathes (motion.py). All of it is one sampling grid per frame
+(mouth.py: the head's affine built directly, plus the mesh's fields), applied with
+grid_sample to the Y plane and the half-size UV planes, with the inside of the mouth painted
+where the lips part, so frames come out as I420 for x264 with no colour conversion. Warping
+(a producer thread, torch releases the GIL) overlaps encoding (this thread). docs/rendering.md
+describes it with pictures.
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
 import queue
+import tempfile
 import threading
 import time
+import wave
+from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -34,11 +43,17 @@ from rendering.backends.base import (
     RenderResult,
     SegmentFn,
 )
-from rendering.backends.motion import Face, Motion
-from rendering.media import AudioTrack, load_speech, loudness
+from rendering.backends.motion import Motion
+from rendering.backends.mouth import Fields, MouthInside
+from rendering.backends.phonemes import Phone
+from rendering.backends.visemes import mouth_shapes
+from rendering.backends.warp import Layout, Mesh
+from rendering.media import AudioTrack, load_speech
 from rendering.pieces import Piece, PieceWriter
 
 BATCH = 8
+WARPER_CACHE = 8  # portraits whose fields a worker keeps (a few MB each at 512×512)
+log = logging.getLogger(__name__)
 
 
 def select_device(preference: str) -> torch.device:
@@ -78,8 +93,27 @@ def rgb_to_i420_planes(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return y, uv
 
 
+def _ignore(*args: object) -> None:
+    return None
+
+
+def _never() -> bool:
+    return False
+
+
+def face_layout(face: dict | None, mouth: tuple[float, float], width: int, height: int) -> Layout:
+    """The avatar's landmarks when it has usable ones, else a face around the mouth point."""
+    if face:
+        try:
+            return Layout.from_face(face, width, height)
+        except (KeyError, TypeError, ValueError) as exc:
+            log.warning("avatar face landmarks unusable (%s): using the mouth point", exc)
+    return Layout.synthetic(mouth, width, height)
+
+
 class LiteBackend(RenderBackend):
     name = "lite"
+    uses_phonemes = True
 
     def __init__(self) -> None:
         self._device = select_device(settings.RENDER_DEVICE)
@@ -91,9 +125,45 @@ class LiteBackend(RenderBackend):
         self.max_size = settings.RENDER_MAX_SIZE
         self.segment_s = settings.RENDER_SEGMENT_S
 
+        self._warpers: OrderedDict[tuple, Warper] = OrderedDict()
+        self._warm_up()
+
+    def _warm_up(self) -> None:
+        """One tiny render at start-up, so the first reply does not pay the one-time costs
+        (triangulation, interpolation, encoder set-up: ~0.5-1 s on this machine)."""
+        with tempfile.TemporaryDirectory(prefix="lite-warm-up-") as tmp:
+            folder = Path(tmp)
+            Image.new("RGB", (64, 64), (200, 170, 150)).save(folder / "face.png")
+            with wave.open(str(folder / "quiet.wav"), "wb") as out:
+                out.setnchannels(1)
+                out.setsampwidth(2)
+                out.setframerate(16000)
+                out.writeframes(bytes(2 * 3200))
+            self.render(
+                folder / "face.png", folder / "quiet.wav", folder / "out", _ignore, _ignore, _never
+            )
+        self._warpers.clear()
+
     @property
     def device(self) -> str:
         return str(self._device)
+
+    def warper(self, rgb: np.ndarray, layout: Layout) -> Warper:
+        """The portrait's mesh fields, built once per avatar and kept for the next replies."""
+        points = [layout.mouth_outer, layout.mouth_inner, layout.left_eye, layout.jaw]
+        key = (
+            hashlib.sha1(rgb.tobytes()).hexdigest(),
+            rgb.shape,
+            np.concatenate(points).round(2).tobytes(),
+        )
+        if key in self._warpers:
+            self._warpers.move_to_end(key)
+            return self._warpers[key]
+        warper = Warper(rgb, layout, self._device)
+        self._warpers[key] = warper
+        while len(self._warpers) > WARPER_CACHE:
+            self._warpers.popitem(last=False)
+        return warper
 
     @classmethod
     def check(cls) -> str | None:
@@ -116,6 +186,8 @@ class LiteBackend(RenderBackend):
         should_cancel: CancelFn,
         *,
         mouth: tuple[float, float] = DEFAULT_MOUTH,
+        face: dict | None = None,
+        phonemes: list[Phone] | None = None,
     ) -> RenderResult:
         started = time.perf_counter()
         rgb = load_portrait(Path(image_path), self.max_size)
@@ -123,9 +195,9 @@ class LiteBackend(RenderBackend):
         frames = speech.frame_count(self.fps)
         out_dir.mkdir(parents=True, exist_ok=True)
         height, width = rgb.shape[:2]
-        face = Face(mouth[0], mouth[1], width, height)
-        motion = Motion(face, loudness(speech, self.fps, frames), self.fps)
-        warper = Warper(rgb, face, self._device)
+        layout = face_layout(face, mouth, width, height)
+        motion = Motion(layout, mouth_shapes(speech, self.fps, frames, phonemes), self.fps)
+        warper = self.warper(rgb, layout)
         prepared = time.perf_counter()
 
         def piece_done(piece: Piece) -> None:
@@ -168,27 +240,34 @@ class LiteBackend(RenderBackend):
 
 
 class Warper:
-    """The portrait as Y and UV tensors, and the sampling grids that move it."""
+    """The portrait as Y and UV tensors, the mesh's fields that move it, and the mouth."""
 
-    def __init__(self, rgb: np.ndarray, face: Face, device: torch.device) -> None:
+    def __init__(self, rgb: np.ndarray, layout: Layout, device: torch.device) -> None:
         self.device = device
         y, uv = rgb_to_i420_planes(rgb)
         self.height, self.width = y.shape
         self.y = torch.from_numpy(y)[None, None].to(device)
         self.uv = torch.from_numpy(np.ascontiguousarray(uv))[None].to(device)
-        self.full = face.fields(self.height, self.width, device)
-        self.half = face.fields(self.height // 2, self.width // 2, device)
+        mesh = Mesh(layout)
+        fields = mesh.fields()  # forward, pixels
+        # backward sampling offsets in grid_sample's normalised units (resolution-free)
+        norm = fields * torch.tensor([-2 / self.width, -2 / self.height])
+        half = F.avg_pool2d(norm.permute(0, 3, 1, 2), 2).permute(0, 2, 3, 1)
+        self.full = Fields(norm, device, 2 / self.width)
+        self.half = Fields(half, device, 4 / self.width)
+        self.mouth = MouthInside(mesh, self.full, device)
 
     @torch.inference_mode()
     def frames(self, params: np.ndarray) -> np.ndarray:
-        """I420 frames (B, H*3/2, W) uint8 for motion parameters (B, 8)."""
+        """I420 frames (B, H*3/2, W) uint8 for motion parameters (B, PARAMS)."""
         p = torch.from_numpy(params).to(self.device)
         batch = p.shape[0]
         h, w = self.height, self.width
         out = torch.empty(batch, h * w * 3 // 2, dtype=torch.uint8, device=self.device)
+        grid = self.full.grid(p)
         y = F.grid_sample(
             self.y.expand(batch, -1, -1, -1),
-            self.full.grid(p),
+            grid,
             mode="bilinear",
             padding_mode="border",
             align_corners=False,
@@ -200,6 +279,7 @@ class Warper:
             padding_mode="border",
             align_corners=False,
         )
+        self.mouth.paint(y, uv, params, p)
         out[:, : h * w] = y.reshape(batch, -1).add_(0.5).clamp_(0, 255)
         out[:, h * w :] = uv.reshape(batch, -1).add_(0.5).clamp_(0, 255)
         return out.view(batch, h * 3 // 2, w).cpu().numpy()
