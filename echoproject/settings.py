@@ -229,6 +229,8 @@ if LLM_BACKEND == "openai" and not (LLM_BASE_URL and LLM_MODEL):
 LLM_MAX_HISTORY = env_int("LLM_MAX_HISTORY", 20, minimum=0)
 PROVIDER_TIMEOUT_S = env_float("PROVIDER_TIMEOUT_S", 30.0, minimum=0.1)
 PROVIDER_CONNECT_TIMEOUT_S = env_float("PROVIDER_CONNECT_TIMEOUT_S", 5.0, minimum=0.1)
+# pocketsphinx decoders one process holds at once (~47 MB each); more utterances wait for one
+ASR_OFFLINE_DECODERS = env_int("ASR_OFFLINE_DECODERS", 4, minimum=1, maximum=64)
 
 # --- rendering --------------------------------------------------------------------------------
 RENDER_BACKEND = env_choice("RENDER_BACKEND", ["lite", "echomimic"], "lite")

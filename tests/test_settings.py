@@ -92,6 +92,7 @@ def test_values_from_the_environment() -> None:
         ({"MAX_AUDIO_SECONDS": "-3"}, "MAX_AUDIO_SECONDS"),
         ({"PORT": "eighty"}, "PORT"),
         ({"CELERY_VISIBILITY_TIMEOUT_S": "60"}, "CELERY_TASK_TIME_LIMIT"),
+        ({"ASR_OFFLINE_DECODERS": "0"}, "ASR_OFFLINE_DECODERS"),
     ],
 )
 def test_bad_value_stops_start_up_with_one_line(environ: dict[str, str], named: str) -> None:
