@@ -6,6 +6,7 @@ under media/, offline providers, the `lite` renderer.
 
 from __future__ import annotations
 
+import os
 import secrets
 from pathlib import Path
 
@@ -295,6 +296,9 @@ CELERY_BEAT_SCHEDULE: dict[str, dict] = {
 # --- web process, workers' priority, health (echoproject/web.py, workers.py, health.py) -----
 WEB_HOST = env_str("HOST", "127.0.0.1")  # where `python -m echoproject.web` listens
 WEB_PORT = env_int("PORT", 8000, minimum=1, maximum=65535)
+# daphne processes `python -m echoproject.web` runs on WEB_PORT (SO_REUSEPORT): one per core
+_cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+WEB_PROCESSES = env_int("WEB_PROCESSES", _cores or 1, minimum=1, maximum=256)
 WEB_GC = env_choice("WEB_GC", ["tuned", "default", "off"], "tuned")
 HEALTHZ_TOKEN = env_str("HEALTHZ_TOKEN")
 WORKER_NICE = env_int("WORKER_NICE", 10, minimum=0, maximum=19)

@@ -93,6 +93,7 @@ def test_values_from_the_environment() -> None:
         ({"PORT": "eighty"}, "PORT"),
         ({"CELERY_VISIBILITY_TIMEOUT_S": "60"}, "CELERY_TASK_TIME_LIMIT"),
         ({"ASR_OFFLINE_DECODERS": "0"}, "ASR_OFFLINE_DECODERS"),
+        ({"WEB_PROCESSES": "none"}, "WEB_PROCESSES"),
     ],
 )
 def test_bad_value_stops_start_up_with_one_line(environ: dict[str, str], named: str) -> None:
