@@ -194,6 +194,7 @@ class RealtimeHandler:
         self._connected_pending = False
         peer = PeerSession(
             on_audio=self._on_webrtc_audio,
+            batch_audio=self._may_batch_audio,
             on_state=self._on_peer_state,
             ice_servers=session_ice_servers(self.ctx.session_id),
             timeout_s=float(settings.WEBRTC_TIMEOUT_S),
@@ -358,6 +359,19 @@ class RealtimeHandler:
         finally:
             self._finishing_ws -= websocket
             await span.listener.close()
+
+    def _may_batch_audio(self) -> bool:
+        """Whether the microphone's frames may reach the listener 100 ms at a time: not while
+        an utterance or its first speech-like frames are under way (the end of speech and the
+        start are timed per frame) nor while reply speech is queued (a barge-in pauses it at
+        the first speech-like frame)."""
+        span = self._span
+        if span is not None and span.transport == "webrtc":
+            listener = span.listener
+            if listener.in_utterance or listener.vad.rising:
+                return False
+        peer = self._peer
+        return peer is None or (peer.speaker.queued_ms == 0 and not peer.speaker.held)
 
     async def _on_webrtc_audio(self, pcm: bytes) -> None:
         span = self._span
