@@ -4,12 +4,13 @@ Wall and CPU time are too noisy on a shared machine to see a change of a few mic
 frame; instruction counts are not. This script feeds `--frames` 20 ms frames of a quiet
 microphone (48 kHz stereo s16, as aiortc's Opus decoder gives them) through the server's own
 inbound path: `PeerSession._read_audio` (resampling to 16 kHz) into a `Listener` (its VAD),
-either frame by frame (`--mode frame`: no batching predicate) or as the handler runs it while
-nothing is said and nothing plays (`--mode batched`). `--mode none` builds the same frames and
+either frame by frame (`--mode frame`: no batching predicate), as the handler runs it while
+nothing is said and nothing plays (`--mode batched`), or as it runs while no recognition span is
+open (`--mode unheard`: the frames are read and dropped). `--mode none` builds the same frames and
 reads none: the difference between a mode's count and that one, divided by `--frames`, is the
 cost of one frame.
 
-    for mode in none frame batched; do
+    for mode in none frame batched unheard; do
         valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.$mode \\
             .venv/bin/python bench/inbound.py --mode $mode --frames 1000 2>&1 | grep refs
     done
@@ -77,6 +78,7 @@ async def main(mode: str, count: int) -> None:
         on_audio=listener.feed,
         on_state=nothing,
         batch_audio=quiet if mode == "batched" else None,
+        wants_audio=(lambda: False) if mode == "unheard" else None,
     )
     await peer._read_audio(Microphone())
     assert not listener.in_utterance
@@ -87,7 +89,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--mode", choices=["none", "frame", "batched"], required=True)
+    parser.add_argument("--mode", choices=["none", "frame", "batched", "unheard"], required=True)
     parser.add_argument("--frames", type=int, default=1000)
     args = parser.parse_args()
     asyncio.run(main(args.mode, args.frames))

@@ -395,14 +395,14 @@ def test_many_sessions_leak_no_tasks_or_peer_connections() -> None:
 
 
 def test_a_quiet_microphone_reaches_the_listener_100_ms_at_a_time_and_speech_per_frame() -> None:
-    """While nothing is said and nothing plays, the client's frames are resampled and handed on
-    five at a time (one pass through the listener per 100 ms instead of five); once speech
-    starts they go on one by one again, and the utterance is still recognised whole."""
+    """Before `asr_start` the client's frames go nowhere; then, while nothing is said and
+    nothing plays, they are resampled and handed on five at a time (one pass through the
+    listener per 100 ms instead of five); once speech starts they go on one by one again, and
+    the utterance is still recognised whole."""
 
     async def body() -> None:
         asr = EchoASR()
         handler, ctx, client = await open_session(asr)
-        await handler.handle("asr_start", {"language": "en-US"}, "a1")
         peer = handler.peer
         assert peer is not None
         sizes: list[tuple[bool, int]] = []  # (in an utterance, bytes) per delivery
@@ -415,6 +415,9 @@ def test_a_quiet_microphone_reaches_the_listener_100_ms_at_a_time_and_speech_per
             await deliver(pcm)
 
         peer.on_audio = recording
+        await asyncio.sleep(0.5)
+        assert sizes == []  # connected, but nobody listens yet: nothing is even resampled
+        await handler.handle("asr_start", {"language": "en-US"}, "a1")
         await asyncio.sleep(1.5)
         quiet = [size for speaking, size in sizes if not speaking]
         assert quiet and sum(size == 3200 for size in quiet) >= len(quiet) * 0.8, quiet

@@ -195,6 +195,7 @@ class RealtimeHandler:
         peer = PeerSession(
             on_audio=self._on_webrtc_audio,
             batch_audio=self._may_batch_audio,
+            wants_audio=self._listens_over_webrtc,
             on_state=self._on_peer_state,
             ice_servers=session_ice_servers(self.ctx.session_id),
             timeout_s=float(settings.WEBRTC_TIMEOUT_S),
@@ -359,6 +360,10 @@ class RealtimeHandler:
         finally:
             self._finishing_ws -= websocket
             await span.listener.close()
+
+    def _listens_over_webrtc(self) -> bool:
+        """A webrtc recognition span is open: the microphone's audio has a listener."""
+        return self._span is not None and self._span.transport == "webrtc"
 
     def _may_batch_audio(self) -> bool:
         """Whether the microphone's frames may reach the listener 100 ms at a time: not while

@@ -106,14 +106,15 @@ def low_latency_audio_in(pc: RTCPeerConnection) -> None:
 class PeerSession:
     """The server side of one WebRTC connection.
 
-    `on_audio` receives the client's microphone as 16 kHz mono PCM16 chunks (always, so that
-    aiortc's receive queue never grows; the caller discards what it does not need).
+    `on_audio` receives the client's microphone as 16 kHz mono PCM16 chunks (the track is read
+    whatever happens, so that aiortc's receive queue never grows).
     `on_state` is told "connected", "failed" (ICE/DTLS failure, or not connected within
     `timeout_s` of the offer; `failure_reason` says which) and "closed" (ended by the remote).
     `batch_audio`, asked at every received frame, says whether frames may be held back and
     delivered `BATCH_FRAMES` at a time (True while no speech is under way and no reply plays:
     only then is a frame's own moment of arrival unimportant); without it every frame goes on
-    alone.
+    alone. `wants_audio` says whether anyone listens at all: frames received while it is False
+    are read (aiortc's queue stays empty) but neither resampled nor handed on.
     """
 
     def __init__(
@@ -124,9 +125,11 @@ class PeerSession:
         ice_servers: list[dict[str, Any]] | None = None,
         timeout_s: float = 15.0,
         batch_audio: BatchPredicate | None = None,
+        wants_audio: BatchPredicate | None = None,
     ) -> None:
         self.on_audio = on_audio
         self.batch_audio = batch_audio
+        self.wants_audio = wants_audio
         self.on_state = on_state
         self.timeout_s = timeout_s
         self.pc = RTCPeerConnection(
@@ -223,13 +226,19 @@ class PeerSession:
 
     async def _read_audio(self, track: MediaStreamTrack) -> None:
         """Client microphone → 16 kHz mono PCM16 → on_audio, until the track ends."""
-        resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
+        resampler: av.AudioResampler | None = None
         held: list[av.AudioFrame] = []
         while True:
             try:
                 frame = await track.recv()
             except MediaStreamError:
                 return
+            if self.wants_audio is not None and not self.wants_audio():
+                held.clear()
+                resampler = None  # the next listener's audio starts with a fresh filter
+                continue
+            if resampler is None:
+                resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
             held.append(frame)
             if len(held) < BATCH_FRAMES and self.batch_audio is not None and self.batch_audio():
                 continue
