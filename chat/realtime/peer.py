@@ -37,7 +37,7 @@ SAMPLE_RATE = 16000
 
 AudioCallback = Callable[[bytes], Awaitable[None]]
 StateCallback = Callable[[str], Awaitable[None]]
-BatchPredicate = Callable[[], bool]
+AudioPredicate = Callable[[], bool]
 # While nothing depends on a frame's timing (see PeerSession's `batch_audio`), the microphone's
 # 20 ms frames are resampled and handed on this many at a time: one resampler call and one
 # callback (and so one pass through the listener) per 100 ms instead of five.
@@ -124,8 +124,8 @@ class PeerSession:
         on_state: StateCallback,
         ice_servers: list[dict[str, Any]] | None = None,
         timeout_s: float = 15.0,
-        batch_audio: BatchPredicate | None = None,
-        wants_audio: BatchPredicate | None = None,
+        batch_audio: AudioPredicate | None = None,
+        wants_audio: AudioPredicate | None = None,
     ) -> None:
         self.on_audio = on_audio
         self.batch_audio = batch_audio
