@@ -32,7 +32,15 @@ def main(argv: list[str]) -> None:
 
     if webprocs.is_child():
         webprocs.end_with_supervisor()
-        fileno, family = webprocs.shared_port_socket(settings.WEB_HOST, settings.WEB_PORT)
+        try:
+            fileno, family = webprocs.shared_port_socket(settings.WEB_HOST, settings.WEB_PORT)
+        except OSError as exc:  # taken by another program, an address not on this machine
+            print(
+                f"web: cannot listen on {settings.WEB_HOST}:{settings.WEB_PORT}: {exc}",
+                file=sys.stderr,
+                flush=True,
+            )
+            sys.exit(1)
         listen = ["--endpoint", listen_on_adopted_socket(fileno, family)]
     else:
         listen = ["--bind", settings.WEB_HOST, "--port", str(settings.WEB_PORT)]

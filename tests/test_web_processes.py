@@ -165,3 +165,31 @@ def _running(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
+
+
+def test_a_port_taken_by_another_program_stops_the_web_processes_with_one_line_each(
+    log_dir: Path,
+) -> None:
+    """Children that cannot listen each say why in one line; after a few tries the
+    supervisor gives up with status 1 instead of starting them for ever."""
+    import socket
+
+    from echoproject import webprocs
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))  # no SO_REUSEPORT: nobody else may bind the port
+    taken.listen()
+    port = taken.getsockname()[1]
+    env = child_env(WEB_PROCESSES="2", HOST="127.0.0.1", PORT=str(port))
+    supervisor = Proc("web-taken", [sys.executable, "-m", "echoproject.web"], env, log_dir)
+    try:
+        status = supervisor.popen.wait(120)
+        log = supervisor.log_tail(20000)
+    finally:
+        supervisor.stop()
+        taken.close()
+    assert status == 1
+    refusals = [line for line in log.splitlines() if "web: cannot listen on" in line]
+    assert len(refusals) >= webprocs.MAX_DEATHS and "Address already in use" in refusals[0]
+    assert "Traceback" not in log
+    assert f"{webprocs.MAX_DEATHS} deaths in" in log and "giving up" in log
