@@ -40,6 +40,7 @@ class Stack:
             "PYTHONUNBUFFERED": "1",
             "NO_PROXY": "127.0.0.1,localhost",
             "no_proxy": "127.0.0.1,localhost",
+            "WEB_PROCESSES": "1",  # the benchmarks read the serving process's own /proc
             **settings,
         }
         self.procs: list[subprocess.Popen[bytes]] = []

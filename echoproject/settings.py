@@ -256,6 +256,8 @@ if not VOICE_QUEUE:
     raise SettingsError("VOICE_QUEUE must name a Celery queue, e.g. speech")
 VOICE_POLL_S = env_float("VOICE_POLL_S", 5.0, minimum=0.1)
 VOICE_READY_TIMEOUT_S = env_float("VOICE_READY_TIMEOUT_S", 600.0, minimum=1.0)
+# pocketsphinx decoders one process holds at once (~47 MB each); more utterances wait for one
+ASR_OFFLINE_DECODERS = env_int("ASR_OFFLINE_DECODERS", 4, minimum=1, maximum=64)
 
 # --- rendering --------------------------------------------------------------------------------
 RENDER_BACKEND = env_choice("RENDER_BACKEND", ["lite", "echomimic"], "lite")
@@ -322,6 +324,9 @@ CELERY_BEAT_SCHEDULE: dict[str, dict] = {
 # --- web process, workers' priority, health (echoproject/web.py, workers.py, health.py) -----
 WEB_HOST = env_str("HOST", "127.0.0.1")  # where `python -m echoproject.web` listens
 WEB_PORT = env_int("PORT", 8000, minimum=1, maximum=65535)
+# daphne processes `python -m echoproject.web` runs on WEB_PORT (SO_REUSEPORT): one per core
+_cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+WEB_PROCESSES = env_int("WEB_PROCESSES", _cores or 1, minimum=1, maximum=256)
 WEB_GC = env_choice("WEB_GC", ["tuned", "default", "off"], "tuned")
 HEALTHZ_TOKEN = env_str("HEALTHZ_TOKEN")
 # Flower (echoproject/flower.py): where it listens and its login, required beyond loopback

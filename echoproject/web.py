@@ -3,6 +3,11 @@
 `python -m echoproject.web [daphne options]` listens on HOST:PORT (read in settings) and lets WebSocket messages
 through up to twice MAX_UPLOAD_BYTES, so an oversized upload is answered with ERR_TOO_LARGE
 instead of a dropped connection (daphne's own default cap is 1 MiB).
+
+With `WEB_PROCESSES` above 1 (default: one per core) it starts that many daphne processes on
+the same HOST:PORT and watches them (echoproject/webprocs.py): each binds its own socket with
+SO_REUSEPORT, so the kernel spreads new connections over them, and one that dies is started
+again while the others go on serving.
 """
 
 from __future__ import annotations
@@ -17,14 +22,30 @@ def main(argv: list[str]) -> None:
     from echoproject.env import exit_on_settings_error
 
     exit_on_settings_error()
-    from daphne.cli import CommandLineInterface
     from django.conf import settings
 
+    from echoproject import webprocs
+
+    if settings.WEB_PROCESSES > 1 and not webprocs.is_child():
+        sys.exit(webprocs.supervise(settings.WEB_PROCESSES, argv))
+    from daphne.cli import CommandLineInterface
+
+    if webprocs.is_child():
+        webprocs.end_with_supervisor()
+        try:
+            fileno, family = webprocs.shared_port_socket(settings.WEB_HOST, settings.WEB_PORT)
+        except OSError as exc:  # taken by another program, an address not on this machine
+            print(
+                f"web: cannot listen on {settings.WEB_HOST}:{settings.WEB_PORT}: {exc}",
+                file=sys.stderr,
+                flush=True,
+            )
+            sys.exit(1)
+        listen = ["--endpoint", listen_on_adopted_socket(fileno, family)]
+    else:
+        listen = ["--bind", settings.WEB_HOST, "--port", str(settings.WEB_PORT)]
     args = [
-        "--bind",
-        settings.WEB_HOST,
-        "--port",
-        str(settings.WEB_PORT),
+        *listen,
         "--websocket-max-message-size",
         str(2 * settings.MAX_UPLOAD_BYTES),
         "--websocket-max-frame-size",
@@ -49,6 +70,23 @@ def forget_own_metrics_at_exit() -> None:
     from echoproject import metrics
 
     atexit.register(metrics.on_process_exit)
+
+
+def listen_on_adopted_socket(fileno: int, family: int) -> str:
+    """An endpoint description daphne will listen on: the already bound socket `fileno`
+    (twisted's own `fd:` endpoint is not in the versions daphne runs with)."""
+    from daphne import server
+    from twisted.internet.endpoints import AdoptedStreamServerEndpoint, serverFromString
+
+    description = f"adopted-socket-{fileno}"
+
+    def server_from_string(reactor: object, text: str) -> object:
+        if text == description:
+            return AdoptedStreamServerEndpoint(reactor, fileno, family)
+        return serverFromString(reactor, text)
+
+    server.serverFromString = server_from_string
+    return description
 
 
 def close_oversized_messages_cleanly() -> None:

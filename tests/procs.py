@@ -109,6 +109,9 @@ def child_env(**extra: str) -> dict[str, str]:
     env["PATH"] = f"{BIN}:{env.get('PATH', '')}"
     env["PYTHONUNBUFFERED"] = "1"
     env.setdefault("DATABASE_URL", f"sqlite:///{os.environ['TEST_SQLITE_PATH']}")
+    # one daphne per web process started by a test (its pid is the one serving), unless the
+    # test asks for several (tests/test_web_processes.py)
+    env.setdefault("WEB_PROCESSES", "1")
     env.update(extra)
     return env
 

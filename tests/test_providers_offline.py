@@ -119,8 +119,8 @@ def test_pocketsphinx_stream_can_be_abandoned() -> None:
 def test_pocketsphinx_keeps_few_idle_decoders_after_a_burst_of_concurrent_streams(
     tmp_path: Path,
 ) -> None:
-    """Each decoder holds its own ~100 MB of models: after six people talked at once, the web
-    process keeps only a couple loaded, and later streams still recognise speech."""
+    """After six people talked at once, the web process keeps only a couple of decoders
+    loaded, and later streams still recognise speech."""
     from chat.providers.asr import pocketsphinx
 
     path = _utterance(tmp_path, "i would like to order a pizza")
@@ -133,6 +133,83 @@ def test_pocketsphinx_keeps_few_idle_decoders_after_a_burst_of_concurrent_stream
     assert pocketsphinx._pool.idle(16000) <= pocketsphinx.MAX_IDLE_DECODERS
     final = asyncio.run(_stream_file(path))[-1]
     assert final.final and {"order", "pizza"} & _words(final.text), final
+
+
+def test_six_people_talking_at_once_share_at_most_asr_offline_decoders(
+    tmp_path: Path, settings: Any
+) -> None:
+    """With ASR_OFFLINE_DECODERS=2 the process never holds more than two decoders (the memory
+    bound), and each of six simultaneous utterances is still recognised: the others wait."""
+    import threading
+
+    from chat.providers.asr import pocketsphinx
+
+    settings.ASR_OFFLINE_DECODERS = 2
+    path = _utterance(tmp_path, "i would like to order a pizza")
+    most, stop = [0], threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            most[0] = max(most[0], pocketsphinx._pool.loaded())
+            stop.wait(0.005)
+
+    async def burst() -> list[list[Hypothesis]]:
+        return await asyncio.gather(*(_stream_file(path, chunk_ms=20) for _ in range(6)))
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        outcomes = asyncio.run(burst())
+    finally:
+        stop.set()
+        watcher.join()
+    for results in outcomes:
+        assert results[-1].final and {"order", "pizza"} & _words(results[-1].text), results
+    assert 1 <= most[0] <= 2
+
+
+def test_streams_closed_holding_or_waiting_for_the_only_decoder_leave_it_free(
+    tmp_path: Path, settings: Any
+) -> None:
+    """One decoder allowed: one speaker holds it, a second waits for it; both leave, and the
+    next speaker's utterance is still recognised (nothing keeps the decoder)."""
+    settings.ASR_OFFLINE_DECODERS = 1
+    path = _utterance(tmp_path, "i would like to order a pizza")
+
+    async def scenario() -> list[Hypothesis]:
+        holding = get_asr().stream("en-US")
+        await holding.feed(b"\x00\x00" * 1600)
+        waiting = get_asr().stream("en-US")
+        await waiting.feed(b"\x00\x00" * 1600)
+        await asyncio.sleep(0.3)
+        await waiting.close()
+        await holding.close()
+        return await asyncio.wait_for(_stream_file(path), 60)
+
+    final = asyncio.run(scenario())[-1]
+    assert final.final and {"order", "pizza"} & _words(final.text), final
+
+
+def test_pocketsphinx_hears_what_a_stock_decoder_hears(tmp_path: Path) -> None:
+    """Sharing the language model and trimming the dictionary to its words changes no word
+    and no score: the same recordings give what pocketsphinx's own decoder gives."""
+    from pocketsphinx import Decoder
+
+    stock = Decoder(samprate=16000, loglevel="FATAL")
+    noise = (np.random.default_rng(7).normal(0, 3000, 16000 * 2)).astype(np.int16)
+    for number, text in enumerate([*SENTENCES, "open the pod bay doors", ""]):
+        if text:
+            pcm = np.concatenate([noise[:8000] // 20, read_wav(_utterance(tmp_path, text))[0]])
+        else:
+            pcm = noise
+        path = write_wav(tmp_path / f"{number}.wav", pcm, 16000)
+        stock.start_utt()
+        stock.process_raw(pcm.tobytes(), False, True)
+        stock.end_utt()
+        hyp = stock.hyp()
+        expected = hyp.hypstr if hyp is not None else ""
+        stock.reinit_feat()
+        assert asyncio.run(get_asr().recognize_file(str(path), "", "en-US")) == expected
 
 
 def test_pocketsphinx_rejects_unreadable_files(tmp_path: Path) -> None:

@@ -301,3 +301,24 @@ def test_listener_close_abandons_the_stream_without_a_final() -> None:
         await listener.feed(b"\0" * 640)  # ignored after close
 
     run(body())
+
+
+def test_vad_over_levels_measured_100_ms_at_a_time_finds_the_same_speech() -> None:
+    """The listener measures a batch's frame levels in one pass; the VAD then hears the same
+    utterances at the same instants as when it measures each frame itself."""
+    from chat.realtime.vad import frame_dbs
+
+    rng = np.random.default_rng(11)
+    noise = (rng.standard_normal(16000 * 6) * 0.005 * 32768).astype(np.int16)
+    speech = speech_16k()
+    mixed = noise.copy()
+    mixed[2 * 16000 : 2 * 16000 + len(speech)] += speech
+    frames = mixed[: len(mixed) // 320 * 320].reshape(-1, 320)
+    batched, vad = [], EnergyVAD()
+    for first in range(0, len(frames), 5):
+        for n, level in enumerate(frame_dbs(frames[first : first + 5])):
+            if event := vad.update_level(level):
+                batched.append((event, (first + n) * 320 / 16000))
+    expected = vad_events(mixed)
+    assert [e for e, _ in expected if _ > 1.5] == ["speech_start", "speech_end"]
+    assert batched == expected

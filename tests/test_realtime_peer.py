@@ -392,3 +392,41 @@ def test_many_sessions_leak_no_tasks_or_peer_connections() -> None:
         assert live_peer_connections() <= pcs_before
 
     run(body(), timeout=110)
+
+
+def test_a_quiet_microphone_reaches_the_listener_100_ms_at_a_time_and_speech_per_frame() -> None:
+    """Before `asr_start` the client's frames go nowhere; then, while nothing is said and
+    nothing plays, they are resampled and handed on five at a time (one pass through the
+    listener per 100 ms instead of five); once speech starts they go on one by one again, and
+    the utterance is still recognised whole."""
+
+    async def body() -> None:
+        asr = EchoASR()
+        handler, ctx, client = await open_session(asr)
+        peer = handler.peer
+        assert peer is not None
+        sizes: list[tuple[bool, int]] = []  # (in an utterance, bytes) per delivery
+        deliver = peer.on_audio
+
+        async def recording(pcm: bytes) -> None:
+            sizes.append(
+                (handler._span is not None and handler._span.listener.in_utterance, len(pcm))
+            )
+            await deliver(pcm)
+
+        peer.on_audio = recording
+        await asyncio.sleep(0.5)
+        assert sizes == []  # connected, but nobody listens yet: nothing is even resampled
+        await handler.handle("asr_start", {"language": "en-US"}, "a1")
+        await asyncio.sleep(1.5)
+        quiet = [size for speaking, size in sizes if not speaking]
+        assert quiet and sum(size == 3200 for size in quiet) >= len(quiet) * 0.8, quiet
+        duration = client.mic.play_wav(speak("Hello there. What is the weather like today?"))
+        await wait_until(lambda: ctx.utterances, duration + 10, "a final")
+        speaking = [size for in_utterance, size in sizes if in_utterance]
+        assert speaking and sum(size == 640 for size in speaking) >= len(speaking) * 0.8
+        heard_ms = int(ctx.utterances[0][0].split()[-2])
+        assert duration * 1000 - 300 < heard_ms < duration * 1000 + 1200
+        await close_session(handler, client)
+
+    run(body())

@@ -108,6 +108,8 @@ def test_values_from_the_environment() -> None:
         ({"FLOWER_BASIC_AUTH": "operator:short"}, "FLOWER_BASIC_AUTH"),
         ({"LIMIT_SESSIONS": "-1"}, "LIMIT_SESSIONS"),
         ({"MEDIA_URL_EXPIRY_S": "5"}, "MEDIA_URL_EXPIRY_S"),
+        ({"ASR_OFFLINE_DECODERS": "0"}, "ASR_OFFLINE_DECODERS"),
+        ({"WEB_PROCESSES": "none"}, "WEB_PROCESSES"),
     ],
 )
 def test_bad_value_stops_start_up_with_one_line(environ: dict[str, str], named: str) -> None:

@@ -210,6 +210,8 @@ class RealtimeHandler:
         self._connected_pending = False
         peer = PeerSession(
             on_audio=self._on_webrtc_audio,
+            batch_audio=self._may_batch_audio,
+            wants_audio=self._listens_over_webrtc,
             on_state=self._on_peer_state,
             ice_servers=session_ice_servers(self.ctx.session_id),
             timeout_s=float(settings.WEBRTC_TIMEOUT_S),
@@ -406,6 +408,23 @@ class RealtimeHandler:
                 logger.warning(
                     "limits: could not count %.1f s of audio of %s: %s", seconds, who, exc
                 )
+
+    def _listens_over_webrtc(self) -> bool:
+        """A webrtc recognition span is open: the microphone's audio has a listener."""
+        return self._span is not None and self._span.transport == "webrtc"
+
+    def _may_batch_audio(self) -> bool:
+        """Whether the microphone's frames may reach the listener 100 ms at a time: not while
+        an utterance or its first speech-like frames are under way (the end of speech and the
+        start are timed per frame) nor while reply speech is queued (a barge-in pauses it at
+        the first speech-like frame)."""
+        span = self._span
+        if span is not None and span.transport == "webrtc":
+            listener = span.listener
+            if listener.in_utterance or listener.vad.rising:
+                return False
+        peer = self._peer
+        return peer is None or (peer.speaker.queued_ms == 0 and not peer.speaker.held)
 
     async def _on_webrtc_audio(self, pcm: bytes) -> None:
         span = self._span

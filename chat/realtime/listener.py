@@ -22,7 +22,7 @@ import numpy as np
 from chat import observe
 from chat.providers.base import ASRError, ASRProvider, ASRStream, ProviderError
 from chat.realtime.tasks import Tasks
-from chat.realtime.vad import EnergyVAD, VADConfig
+from chat.realtime.vad import EnergyVAD, VADConfig, frame_db, frame_dbs
 
 logger = logging.getLogger(__name__)
 
@@ -167,22 +167,27 @@ class Listener:
         return self._current is not None
 
     async def feed(self, pcm: bytes) -> None:
-        """Push audio (any chunk size); runs the VAD frame by frame."""
+        """Push audio (any chunk size); runs the VAD frame by frame (the frames' levels of a
+        chunk are measured together: one numpy pass for a 100 ms batch instead of five)."""
         if self._closed:
             return
         data = bytes(self._pending) + pcm if self._pending else pcm
         size = self._frame_bytes
         whole = len(data) - len(data) % size
         self._pending = bytearray(data[whole:])
+        if not whole:
+            return
+        samples = np.frombuffer(data, dtype=np.int16, count=whole // 2)
+        levels = [frame_db(samples)] if whole == size else frame_dbs(samples.reshape(-1, size // 2))
         for count, offset in enumerate(range(0, whole, size), 1):
             if self._closed:
                 return
-            await self._frame(data[offset : offset + size])
+            await self._frame(data[offset : offset + size], levels[count - 1])
             if count % 50 == 0:  # a long chunk (websocket client): let the loop breathe
                 await asyncio.sleep(0)
 
-    async def _frame(self, frame: bytes) -> None:
-        event = self.vad.update(np.frombuffer(frame, dtype=np.int16))
+    async def _frame(self, frame: bytes, level: float) -> None:
+        event = self.vad.update_level(level)
         if self.vad.rising and not self._rising:
             self._maybe_speech(True)
         if event == "speech_start":

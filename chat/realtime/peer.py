@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import av
+import numpy as np
 from aiortc import (
     RTCConfiguration,
     RTCIceServer,
@@ -36,6 +37,11 @@ SAMPLE_RATE = 16000
 
 AudioCallback = Callable[[bytes], Awaitable[None]]
 StateCallback = Callable[[str], Awaitable[None]]
+AudioPredicate = Callable[[], bool]
+# While nothing depends on a frame's timing (see PeerSession's `batch_audio`), the microphone's
+# 20 ms frames are resampled and handed on this many at a time: one resampler call and one
+# callback (and so one pass through the listener) per 100 ms instead of five.
+BATCH_FRAMES = 5
 
 
 class WebRTCError(Exception):
@@ -100,10 +106,15 @@ def low_latency_audio_in(pc: RTCPeerConnection) -> None:
 class PeerSession:
     """The server side of one WebRTC connection.
 
-    `on_audio` receives the client's microphone as 16 kHz mono PCM16 chunks (always, so that
-    aiortc's receive queue never grows; the caller discards what it does not need).
+    `on_audio` receives the client's microphone as 16 kHz mono PCM16 chunks (the track is read
+    whatever happens, so that aiortc's receive queue never grows).
     `on_state` is told "connected", "failed" (ICE/DTLS failure, or not connected within
     `timeout_s` of the offer; `failure_reason` says which) and "closed" (ended by the remote).
+    `batch_audio`, asked at every received frame, says whether frames may be held back and
+    delivered `BATCH_FRAMES` at a time (True while no speech is under way and no reply plays:
+    only then is a frame's own moment of arrival unimportant); without it every frame goes on
+    alone. `wants_audio` says whether anyone listens at all: frames received while it is False
+    are read (aiortc's queue stays empty) but neither resampled nor handed on.
     """
 
     def __init__(
@@ -113,8 +124,12 @@ class PeerSession:
         on_state: StateCallback,
         ice_servers: list[dict[str, Any]] | None = None,
         timeout_s: float = 15.0,
+        batch_audio: AudioPredicate | None = None,
+        wants_audio: AudioPredicate | None = None,
     ) -> None:
         self.on_audio = on_audio
+        self.batch_audio = batch_audio
+        self.wants_audio = wants_audio
         self.on_state = on_state
         self.timeout_s = timeout_s
         self.pc = RTCPeerConnection(
@@ -211,19 +226,29 @@ class PeerSession:
 
     async def _read_audio(self, track: MediaStreamTrack) -> None:
         """Client microphone → 16 kHz mono PCM16 → on_audio, until the track ends."""
-        resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
+        resampler: av.AudioResampler | None = None
+        held: list[av.AudioFrame] = []
         while True:
             try:
                 frame = await track.recv()
             except MediaStreamError:
                 return
-            for out in resampler.resample(frame):
-                pcm = frame_pcm(out)
-                if pcm:
-                    try:
-                        await self.on_audio(pcm)
-                    except Exception:
-                        logger.exception("handling incoming WebRTC audio failed")
+            if self.wants_audio is not None and not self.wants_audio():
+                held.clear()
+                resampler = None  # the next listener's audio starts with a fresh filter
+                continue
+            if resampler is None:
+                resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
+            held.append(frame)
+            if len(held) < BATCH_FRAMES and self.batch_audio is not None and self.batch_audio():
+                continue
+            frames, held = _joined(held), []
+            pcm = b"".join(frame_pcm(out) for f in frames for out in resampler.resample(f))
+            if pcm:
+                try:
+                    await self.on_audio(pcm)
+                except Exception:
+                    logger.exception("handling incoming WebRTC audio failed")
 
     async def _discard(self, track: MediaStreamTrack) -> None:
         """Read and drop a track we do not use (video), so its queue stays empty."""
@@ -264,6 +289,26 @@ class PeerSession:
             track.stop()
         await self._tasks.cancel()
         self._tracks.clear()
+
+
+def _joined(frames: list[av.AudioFrame]) -> list[av.AudioFrame]:
+    """Consecutive packed frames of one format as one frame (one resampler call for all);
+    frames that differ (a renegotiated codec) are left as they are."""
+    first = frames[0]
+    kind = (first.format.name, first.layout.name, first.sample_rate)
+    if len(frames) == 1 or first.format.is_planar:
+        return frames
+    if any((f.format.name, f.layout.name, f.sample_rate) != kind for f in frames[1:]):
+        return frames
+    joined = av.AudioFrame.from_ndarray(
+        np.concatenate([f.to_ndarray() for f in frames], axis=1),
+        format=kind[0],
+        layout=kind[1],
+    )
+    joined.sample_rate = kind[2]
+    if first.time_base is not None:  # the resampler follows the frames' timestamps
+        joined.pts, joined.time_base = first.pts, first.time_base
+    return [joined]
 
 
 def _sends_opus(pc: RTCPeerConnection, track: MediaStreamTrack) -> bool:

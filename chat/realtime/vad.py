@@ -62,6 +62,14 @@ def frame_db(frame: np.ndarray) -> float:
     return max(_MIN_DB, 10.0 * float(np.log10(power))) if power > 0 else _MIN_DB
 
 
+def frame_dbs(frames: np.ndarray) -> list[float]:
+    """`frame_db` of each row of a 2-D array of int16 frames, in one pass over all of them."""
+    power = np.mean(np.square(frames.astype(np.float32)), axis=1).astype(np.float64)
+    # a silent frame's zero power reads as the floor, as in frame_db (no log of zero)
+    levels = 10.0 * np.log10(np.maximum(power / (32768.0 * 32768.0), 1e-30))
+    return np.maximum(levels, _MIN_DB).tolist()
+
+
 class EnergyVAD:
     """Feed fixed-size frames with `update`; it returns "speech_start"/"speech_end" or None.
 
@@ -118,7 +126,10 @@ class EnergyVAD:
 
     def update(self, frame: np.ndarray) -> SpeechEvent | None:
         """Classify one frame of `config.frame_samples` int16 samples."""
-        level = frame_db(frame)
+        return self.update_level(frame_db(frame))
+
+    def update_level(self, level: float) -> SpeechEvent | None:
+        """Classify the next frame by its level (`frame_db`, or one row of `frame_dbs`)."""
         self.last_db = level
         threshold = self.threshold_db
         self._ring[self._pos] = level

@@ -2,10 +2,10 @@
 
 Decoding is CPU work, so each stream has its own worker thread fed through a queue: `feed()`
 never waits for the decoder, and hypotheses reach the loop through a `ThreadBridge`. Decoders
-take a moment to load, so finished ones go back to a small per-process pool; the pool keeps at
-most `MAX_IDLE_DECODERS` per sample rate, because each decoder holds its own copy of the acoustic
-model and language model (about 100 MB), so keeping every decoder a burst of concurrent sessions
-needed would keep that memory for the life of the process.
+come from a per-process pool (chat/providers/asr/sphinx_pool.py) that loads the language model
+once for all of them and bounds how many exist (`ASR_OFFLINE_DECODERS`): an utterance that finds
+them all busy queues its audio until one is free. The pool keeps at most `MAX_IDLE_DECODERS`
+idle per sample rate, so a past burst of concurrent sessions does not keep its memory.
 
 Only English is known offline. For other languages (Mandarin avatars) the English model still
 runs, so every flow keeps working without a network; it logs a warning once per language, and
@@ -20,16 +20,13 @@ import queue
 import threading
 import wave
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
 
 from django.conf import settings
 
+from chat.providers.asr.sphinx_pool import DecoderPool, SharedModels
 from chat.providers.base import SPEECH_RATE, ASRError, ASRProvider, ASRStream, Hypothesis
 from chat.providers.bridge import ThreadBridge
 from chat.providers.cloud import timed_out
-
-if TYPE_CHECKING:
-    from pocketsphinx import Decoder
 
 logger = logging.getLogger(__name__)
 
@@ -38,46 +35,7 @@ _FINISH, _ABORT = object(), object()  # control items in the audio queue
 # model, few enough that a past burst of concurrent sessions does not keep its memory.
 MAX_IDLE_DECODERS = 2
 _warned_languages: set[str] = set()
-
-
-class _DecoderPool:
-    """Idle decoders per sample rate; a decoder serves one utterance at a time.
-
-    A decoder adapts its feature extraction (cepstral mean, noise estimate) to what it hears; a
-    returned one starts afresh, so one speaker's audio never shapes another's recognition and
-    the same recording always gives the same words."""
-
-    def __init__(self, max_idle: int = MAX_IDLE_DECODERS) -> None:
-        self._idle: dict[int, list[Decoder]] = {}
-        self._lock = threading.Lock()
-        self._max_idle = max_idle
-
-    def idle(self, sample_rate: int) -> int:
-        """How many loaded decoders wait for work at `sample_rate` (what the pool keeps)."""
-        with self._lock:
-            return len(self._idle.get(sample_rate, ()))
-
-    def acquire(self, sample_rate: int) -> Decoder:
-        with self._lock:
-            idle = self._idle.get(sample_rate)
-            if idle:
-                return idle.pop()
-        from pocketsphinx import Decoder
-
-        return Decoder(samprate=sample_rate, loglevel="FATAL")
-
-    def release(self, sample_rate: int, decoder: Decoder) -> None:
-        """Keep `decoder` for the next utterance, or let it go when enough are kept already."""
-        with self._lock:
-            idle = self._idle.setdefault(sample_rate, [])
-            if len(idle) >= self._max_idle:
-                return  # dropped: its models are freed with it
-        decoder.reinit_feat()
-        with self._lock:
-            idle.append(decoder)
-
-
-_pool = _DecoderPool()
+_pool = DecoderPool(SharedModels(), MAX_IDLE_DECODERS)
 
 
 def _check_language(language: str) -> None:
@@ -89,22 +47,32 @@ def _check_language(language: str) -> None:
 
 
 class _SphinxStream(ASRStream):
-    def __init__(self, sample_rate: int, interim_s: float, timeout_s: float) -> None:
+    def __init__(
+        self, sample_rate: int, interim_s: float, timeout_s: float, max_decoders: int
+    ) -> None:
         self._sample_rate = sample_rate
+        self._max_decoders = max_decoders
+        self._closed = threading.Event()  # stops waiting for a decoder
         self._interim_bytes = max(2, int(interim_s * sample_rate) * 2)
         self._timeout_s = timeout_s
         self._audio: queue.SimpleQueue[bytes | object] = queue.SimpleQueue()
         self._bridge: ThreadBridge[Hypothesis] = ThreadBridge()
         self._finished = False
-        threading.Thread(target=self._decode, name="pocketsphinx", daemon=True).start()
+        threading.Thread(target=self._run, name="pocketsphinx", daemon=True).start()
+
+    def _run(self) -> None:
+        self._decode()
+        _pool.trim()  # here the decoder is no longer referenced
 
     def _decode(self) -> None:
         """Worker thread: one utterance, interim hypotheses when they change."""
         try:
-            decoder = _pool.acquire(self._sample_rate)
+            decoder = _pool.acquire(self._sample_rate, self._max_decoders, self._closed)
         except Exception as exc:  # noqa: BLE001
             self._bridge.fail(ASRError("pocketsphinx could not start", provider_message=str(exc)))
             return
+        if decoder is None:
+            return  # closed while every decoder was busy
         decoder.start_utt()
         since_interim, last = 0, ""
         try:
@@ -155,6 +123,7 @@ class _SphinxStream(ASRStream):
             yield hypothesis
 
     async def close(self) -> None:
+        self._closed.set()
         self._bridge.abandon()
         if not self._finished:
             self._finished = True
@@ -164,24 +133,30 @@ class _SphinxStream(ASRStream):
 class PocketSphinxASR(ASRProvider):
     name = "pocketsphinx"
 
-    def __init__(self, timeout_s: float, interim_s: float = 0.5) -> None:
+    def __init__(self, timeout_s: float, interim_s: float = 0.5, max_decoders: int = 4) -> None:
         self.timeout_s = timeout_s
         self.interim_s = interim_s
+        self.max_decoders = max_decoders
 
     @classmethod
     def from_settings(cls) -> PocketSphinxASR:
-        return cls(settings.PROVIDER_TIMEOUT_S)
+        return cls(settings.PROVIDER_TIMEOUT_S, max_decoders=settings.ASR_OFFLINE_DECODERS)
 
     def stream(self, language: str, sample_rate: int = SPEECH_RATE) -> ASRStream:
         _check_language(language)
-        return _SphinxStream(sample_rate, self.interim_s, self.timeout_s)
+        return _SphinxStream(sample_rate, self.interim_s, self.timeout_s, self.max_decoders)
 
     async def recognize_file(self, path: str, url: str, language: str) -> str:
         _check_language(language)
-        return await asyncio.to_thread(self._recognize, path)
+        return await asyncio.to_thread(self._recognize_and_trim, path)
 
-    @staticmethod
-    def _recognize(path: str) -> str:
+    def _recognize_and_trim(self, path: str) -> str:
+        try:
+            return self._recognize(path)
+        finally:
+            _pool.trim()  # here the decoder is no longer referenced
+
+    def _recognize(self, path: str) -> str:
         try:
             with wave.open(path, "rb") as handle:
                 if handle.getnchannels() != 1 or handle.getsampwidth() != 2:
@@ -189,7 +164,9 @@ class PocketSphinxASR(ASRProvider):
                 rate, pcm = handle.getframerate(), handle.readframes(handle.getnframes())
         except (OSError, EOFError, wave.Error) as exc:
             raise ASRError("unreadable audio file", provider_message=str(exc)) from None
-        decoder = _pool.acquire(rate)
+        decoder = _pool.acquire(rate, self.max_decoders)
+        if decoder is None:  # only a cancelled wait gives none; this one is never cancelled
+            raise ASRError("pocketsphinx could not start")
         try:
             decoder.start_utt()
             decoder.process_raw(pcm, False, True)
