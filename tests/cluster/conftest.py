@@ -8,9 +8,11 @@ They are collected only with CLUSTER_TEST=1 (`make cluster-test`), as root.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
+import re
 import select
 import shutil
 import subprocess
@@ -25,6 +27,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = [sys.executable, str(ROOT / "scripts" / "cluster.py")]
 WORK = Path("/tmp/echoproject-cluster")
+# a log record's time, anywhere in its line: 2026-11-30 17:20:03,300 (or .300, or ISO's T)
+TIMESTAMP = re.compile(
+    r"(?P<date>\d{4}-\d{2}-\d{2})[ T](?P<time>\d{2}:\d{2}:\d{2})(?:[,.](?P<fraction>\d{1,6}))?"
+)
 ADDRESSES = {"web1": "10.77.0.11", "web2": "10.77.0.12", "data": "10.77.0.16"}
 
 if os.environ.get("CLUSTER_TEST") != "1":
@@ -168,12 +174,26 @@ class Cluster:
         raise AssertionError(f"no render worker finished {task_id}")
 
     def log_time(self, host: str, marker: str) -> datetime.datetime:
-        """When a Celery log line with `marker` was written on `host` (echo-<name>)."""
+        """When the render worker on `host` (echo-<name>) logged a line with `marker`.
+
+        Reads the record's own time whatever LOG_FORMAT the host runs with: the `time` field
+        of a JSON line, or the first timestamp anywhere in a text line (Celery's own format,
+        or the service's `time LEVEL logger: message`)."""
         for line in self.log(host.removeprefix("echo-"), "render").splitlines():
-            if marker in line:
-                stamp = line[1 : line.index("]")].split(": ")[0]  # [2026-11-30 17:20:03,300: …
-                return datetime.datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f")
-        raise AssertionError(f"no {marker!r} in {host}'s render log")
+            if marker not in line:
+                continue
+            if line.startswith("{"):
+                with contextlib.suppress(ValueError):
+                    record = json.loads(line)
+                    if marker in str(record.get("message", "")):
+                        line = str(record.get("time", ""))
+            found = TIMESTAMP.search(line)
+            if found:
+                return datetime.datetime.strptime(
+                    f"{found['date']} {found['time']}.{found['fraction'] or '0'}",
+                    "%Y-%m-%d %H:%M:%S.%f",
+                )
+        raise AssertionError(f"no {marker!r} with a time in {host}'s render log")
 
     def rendering_on(self, task_id: str, timeout: float = 30) -> str:
         """The GPU host whose render worker received the task (from its log)."""
