@@ -136,6 +136,29 @@ class Cluster:
             f"print(json.dumps([list(r) for r in c.execute({query!r}).fetchall()], default=str))"
         )
 
+    def status_from(self, host: str, url: str, headers: dict[str, str] | None = None) -> int:
+        """The HTTP status `url` answers from a host (echo-<name>, trusting the cluster's CA);
+        0 when nothing answers within a few seconds."""
+        code = (
+            "import json, ssl, sys, urllib.error, urllib.request as r\n"
+            "q = r.Request(sys.argv[1], headers=json.loads(sys.argv[2]))\n"
+            "try:\n"
+            "    print(r.urlopen(q, timeout=5, context=ssl.create_default_context()).status)\n"
+            "except urllib.error.HTTPError as e:\n    print(e.code)\n"
+            "except OSError:\n    print(0)\n"
+        )
+        result = subprocess.run(
+            ["ip", "netns", "exec", host, "env", f"SSL_CERT_FILE={self.info['ca_file']}",
+             sys.executable, "-c", code, url, json.dumps(headers or {})],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr[-2000:]
+        return int(result.stdout)
+
+    def secret(self, name: str) -> str:
+        """One of the cluster's generated secrets (what an operator has in the role's env)."""
+        return json.loads((WORK / "secret.json").read_text())[name]
+
     def web_hosts(self, session_ids: list[str]) -> dict[str, str]:
         """Session id → the host whose web process holds it (its recorded web_process)."""
         ids = ",".join(f"'{i}'" for i in session_ids)
