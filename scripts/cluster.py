@@ -217,6 +217,10 @@ CLUSTER_OVERRIDES = {
     "CELERY_TASK_TIME_LIMIT": "90",
     "CELERY_VISIBILITY_TIMEOUT_S": "120",
     "TURN_TTL_S": "600",
+    # the limits on, as in public, wide enough for the test's users, who all come from the one
+    # address of their NAT router (the test checks they count there, not at the edge's address)
+    "LIMIT_SESSIONS": "100",
+    "LIMIT_TURNS_PER_MINUTE": "600",
 }
 
 

@@ -129,6 +129,16 @@ class Cluster:
         assert result.returncode == 0, result.stderr[-2000:]
         return json.loads(result.stdout)
 
+    def manage(self, host: str, *args: str) -> str:
+        """A manage.py command on a host (echo-<name>) with its role's environment."""
+        env = {**os.environ, **_env_file(WORK / host.removeprefix("echo-") / "env")}
+        result = subprocess.run(
+            ["ip", "netns", "exec", host, sys.executable, "manage.py", *args],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr[-2000:]
+        return result.stdout
+
     def sql(self, query: str) -> list[list[Any]]:
         return self.on_data(
             "import os, json, psycopg, urllib.parse as u; url = os.environ['DATABASE_URL'];"

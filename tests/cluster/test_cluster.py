@@ -9,6 +9,7 @@ these tests look at the hosts as an operator would.
 from __future__ import annotations
 
 import base64
+import json
 import os
 import re
 import signal
@@ -37,6 +38,9 @@ def test_1_and_6_forty_sessions_through_the_edge_on_both_web_hosts(cluster: Clus
         f"select distinct client_info->>'ip' from chat_chatsession where id in ({ids})"
     )
     assert seen == [[NAT_ADDRESS]], seen
+    counted = json.loads(cluster.manage("echo-data", "limits", "--json"))
+    sessions = {r["subject"]: r["used"] for r in counted if r["limit"] == "sessions"}
+    assert sessions == {f"ip:{NAT_ADDRESS}": 40}, counted
 
     report = run.phase("turns", timeout=480)
     turns = report["turns"]
