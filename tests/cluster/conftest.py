@@ -8,11 +8,8 @@ They are collected only with CLUSTER_TEST=1 (`make cluster-test`), as root.
 
 from __future__ import annotations
 
-import contextlib
-import datetime
 import json
 import os
-import re
 import select
 import shutil
 import subprocess
@@ -27,10 +24,6 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = [sys.executable, str(ROOT / "scripts" / "cluster.py")]
 WORK = Path("/tmp/echoproject-cluster")
-# a log record's time, anywhere in its line: 2026-11-30 17:20:03,300 (or .300, or ISO's T)
-TIMESTAMP = re.compile(
-    r"(?P<date>\d{4}-\d{2}-\d{2})[ T](?P<time>\d{2}:\d{2}:\d{2})(?:[,.](?P<fraction>\d{1,6}))?"
-)
 ADDRESSES = {"web1": "10.77.0.11", "web2": "10.77.0.12", "data": "10.77.0.16"}
 
 if os.environ.get("CLUSTER_TEST") != "1":
@@ -193,50 +186,42 @@ class Cluster:
         path = WORK / host / "logs" / f"{name}.log"
         return path.read_text(errors="replace") if path.exists() else ""
 
-    def rendered_on(self, task_id: str, timeout: float = 15) -> str:
-        """The GPU host whose render worker finished the task (from its log)."""
+    def task(self, task_id: str) -> dict[str, Any]:
+        """What Flower on echo-data, behind its login, knows of a Celery task: its state, the
+        worker that holds it and the times of its events ({} while it knows nothing of it)."""
+        return self.on_data(
+            "import base64, json, os, urllib.error, urllib.request as r\n"
+            "login = base64.b64encode(os.environ['FLOWER_BASIC_AUTH'].encode()).decode()\n"
+            f"q = r.Request('http://' + os.environ['HOST'] + ':' + os.environ['FLOWER_PORT']"
+            f" + '/api/task/info/{task_id}', headers={{'Authorization': 'Basic ' + login}})\n"
+            "try:\n"
+            "    print(r.urlopen(q, timeout=10).read().decode())\n"
+            "except urllib.error.HTTPError as e:\n"
+            "    if e.code != 404:\n        raise\n"
+            "    print('{}')\n"
+        )
+
+    def _worker_host(self, task_id: str, states: set[str], timeout: float) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            done = [
-                h for h in ("gpu1", "gpu2") if f"[{task_id}] succeeded" in self.log(h, "render")
-            ]
-            if done:
-                assert len(done) == 1, f"{task_id} finished on {done}"
-                return f"echo-{done[0]}"
-            time.sleep(0.5)
-        raise AssertionError(f"no render worker finished {task_id}")
+            task = self.task(task_id)
+            if task.get("state") in states and task.get("worker"):
+                return {**task, "host": task["worker"].split("@", 1)[1]}  # render@<host name>
+            time.sleep(0.3)
+        raise AssertionError(f"no render worker in {sorted(states)} for {task_id}: {task}")
 
-    def log_time(self, host: str, marker: str) -> datetime.datetime:
-        """When the render worker on `host` (echo-<name>) logged a line with `marker`.
+    def rendered_on(self, task_id: str, timeout: float = 15) -> str:
+        """The GPU host whose render worker finished the task."""
+        return self._worker_host(task_id, {"SUCCESS"}, timeout)["host"]
 
-        Reads the record's own time whatever LOG_FORMAT the host runs with: the `time` field
-        of a JSON line, or the first timestamp anywhere in a text line (Celery's own format,
-        or the service's `time LEVEL logger: message`)."""
-        for line in self.log(host.removeprefix("echo-"), "render").splitlines():
-            if marker not in line:
-                continue
-            if line.startswith("{"):
-                with contextlib.suppress(ValueError):
-                    record = json.loads(line)
-                    if marker in str(record.get("message", "")):
-                        line = str(record.get("time", ""))
-            found = TIMESTAMP.search(line)
-            if found:
-                return datetime.datetime.strptime(
-                    f"{found['date']} {found['time']}.{found['fraction'] or '0'}",
-                    "%Y-%m-%d %H:%M:%S.%f",
-                )
-        raise AssertionError(f"no {marker!r} with a time in {host}'s render log")
+    def render_span(self, task_id: str, timeout: float = 15) -> tuple[float, float]:
+        """When the worker that finished the task received it and when it finished (its clock)."""
+        task = self._worker_host(task_id, {"SUCCESS"}, timeout)
+        return task["received"], task["succeeded"]
 
     def rendering_on(self, task_id: str, timeout: float = 30) -> str:
-        """The GPU host whose render worker received the task (from its log)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            got = [h for h in ("gpu1", "gpu2") if f"[{task_id}] received" in self.log(h, "render")]
-            if got:
-                return f"echo-{got[0]}"
-            time.sleep(0.2)
-        raise AssertionError(f"no render worker received {task_id}")
+        """The GPU host whose render worker holds the task now."""
+        return self._worker_host(task_id, {"RECEIVED", "STARTED"}, timeout)["host"]
 
     def pids(self, host: str) -> set[int]:
         out = subprocess.run(
