@@ -217,7 +217,21 @@ CLUSTER_OVERRIDES = {
     "CELERY_TASK_TIME_LIMIT": "90",
     "CELERY_VISIBILITY_TIMEOUT_S": "120",
     "TURN_TTL_S": "600",
+    # the limits on, as in public, wide enough for the test's users, who all come from the one
+    # address of their NAT router (the test checks they count there, not at the edge's address)
+    "LIMIT_SESSIONS": "100",
+    "LIMIT_TURNS_PER_MINUTE": "600",
 }
+
+
+def web_processes() -> str:
+    """Daphne processes per web host: one by default, since both web hosts and every worker
+    share this machine's cores (a 2-core CI box); CLUSTER_WEB_PROCESSES=2 runs two per host on
+    one port, as a web machine with cores to spare does by default."""
+    value = os.environ.get("CLUSTER_WEB_PROCESSES", "1")
+    if not value.isdigit() or not 1 <= int(value) <= 16:
+        raise SystemExit(f"cluster: CLUSTER_WEB_PROCESSES must be 1 to 16, got {value!r}")
+    return value
 
 
 def host_env(host: str, secret: dict[str, str]) -> dict[str, str]:
@@ -229,6 +243,8 @@ def host_env(host: str, secret: dict[str, str]) -> dict[str, str]:
     env_file = DEPLOY / "env" / f"{role}.env"
     env = parse_env(fill(env_file.read_text(), values)) if env_file.exists() else {}
     env.update({k: v for k, v in CLUSTER_OVERRIDES.items() if role != "edge"})
+    if role == "web":
+        env["WEB_PROCESSES"] = web_processes()
     (home / "env").write_text("".join(f"{k}={v}\n" for k, v in env.items()))
     return {
         "PATH": f"{VENV_BIN}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
@@ -254,6 +270,7 @@ def make_secret() -> dict[str, str]:
         "S3_ACCESS_KEY_ID": "echo" + secrets.token_hex(6),
         "S3_SECRET_ACCESS_KEY": secrets.token_hex(16),
         "FLOWER_PASSWORD": secrets.token_hex(12),
+        "METRICS_TOKEN": secrets.token_urlsafe(24),
     }
     path = WORK / "secret.json"
     path.write_text(json.dumps(secret))
@@ -372,6 +389,7 @@ def up() -> None:
         raise SystemExit(
             f"cluster: missing {', '.join(missing)}: run `WITH_CLUSTER=1 bash scripts/setup.sh`"
         )
+    web_processes()  # a bad value stops here, before anything is built
     down(quiet=True)
     for host in HOSTS:
         for sub in ("var", "media", "logs"):

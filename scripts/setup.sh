@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 packages=(espeak-ng)
 [ "${WITH_BROWSER:-0}" = 1 ] && packages+=(chromium fonts-wqy-microhei)
 # the simulated cluster (make cluster): the edge's proxy and TURN server, the NAT router
-[ "${WITH_CLUSTER:-0}" = 1 ] && packages+=(nginx coturn iptables redis-server postgresql)
+[ "${WITH_CLUSTER:-0}" = 1 ] && packages+=(iproute2 nginx coturn iptables redis-server postgresql)
 installed() { command -v "$1" >/dev/null 2>&1 || dpkg -s "$1" >/dev/null 2>&1; }
 missing=()
 for pkg in "${packages[@]}"; do

@@ -31,6 +31,7 @@ SECRET = {
         "S3_ACCESS_KEY_ID",
         "S3_SECRET_ACCESS_KEY",
         "FLOWER_PASSWORD",
+        "METRICS_TOKEN",
     )
 }
 
@@ -58,6 +59,20 @@ def test_env_files_set_only_documented_settings() -> None:
     assert web["TURN_SECRET"] == "@TURN_SECRET@" and "TURN_URLS" in web
     turn = (DEPLOY / "coturn" / "turnserver.conf").read_text()
     assert "use-auth-secret" in turn and "static-auth-secret=@TURN_SECRET@" in turn
+
+
+def test_roles_behind_the_edge_count_clients_and_keep_metrics_inside() -> None:
+    web = cluster.parse_env((DEPLOY / "env" / "web.env").read_text())
+    assert web["TRUST_PROXY_HEADERS"] == "true"  # the edge sets X-Forwarded-For/-Proto
+    assert web["METRICS_TOKEN"] == "@METRICS_TOKEN@"
+    assert "@HOST_ADDR@" in web["ALLOWED_HOSTS"].split(",")  # Prometheus scrapes by address
+    for role in ("speech", "render"):
+        env = cluster.parse_env((DEPLOY / "env" / f"{role}.env").read_text())
+        assert env["WORKER_METRICS_ADDR"].startswith("@HOST_ADDR@:"), role
+    site = (DEPLOY / "nginx" / "echoproject.conf").read_text()
+    assert "proxy_set_header X-Forwarded-For $remote_addr;" in site  # overwritten, not appended
+    assert "proxy_set_header X-Forwarded-Proto https;" in site
+    assert re.search(r"location = /metrics \{\s*return 404;", site)
 
 
 def test_role_procfiles_run_the_commands_of_make_run() -> None:

@@ -8,7 +8,6 @@ They are collected only with CLUSTER_TEST=1 (`make cluster-test`), as root.
 
 from __future__ import annotations
 
-import datetime
 import json
 import os
 import select
@@ -123,12 +122,45 @@ class Cluster:
         assert result.returncode == 0, result.stderr[-2000:]
         return json.loads(result.stdout)
 
+    def manage(self, host: str, *args: str) -> str:
+        """A manage.py command on a host (echo-<name>) with its role's environment."""
+        env = {**os.environ, **_env_file(WORK / host.removeprefix("echo-") / "env")}
+        result = subprocess.run(
+            ["ip", "netns", "exec", host, sys.executable, "manage.py", *args],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr[-2000:]
+        return result.stdout
+
     def sql(self, query: str) -> list[list[Any]]:
         return self.on_data(
             "import os, json, psycopg, urllib.parse as u; url = os.environ['DATABASE_URL'];"
             "c = psycopg.connect(url.replace('postgres://', 'postgresql://'));"
             f"print(json.dumps([list(r) for r in c.execute({query!r}).fetchall()], default=str))"
         )
+
+    def status_from(self, host: str, url: str, headers: dict[str, str] | None = None) -> int:
+        """The HTTP status `url` answers from a host (echo-<name>, trusting the cluster's CA);
+        0 when nothing answers within a few seconds."""
+        code = (
+            "import json, ssl, sys, urllib.error, urllib.request as r\n"
+            "q = r.Request(sys.argv[1], headers=json.loads(sys.argv[2]))\n"
+            "try:\n"
+            "    print(r.urlopen(q, timeout=5, context=ssl.create_default_context()).status)\n"
+            "except urllib.error.HTTPError as e:\n    print(e.code)\n"
+            "except OSError:\n    print(0)\n"
+        )
+        result = subprocess.run(
+            ["ip", "netns", "exec", host, "env", f"SSL_CERT_FILE={self.info['ca_file']}",
+             sys.executable, "-c", code, url, json.dumps(headers or {})],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr[-2000:]
+        return int(result.stdout)
+
+    def secret(self, name: str) -> str:
+        """One of the cluster's generated secrets (what an operator has in the role's env)."""
+        return json.loads((WORK / "secret.json").read_text())[name]
 
     def web_hosts(self, session_ids: list[str]) -> dict[str, str]:
         """Session id → the host whose web process holds it (its recorded web_process)."""
@@ -154,36 +186,42 @@ class Cluster:
         path = WORK / host / "logs" / f"{name}.log"
         return path.read_text(errors="replace") if path.exists() else ""
 
-    def rendered_on(self, task_id: str, timeout: float = 15) -> str:
-        """The GPU host whose render worker finished the task (from its log)."""
+    def task(self, task_id: str) -> dict[str, Any]:
+        """What Flower on echo-data, behind its login, knows of a Celery task: its state, the
+        worker that holds it and the times of its events ({} while it knows nothing of it)."""
+        return self.on_data(
+            "import base64, json, os, urllib.error, urllib.request as r\n"
+            "login = base64.b64encode(os.environ['FLOWER_BASIC_AUTH'].encode()).decode()\n"
+            f"q = r.Request('http://' + os.environ['HOST'] + ':' + os.environ['FLOWER_PORT']"
+            f" + '/api/task/info/{task_id}', headers={{'Authorization': 'Basic ' + login}})\n"
+            "try:\n"
+            "    print(r.urlopen(q, timeout=10).read().decode())\n"
+            "except urllib.error.HTTPError as e:\n"
+            "    if e.code != 404:\n        raise\n"
+            "    print('{}')\n"
+        )
+
+    def _worker_host(self, task_id: str, states: set[str], timeout: float) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            done = [
-                h for h in ("gpu1", "gpu2") if f"[{task_id}] succeeded" in self.log(h, "render")
-            ]
-            if done:
-                assert len(done) == 1, f"{task_id} finished on {done}"
-                return f"echo-{done[0]}"
-            time.sleep(0.5)
-        raise AssertionError(f"no render worker finished {task_id}")
+            task = self.task(task_id)
+            if task.get("state") in states and task.get("worker"):
+                return {**task, "host": task["worker"].split("@", 1)[1]}  # render@<host name>
+            time.sleep(0.3)
+        raise AssertionError(f"no render worker in {sorted(states)} for {task_id}: {task}")
 
-    def log_time(self, host: str, marker: str) -> datetime.datetime:
-        """When a Celery log line with `marker` was written on `host` (echo-<name>)."""
-        for line in self.log(host.removeprefix("echo-"), "render").splitlines():
-            if marker in line:
-                stamp = line[1 : line.index("]")].split(": ")[0]  # [2026-11-30 17:20:03,300: …
-                return datetime.datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f")
-        raise AssertionError(f"no {marker!r} in {host}'s render log")
+    def rendered_on(self, task_id: str, timeout: float = 15) -> str:
+        """The GPU host whose render worker finished the task."""
+        return self._worker_host(task_id, {"SUCCESS"}, timeout)["host"]
+
+    def render_span(self, task_id: str, timeout: float = 15) -> tuple[float, float]:
+        """When the worker that finished the task received it and when it finished (its clock)."""
+        task = self._worker_host(task_id, {"SUCCESS"}, timeout)
+        return task["received"], task["succeeded"]
 
     def rendering_on(self, task_id: str, timeout: float = 30) -> str:
-        """The GPU host whose render worker received the task (from its log)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            got = [h for h in ("gpu1", "gpu2") if f"[{task_id}] received" in self.log(h, "render")]
-            if got:
-                return f"echo-{got[0]}"
-            time.sleep(0.2)
-        raise AssertionError(f"no render worker received {task_id}")
+        """The GPU host whose render worker holds the task now."""
+        return self._worker_host(task_id, {"RECEIVED", "STARTED"}, timeout)["host"]
 
     def pids(self, host: str) -> set[int]:
         out = subprocess.run(

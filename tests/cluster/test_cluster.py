@@ -8,6 +8,8 @@ these tests look at the hosts as an operator would.
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import re
 import signal
@@ -17,6 +19,7 @@ from pathlib import Path
 
 from tests.cluster.conftest import Cluster
 
+NAT_ADDRESS = "10.77.0.1"  # the client's router, as the edge sees it
 INTERNAL = re.compile(r"10\.77\.0\.(?!10\b)\d+|127\.0\.0\.1|localhost")
 
 
@@ -28,6 +31,16 @@ def test_1_and_6_forty_sessions_through_the_edge_on_both_web_hosts(cluster: Clus
     hosts = Counter(cluster.web_hosts(opened).values())
     assert set(hosts) == {"echo-web1", "echo-web2"}, hosts  # the edge spreads the sessions
     assert min(hosts.values()) >= 10, hosts
+    # the web hosts see each client's own address (here: the NAT router's), taken from the
+    # edge's X-Forwarded-For, never the edge's: limits count per client, not all in one bucket
+    ids = ",".join(f"'{s}'" for s in opened)
+    seen = cluster.sql(
+        f"select distinct client_info->>'ip' from chat_chatsession where id in ({ids})"
+    )
+    assert seen == [[NAT_ADDRESS]], seen
+    counted = json.loads(cluster.manage("echo-data", "limits", "--json"))
+    sessions = {r["subject"]: r["used"] for r in counted if r["limit"] == "sessions"}
+    assert sessions == {f"ip:{NAT_ADDRESS}": 40}, counted
 
     report = run.phase("turns", timeout=480)
     turns = report["turns"]
@@ -85,13 +98,7 @@ def test_2_video_turns_render_on_both_gpu_hosts_and_follow_a_warm_avatar(
         tasks = {t["avatar"]: t["task_id"] for t in done["turns"]}
         hosts = {a: cluster.rendered_on(task) for a, task in tasks.items()}
         lin_hosts.add(hosts["lin"])
-        spans = [
-            (
-                cluster.log_time(hosts[a], f"[{task}] received"),
-                cluster.log_time(hosts[a], f"[{task}] succeeded"),
-            )
-            for a, task in tasks.items()
-        ]
+        spans = [cluster.render_span(task) for task in tasks.values()]
         if spans[0][0] < spans[1][1] and spans[1][0] < spans[0][1]:  # rendering at once
             assert set(hosts.values()) == {"echo-gpu1", "echo-gpu2"}, hosts
             break
@@ -201,3 +208,26 @@ def test_5_redis_restarted_under_open_sessions_the_service_recovers(cluster: Clu
     # no other host's processes were restarted (a Celery pool child replaced after a revoked
     # task of an ended session is the worker's own business, not a restart)
     assert {h: cluster.main_pids(h) for h in others} == others
+
+
+def test_7_operators_endpoints_answer_only_inside_and_only_with_their_login(
+    cluster: Cluster,
+) -> None:
+    edge = cluster.info["edge_url"].rstrip("/")
+    client = cluster.info["client_netns"]
+    # a user reaches neither the metrics (the edge does not pass them) nor any inner machine
+    assert cluster.status_from(client, f"{edge}/metrics") == 404
+    for inner in ("10.77.0.11:8000/metrics", "10.77.0.16:5555/", "10.77.0.13:9808/metrics"):
+        assert cluster.status_from(client, f"http://{inner}") == 0, inner
+    # inside: the web processes' /metrics wants Prometheus's token, the workers serve theirs on
+    # their private address, Flower on echo-data wants its login
+    token = {"Authorization": f"Bearer {cluster.secret('METRICS_TOKEN')}"}
+    for web in ("10.77.0.11", "10.77.0.12"):
+        assert cluster.status_from("echo-data", f"http://{web}:8000/metrics") == 401
+        assert cluster.status_from("echo-data", f"http://{web}:8000/metrics", token) == 200
+    for worker in ("10.77.0.13", "10.77.0.14", "10.77.0.15"):
+        assert cluster.status_from("echo-data", f"http://{worker}:9808/metrics") == 200, worker
+    flower = "http://10.77.0.16:5555/"
+    login = base64.b64encode(f"operator:{cluster.secret('FLOWER_PASSWORD')}".encode()).decode()
+    assert cluster.status_from("echo-edge", flower) == 401
+    assert cluster.status_from("echo-edge", flower, {"Authorization": f"Basic {login}"}) == 200
