@@ -87,10 +87,12 @@ def _load_backend(nodename: str) -> None:
     store.note_device(nodename, backend.device, backend.name)
     try:
         avatars = list(Avatar.objects.enabled().exclude(image="").order_by("-updated_at"))
+    except DatabaseError as exc:  # the avatars are prepared on their first reply instead
+        log.warning("could not list the avatars to prepare: %s", exc)
+        avatars = []
+    try:
         for avatar in avatars[:PREPARE_AT_START]:
-            _prepare(avatar, nodename)
-    except Exception:  # the avatars are prepared on their first reply instead
-        log.exception("preparing the known avatars failed")
+            _prepare_logged(avatar, nodename)
     finally:
         close_old_connections()  # this thread's database connection
 
@@ -102,7 +104,18 @@ def prepare_avatar(self: Task, avatar_id: int) -> str:
     avatar = Avatar.objects.filter(pk=avatar_id).first()
     if avatar is None or not avatar.image:
         return "missing"
-    return _prepare(avatar, self.request.hostname or "local")
+    return _prepare_logged(avatar, self.request.hostname or "local")
+
+
+def _prepare_logged(avatar: Avatar, nodename: str) -> str:
+    """_prepare, with a failure logged in one line: the avatar's first reply does the work."""
+    try:
+        return _prepare(avatar, nodename)
+    except RenderError as exc:
+        log.warning("avatar %s not prepared: %s", avatar.pk, exc.message)
+    except Exception:
+        log.exception("avatar %s not prepared", avatar.pk)
+    return "failed"
 
 
 def _prepare(avatar: Avatar, nodename: str) -> str:

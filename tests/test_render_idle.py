@@ -21,6 +21,7 @@ from django.core.files.storage import default_storage
 from rendering import store
 from rendering.backends.lite import IDLE_LOOP_S, LiteBackend
 from rendering.idle import IDLE_DIR, idle_name
+from tests.fixtures_rendering import start_render_worker
 from tests.fixtures_sessions import run
 from tests.procs import Proc
 
@@ -124,3 +125,18 @@ def test_a_saved_avatar_is_prepared_and_a_video_session_gets_its_idle_loop(
     wait_for(lambda: not default_storage.exists(name), 10, "the old idle loop deleted")
     _, left = default_storage.listdir(IDLE_DIR)
     assert [f for f in left if f.startswith(f"{astra.pk}-")] == [renamed.rsplit("/", 1)[1]]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_render_worker_prepares_the_known_avatars_when_it_starts(
+    live_avatars: list, log_dir: Path
+) -> None:
+    """Avatars saved before the worker started (no save reaches it): it prepares them itself."""
+    proc = start_render_worker(log_dir, "render-start")
+    try:
+        known = {avatar.pk for avatar in live_avatars}
+        wait_for(lambda: known <= set(warm_avatars("render-start")), 90, "every avatar warm")
+        for avatar in live_avatars:
+            wait_for(lambda a=avatar: default_storage.exists(idle_name(a)), 60, "idle loops")
+    finally:
+        proc.stop()

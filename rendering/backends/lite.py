@@ -176,10 +176,13 @@ class LiteBackend(RenderBackend):
         mouth: tuple[float, float] = DEFAULT_MOUTH,
         face: dict | None = None,
     ) -> bool:
-        """Build the portrait's mesh fields now, so its first reply starts at once."""
+        """Build the portrait's mesh fields now and warp one batch of frames with them (the
+        first batch at a portrait's crop sizes costs more), so its first reply starts at once."""
         rgb = load_portrait(Path(image_path), self.max_size)
         height, width = rgb.shape[:2]
-        self.warper(rgb, face_layout(face, mouth, width, height))
+        layout = face_layout(face, mouth, width, height)
+        rest = np.zeros((BATCH, len(BASES) - 1), dtype=np.float32)
+        self.warper(rgb, layout).frames(Motion(layout, rest, self.fps).params(0, BATCH))
         return True
 
     def idle_clip(
