@@ -1,7 +1,11 @@
 """Render speed of the `lite` backend: 512×512, 25 fps, a ~10 s espeak-ng utterance, H.264 +
-AAC encode included. Prints frames per second, the real-time factor (median of several runs),
-the time to the first piece in this (warm) process and in a fresh one, and the cost of the
-final remux. Runs on CUDA too when torch sees a GPU (RENDER_DEVICE=auto).
+AAC encode included, for each of the three fixture avatars (the drawn Aria and Lin from their
+mouth points, the photograph Astra with its stored landmarks). Prints per avatar frames per
+second, the real-time factor (median of several runs) and the time to the first 2 s piece in
+this (warm) process; then the first piece of an avatar this process has never rendered, with
+and without preparing it first (what a render worker does at start and when an avatar is
+saved), interleaved; the first piece in a fresh process, and the cost of the final remux.
+Runs on CUDA too when torch sees a GPU (RENDER_DEVICE=auto).
 
     .venv/bin/python bench/render.py [--runs 5] [--device auto|cpu|cuda] [--baseline REF]
                                      [--piecewise]
@@ -9,9 +13,8 @@ final remux. Runs on CUDA too when torch sees a GPU (RENDER_DEVICE=auto).
 With --baseline, the `rendering` package of git revision REF (exported to a temporary
 directory) renders the same utterance in a second warm process, its renders interleaved with
 this tree's (A B A B): on a machine shared with other work the ratio of the two is the figure
-that holds, the absolute ones move with the neighbours. The drawn avatar renders from its
-mouth point; the photograph (skimage's astronaut cropped to the face, landmarks from
-tests.face_mesh) with its landmarks, the baseline with its mouth point.
+that holds, the absolute ones move with the neighbours. Aria renders from its mouth point;
+Astra with its landmarks, the baseline with its mouth point.
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "echoproject.settings")
 
 LOAD: list[str] = []  # other work on this shared machine shows in the wall-clock figures
 IMAGE = ROOT / "fixtures" / "avatars" / "aria.png"
+FIXTURES = ("aria", "lin", "astra")  # two drawn, one photograph (fixtures/avatars.json)
+NEW_AVATAR_PAIRS = 3
 TEXT = (
     "Welcome back! Today I would like to show you three places for your summer trip: "
     "a quiet island in the south, a busy city by the river, and a small village high in "
@@ -47,17 +52,35 @@ def utterance() -> Path:
     return path
 
 
+def fixture(slug: str) -> tuple[Path, dict]:
+    """A fixture avatar's portrait and what the render task passes with it (mouth, face)."""
+    entries = json.loads((ROOT / "fixtures" / "avatars.json").read_text())
+    entry = next(e for e in entries if e["slug"] == slug)
+    landmarks = {"mouth": (entry["mouth_x"], entry["mouth_y"])}
+    if entry.get("face"):
+        landmarks["face"] = entry["face"]
+    return ROOT / "fixtures" / entry["image"], landmarks
+
+
+def landmark_args(backend: object, landmarks: dict | None) -> dict:
+    """`mouth` and `face` as the backend takes them (a renderer before landmarks: the mouth)."""
+    landmarks = dict(landmarks or {})
+    if landmarks.get("mouth"):
+        landmarks["mouth"] = tuple(landmarks["mouth"])
+    if not getattr(backend, "uses_phonemes", False):
+        landmarks.pop("face", None)
+    return landmarks
+
+
 def render_once(
-    backend: object, wav: Path, image: Path = IMAGE, face: dict | None = None
+    backend: object, wav: Path, image: Path = IMAGE, landmarks: dict | None = None
 ) -> dict[str, float]:
     """One render into a fresh directory; seconds to the first piece and in all."""
     from rendering.pieces import concat
 
     out = Path(tempfile.mkdtemp(prefix="bench-render-"))
     first: list[float] = []
-    extra: dict = {"face": face} if face else {}
-    if face and not getattr(backend, "uses_phonemes", False):  # a renderer before landmarks
-        extra = {"mouth": tuple(face["mouth"])}
+    extra = landmark_args(backend, landmarks)
     cpu = time.process_time()
     start = time.perf_counter()
     result = backend.render(  # type: ignore[attr-defined]
@@ -65,7 +88,11 @@ def render_once(
         wav,
         out,
         lambda p, s: None,
-        lambda *a: first.append(time.perf_counter() - start) if not first else None,
+        lambda *a: (
+            first.extend([time.perf_counter() - start, time.process_time() - cpu])
+            if not first
+            else None
+        ),
         lambda: False,
         **extra,
     )
@@ -89,6 +116,7 @@ def render_once(
         "seconds": total,
         "cpu_s": cpu,
         "first_piece_s": first[0],
+        "first_piece_cpu_s": first[1],
         "remux_s": remux,
     }
 
@@ -110,20 +138,87 @@ def fresh_process(wav: Path) -> dict[str, float]:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def photo() -> tuple[Path, dict]:
-    """The astronaut's face crop and its landmarks as the renderer's `face` JSON."""
-    import numpy as np
+WORKER_MODES = {
+    "cold": "nothing prepared (before)",
+    "start": "known at start: every fixture prepared, idle loops made",
+    "saved": "saved later: the others prepared at start, this one prepared when saved",
+}
+
+
+def worker_process(mode: str, slug: str, wav: Path) -> None:
+    """In a fresh render process with its backend loaded (as a worker after start): prepare as
+    `mode` says, render `slug` once; prints the first piece and the preparation times."""
+    import django
+
+    django.setup()
+    from rendering.backends import get_backend
+
+    backend = get_backend()
+    idle_s, prepare_s = [], 0.0
+    with tempfile.TemporaryDirectory(prefix="bench-idle-") as tmp:
+        for other in FIXTURES if mode != "cold" else ():
+            if mode == "saved" and other == slug:
+                continue
+            image, landmarks = fixture(other)
+            backend.prepare(image, **landmark_args(backend, landmarks))  # type: ignore[attr-defined]
+            start = time.perf_counter()
+            backend.idle_clip(
+                image, Path(tmp) / f"{other}.mp4", **landmark_args(backend, landmarks)
+            )  # type: ignore[attr-defined]
+            idle_s.append(time.perf_counter() - start)
+    image, landmarks = fixture(slug)
+    if mode == "saved":
+        start = time.perf_counter()
+        backend.prepare(image, **landmark_args(backend, landmarks))  # type: ignore[attr-defined]
+        prepare_s = time.perf_counter() - start
+    result = render_once(backend, wav, image, landmarks)
+    print(json.dumps({**result, "idle_s": idle_s, "prepare_s": prepare_s}))
+
+
+def fresh_worker(mode: str, slug: str, wav: Path) -> dict:
+    out = subprocess.run(
+        [sys.executable, __file__, "--worker", f"{mode}:{slug}:{wav}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def new_portrait(image: Path, serial: int) -> Path:
+    """The portrait with one pixel changed: a portrait no warm process has seen yet."""
     from PIL import Image
-    from skimage import data
 
-    from tests.face_mesh import face_json, find_face
+    with Image.open(image) as original:
+        picture = original.convert("RGB")
+    r, g, b = picture.getpixel((0, 0))
+    picture.putpixel((0, 0), ((r + 1 + serial) % 256, g, b))
+    path = Path(tempfile.gettempdir()) / f"echoproject-bench-new-{os.getpid()}-{serial}.png"
+    picture.save(path)
+    return path
 
-    path = Path(tempfile.gettempdir()) / "echoproject-bench-astronaut.png"
-    image = Image.fromarray(data.astronaut()).crop((112, 10, 332, 230))
-    image = image.resize((512, 512), Image.Resampling.LANCZOS)
-    image.save(path)
-    points = find_face(np.asarray(image), (0, 0, 512, 512))
-    return path, face_json(points, 512, 512)
+
+def new_avatar_first_piece(backend: object, wav: Path, slug: str, serial: int) -> dict:
+    """First piece of two avatars this process has never rendered: one rendered at once (its
+    mesh built in the render, as before avatars were prepared), one prepared first."""
+    image, landmarks = fixture(slug)
+    cold = new_portrait(image, 2 * serial)
+    before_run = render_once(backend, wav, cold, landmarks)
+    warm = new_portrait(image, 2 * serial + 1)
+    start = time.perf_counter()
+    backend.prepare(warm, **landmark_args(backend, landmarks))  # type: ignore[attr-defined]
+    prepare_s = time.perf_counter() - start
+    after_run = render_once(backend, wav, warm, landmarks)
+    for path in (cold, warm):
+        path.unlink(missing_ok=True)
+    return {
+        "before_s": before_run["first_piece_s"],
+        "after_s": after_run["first_piece_s"],
+        "before_cpu_s": before_run["first_piece_cpu_s"],
+        "after_cpu_s": after_run["first_piece_cpu_s"],
+        "prepare_s": prepare_s,
+    }
 
 
 def serve(package_root: str) -> None:
@@ -140,7 +235,7 @@ def serve(package_root: str) -> None:
     print("ready", flush=True)
     for line in sys.stdin:
         job = json.loads(line)
-        result = render_once(backend, Path(job["wav"]), Path(job["image"]), job.get("face"))
+        result = render_once(backend, Path(job["wav"]), Path(job["image"]), job.get("landmarks"))
         print(json.dumps(result), flush=True)
 
 
@@ -158,9 +253,10 @@ class Server:
         assert self.proc.stdout
         self.proc.stdout.readline()  # "ready": started, backend loaded
 
-    def render(self, wav: Path, image: Path, face: dict | None) -> dict[str, float]:
+    def render(self, wav: Path, image: Path, landmarks: dict | None) -> dict[str, float]:
         assert self.proc.stdin and self.proc.stdout
-        self.proc.stdin.write(json.dumps({"wav": str(wav), "image": str(image), "face": face}))
+        job = {"wav": str(wav), "image": str(image), "landmarks": landmarks}
+        self.proc.stdin.write(json.dumps(job))
         self.proc.stdin.write("\n")
         self.proc.stdin.flush()
         return json.loads(self.proc.stdout.readline())
@@ -184,10 +280,10 @@ def export(ref: str) -> Path:
 def compare(ref: str, runs: int, wav: Path) -> None:
     """This tree against `ref`, interleaved, on the drawn avatar and on the photo."""
     baseline_dir = export(ref)
-    image, face = photo()
     current, baseline = Server(), Server(baseline_dir)
     try:
-        for name, img, landmarks in (("drawn", IMAGE, None), ("photo", image, face)):
+        for name, slug in (("drawn", "aria"), ("photo", "astra")):
+            img, landmarks = fixture(slug)
             # the first reply of this avatar in these warm processes (the portrait's fields
             # are built then, and cached for the next replies)
             new_here = current.render(wav, img, landmarks)["first_piece_s"]
@@ -268,6 +364,10 @@ def main() -> None:
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     parser.add_argument("--baseline", help="a git revision to compare with, e.g. main")
     parser.add_argument("--serve", help=argparse.SUPPRESS)  # internal: a render process
+    parser.add_argument("--worker", help=argparse.SUPPRESS)  # internal: a fresh worker
+    parser.add_argument(
+        "--workers", type=int, default=2, help="fresh workers per avatar and preparation"
+    )
     parser.add_argument(
         "--piecewise", action="store_true", help="also time skimage's piecewise-affine warp"
     )
@@ -276,46 +376,86 @@ def main() -> None:
     if args.serve is not None:
         serve(args.serve)
         return
+    if args.worker:
+        mode, slug, wav_path = args.worker.split(":", 2)
+        worker_process(mode, slug, Path(wav_path))
+        return
     import django
 
     django.setup()
     import torch
 
     from rendering.backends import get_backend
+    from rendering.backends.lite import IDLE_LOOP_S
 
     wav = utterance()
     LOAD.append(f"{os.getloadavg()[0]:.2f}")
     fresh = fresh_process(wav)
     backend = get_backend()
-    render_once(backend, wav)  # warm-up
-    runs = [render_once(backend, wav) for _ in range(args.runs)]
-    seconds = [r["seconds"] for r in runs]
-    audio_s, frames = runs[0]["audio_s"], runs[0]["frames"]
-    median = statistics.median(seconds)
     print(
         f"device: {backend.device}  torch threads: {torch.get_num_threads()}  cpus: {os.cpu_count()}"
     )
-    print(f"utterance: {audio_s:.2f} s, {frames} frames at 25 fps, 512x512")
-    print(
-        f"render+encode: median {median:.3f} s over {len(runs)} runs "
-        f"(min {min(seconds):.3f}, max {max(seconds):.3f})"
-    )
-    print(f"speed: {frames / median:.0f} frames/s, real-time factor {audio_s / median:.1f}x")
-    cpu = statistics.median(r["cpu_s"] for r in runs)
-    print(
-        f"cpu time: median {cpu:.3f} s per render ({cpu / median:.2f} cores busy); "
-        f"on 2 idle cores at least {audio_s / max(cpu / 2, 1e-9):.1f}x real time"
-    )
+    all_runs = []
+    for slug in FIXTURES:
+        image, landmarks = fixture(slug)
+        render_once(backend, wav, image, landmarks)  # warm-up: this avatar's fields are built
+        runs = [render_once(backend, wav, image, landmarks) for _ in range(args.runs)]
+        all_runs += runs
+        seconds = [r["seconds"] for r in runs]
+        audio_s, frames = runs[0]["audio_s"], runs[0]["frames"]
+        median = statistics.median(seconds)
+        cpu = statistics.median(r["cpu_s"] for r in runs)
+        first = statistics.median(r["first_piece_s"] for r in runs)
+        first_cpu = statistics.median(r["first_piece_cpu_s"] for r in runs)
+        print(
+            f"{slug:6} {audio_s:.2f} s, {frames} frames at 25 fps, 512x512: render+encode median "
+            f"{median:.3f} s over {len(runs)} runs (min {min(seconds):.3f}, max "
+            f"{max(seconds):.3f}), {frames / median:.0f} frames/s, real-time factor "
+            f"{audio_s / median:.1f}x; cpu {cpu:.2f} s ({audio_s / max(cpu / 2, 1e-9):.1f}x on "
+            f"2 idle cores); first piece (warm process, known avatar) median {first * 1000:.0f} ms "
+            f"(cpu {first_cpu * 1000:.0f} ms)"
+        )
+    # avatars this process has never rendered, rendered at once vs prepared first, interleaved
+    for slug in FIXTURES:
+        pairs = [
+            new_avatar_first_piece(backend, wav, slug, serial) for serial in range(NEW_AVATAR_PAIRS)
+        ]
+        med = {k: statistics.median(p[k] for p in pairs) * 1000 for k in pairs[0]}
+        print(
+            f"{slug:6} first piece of a new avatar in a warm process, median of "
+            f"{NEW_AVATAR_PAIRS}: rendered at once {med['before_s']:.0f} ms "
+            f"(cpu {med['before_cpu_s']:.0f} ms), prepared first {med['after_s']:.0f} ms "
+            f"(cpu {med['after_cpu_s']:.0f} ms); preparing took {med['prepare_s']:.0f} ms"
+        )
+    # a render worker just started (backend loaded): the first reply of an avatar
+    idle_s: list[float] = []
+    for slug in FIXTURES:
+        firsts: dict[str, list[dict]] = {mode: [] for mode in WORKER_MODES}
+        for _ in range(args.workers):
+            for mode in WORKER_MODES:  # interleaved
+                result = fresh_worker(mode, slug, wav)
+                firsts[mode].append(result)
+                idle_s += result["idle_s"]
+        figures = ", ".join(
+            f"{WORKER_MODES[mode]}: "
+            f"{statistics.median(r['first_piece_s'] for r in rows) * 1000:.0f} ms "
+            f"(cpu {statistics.median(r['first_piece_cpu_s'] for r in rows) * 1000:.0f} ms)"
+            for mode, rows in firsts.items()
+        )
+        print(f"{slug:6} first piece, fresh worker, median of {args.workers}: {figures}")
+    if idle_s:
+        print(
+            f"idle loop ({IDLE_LOOP_S:.0f} s at 25 fps, 512x512, encoded): median "
+            f"{statistics.median(idle_s) * 1000:.0f} ms per avatar"
+        )
     print(f"load average before/after: {LOAD[0]} / {os.getloadavg()[0]:.2f}")
-    firsts = sorted(r["first_piece_s"] for r in runs)
-    print(f"first piece (warm process): median {statistics.median(firsts) * 1000:.0f} ms")
     print(
         f"first piece (fresh process): {fresh['first_piece_s'] * 1000:.0f} ms after the render "
         f"call, {fresh['first_from_start_s']:.2f} s after interpreter start (imports, model)"
     )
     print(
         f"final remux of the pieces: median "
-        f"{statistics.median(r['remux_s'] for r in runs) * 1000:.0f} ms"
+        f"{statistics.median(r['remux_s'] for r in all_runs) * 1000:.0f} ms"
     )
     if args.baseline:
         compare(args.baseline, args.runs, wav)

@@ -22,7 +22,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
 from avatars.models import Avatar
-from chat import access, ice, limits, observe, presence, protocol, sessions
+from chat import access, ice, limits, observe, presence, protocol, sessions, video
 from chat.layers import RETRYABLE as REDIS_DOWN
 from chat.models import ChatSession, EndReason
 from chat.protocol import (
@@ -168,7 +168,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self.send_error(Err.INTERNAL, "Redis is unreachable, try again", retryable=True)
             await self.close(code=Close.UNAVAILABLE)
             return
-        await self.send_event(self._init_frame())
+        await self.send_event(self._init_frame(await self._idle_video_url(mode)))
         self._spawn(self._watch_idle())
 
     async def _refuse(
@@ -203,7 +203,18 @@ class ChatConsumer(AsyncWebsocketConsumer):
         scheme = "https" if self.scope.get("scheme") == "wss" else "http"
         return f"{scheme}://{host}{url}"
 
-    def _init_frame(self) -> dict[str, Any]:
+    async def _idle_video_url(self, mode: str) -> str | None:
+        """The avatar's idle loop for a video session (a storage lookup), else None."""
+        if mode != "video":
+            return None
+        try:
+            renderer = video.renderer()
+        except RuntimeError:  # a process without the rendering app
+            return None
+        url = await asyncio.to_thread(renderer.idle_url, self.avatar)
+        return self._absolute(url) if url else None
+
+    def _init_frame(self, idle_video_url: str | None = None) -> dict[str, Any]:
         avatar = self.avatar
         return protocol.event(
             "init",
@@ -219,6 +230,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 "persona": avatar.persona,
                 "greeting": avatar.greeting,
                 "image_url": self._absolute(avatar.image_url()),
+                "idle_video_url": idle_video_url,
                 "voice": avatar.voice,
                 "language": avatar.language,
             },

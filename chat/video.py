@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 
 class RenderBusy(Exception):
@@ -26,6 +27,8 @@ class Renderer:
     submit: Callable[[int, str | None], object]
     # revoke a render and delete what it wrote
     cancel: Callable[[str], None]
+    # the URL of the avatar's idle loop (played between replies), None while there is none
+    idle_url: Callable[[Any], str | None] = lambda avatar: None
 
 
 _renderer: Renderer | None = None

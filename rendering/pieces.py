@@ -8,7 +8,7 @@ pieces' packets with the full audio track: no second encode.
 from __future__ import annotations
 
 import fractions
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -163,3 +163,19 @@ def concat(pieces: list[Piece], audio: AudioTrack, path: Path) -> None:
     finally:
         for container in inputs:
             container.close()
+
+
+def write_clip(frames: Iterable[np.ndarray], path: Path, width: int, height: int, fps: int) -> Path:
+    """A silent MP4 of I420 frames (the idle loop): one H.264 stream, nothing else."""
+    with av.open(str(path), "w", options=MP4_OPTIONS) as out:
+        stream = out.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.codec_context.options = dict(X264_OPTIONS)
+        for index, i420 in enumerate(frames):
+            frame = av.VideoFrame.from_numpy_buffer(i420, format="yuv420p")
+            frame.pts = index
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    return path

@@ -25,8 +25,9 @@ from celery.signals import task_failure, worker_process_init
 from django.conf import settings
 from django.core.files import File
 from django.core.files.storage import default_storage
-from django.db import DatabaseError
+from django.db import DatabaseError, close_old_connections
 
+from avatars.models import Avatar
 from chat import deliveries, limits, protocol
 from chat.events import publish_sync
 from chat.models import Message
@@ -35,7 +36,7 @@ from chat.providers.text import split_sentences
 from chat.providers.tts.espeak import espeak_voice
 from chat.storage import public_url, save_for_session
 from echoproject import logs, metrics
-from rendering import heartbeat, store
+from rendering import heartbeat, idle, store
 from rendering.backends import get_backend
 from rendering.backends.base import RenderCancelled, RenderError
 from rendering.backends.phonemes import Phone, espeak_alignment
@@ -45,6 +46,7 @@ from rendering.progress import ProgressReporter
 log = logging.getLogger(__name__)
 
 MAX_RETRIES = 2
+PREPARE_AT_START = 8  # avatars a render process prepares when it starts (lite keeps 8)
 TRANSIENT = (OSError, DatabaseError, ConnectionError, redis.RedisError)
 
 
@@ -83,6 +85,70 @@ def _load_backend(nodename: str) -> None:
         log.exception("render backend failed to load")
         return
     store.note_device(nodename, backend.device, backend.name)
+    try:
+        avatars = list(Avatar.objects.enabled().exclude(image="").order_by("-updated_at"))
+    except DatabaseError as exc:  # the avatars are prepared on their first reply instead
+        log.warning("could not list the avatars to prepare: %s", exc)
+        avatars = []
+    try:
+        for avatar in avatars[:PREPARE_AT_START]:
+            _prepare_logged(avatar, nodename)
+    finally:
+        close_old_connections()  # this thread's database connection
+
+
+@shared_task(bind=True, ignore_result=True)
+def prepare_avatar(self: Task, avatar_id: int) -> str:
+    """Prepare an avatar on this worker (sent to every render worker when it is saved): the
+    backend's per-portrait work, and the idle loop when storage has none for its portrait."""
+    avatar = Avatar.objects.filter(pk=avatar_id).first()
+    if avatar is None or not avatar.image:
+        return "missing"
+    return _prepare_logged(avatar, self.request.hostname or "local")
+
+
+def _prepare_logged(avatar: Avatar, nodename: str) -> str:
+    """_prepare, with a failure logged in one line: the avatar's first reply does the work."""
+    try:
+        return _prepare(avatar, nodename)
+    except RenderError as exc:
+        log.warning("avatar %s not prepared: %s", avatar.pk, exc.message)
+    except Exception:
+        log.exception("avatar %s not prepared", avatar.pk)
+    return "failed"
+
+
+def _prepare(avatar: Avatar, nodename: str) -> str:
+    backend = get_backend()
+    kwargs: dict[str, Any] = {
+        "mouth": (avatar.mouth_x, avatar.mouth_y),
+        "face": getattr(avatar, "face", None) or None,
+    }
+    name = idle.idle_name(avatar)
+    lock = f"{store.PREFIX}idle-making:{name}"
+    with tempfile.TemporaryDirectory(prefix=f"prepare-{avatar.pk}-") as tmp:
+        image = _copy_from_storage(avatar.image.name, Path(tmp), "the avatar image")
+        if backend.prepare(image, **kwargs):
+            store.note_warm(nodename, avatar.pk)
+        if default_storage.exists(name) or not store.client().set(lock, "1", nx=True, ex=120):
+            return "prepared"  # the clip is there, or another worker is making it
+        try:
+            started = time.perf_counter()
+            clip = backend.idle_clip(image, Path(tmp) / "idle.mp4", **kwargs)
+            if clip is None:
+                return "prepared"
+            with clip.open("rb") as handle:
+                stored = default_storage.save(name, File(handle))
+            idle.delete_clips(avatar.pk, keep=stored)
+            log.info(
+                "idle loop of avatar %s made in %.0f ms: %s",
+                avatar.pk,
+                (time.perf_counter() - started) * 1000,
+                stored,
+            )
+        finally:
+            store.client().delete(lock)
+    return "made"
 
 
 def _copy_from_storage(name: str, into: Path, what: str) -> Path:

@@ -1,8 +1,8 @@
 """Regenerate docs/rendering-contact-sheet.png: frames of the `lite` renderer at chosen sounds.
 
 The offline TTS speaks a sentence; the drawn avatar (no landmarks: its face is synthesised
-from the mouth point) and the photograph (skimage's astronaut cropped to the face, landmarks
-from tests.face_mesh) say it with the phonemes the render worker would find; one row per
+from the mouth point) and the photograph (the Astra fixture, with the landmarks stored with it
+in fixtures/avatars.json) say it with the phonemes the render worker would find; one row per
 avatar, one column per sound, labelled.
 
     .venv/bin/python scripts/contact_sheet.py [--out docs/rendering-contact-sheet.png]
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import sys
 import tempfile
@@ -62,31 +63,24 @@ def main() -> None:
     import av
     import numpy as np
     from PIL import Image, ImageDraw
-    from skimage import data
 
     from rendering.backends.lite import LiteBackend
     from rendering.backends.phonemes import espeak_alignment
-    from tests.face_mesh import face_box, face_json, find_face
+    from tests.face_mesh import face_box, find_face
 
     work = Path(tempfile.mkdtemp(prefix="contact-sheet-"))
     wav = reply(work)
     phones = espeak_alignment(wav, SENTENCES, "en-us")
     if not phones:
         raise SystemExit("espeak-ng's phonemes were not found for the reply")
-    photo = work / "astronaut.png"
-    Image.fromarray(data.astronaut()).crop((112, 10, 332, 230)).resize(
-        (512, 512), Image.Resampling.LANCZOS
-    ).save(photo)
+    photo = ROOT / "fixtures" / "avatars" / "astra.png"
+    entries = json.loads((ROOT / "fixtures" / "avatars.json").read_text())
+    photo_face = next(e for e in entries if e["slug"] == "astra")["face"]
     aria = ROOT / "fixtures" / "avatars" / "aria.png"
     photo_points = find_face(np.asarray(Image.open(photo).convert("RGB")), (0, 0, 512, 512))
     rows = [
         ("drawn (mouth point)", aria, None, (96, 96, 416, 416)),
-        (
-            "photo (landmarks)",
-            photo,
-            face_json(photo_points, 512, 512),
-            face_box(photo_points, 1.2),
-        ),
+        ("photo (landmarks)", photo, photo_face, face_box(photo_points, 1.2)),
     ]
     backend = LiteBackend()
     label_h, side_w = 22, 150

@@ -4,6 +4,7 @@ playing espeak-ng speech. Screenshots go to test-artifacts/screenshots/."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -240,6 +241,94 @@ def test_video_mode_shows_render_progress_and_plays_the_video(browser) -> None:
     )
     assert phone.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
     session.screenshot(phone, "video-phone")
+
+
+SAMPLE_STAGE = """() => {
+  const reply = document.querySelector('#stage-video');
+  const idle = document.querySelector('#stage-idle');
+  window.stageSamples = [];
+  const tick = () => {
+    window.stageSamples.push({ showing: reply.dataset.showing, idle: idle.readyState,
+                               reply: reply.readyState, seeking: idle.seeking });
+    requestAnimationFrame(tick);
+  };
+  requestAnimationFrame(tick);
+}"""
+
+
+def test_video_mode_plays_the_idle_loop_between_replies(browser, live_avatars) -> None:
+    from django.core.files.storage import default_storage
+
+    from rendering.idle import idle_name
+
+    aria = next(a for a in live_avatars if a.slug == "aria")  # the page's first avatar
+    deadline = time.monotonic() + 90  # the render worker makes it when the avatar is saved
+    while not default_storage.exists(idle_name(aria)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    session = browser()
+    page = session.open()
+    connected(page)
+    page.click("#mode-switch button[data-mode='video']")
+    page.wait_for_selector("#app[data-mode='video']")
+    connected(page)
+    page.evaluate(SAMPLE_STAGE)
+    # between replies: the idle loop plays in front, muted, looped
+    page.wait_for_function(
+        """() => { const i = document.querySelector('#stage-idle');
+                   return document.querySelector('#stage-video').dataset.showing === 'idle'
+                          && !i.hidden && !i.paused && i.currentTime > 0.5; }""",
+        timeout=30_000,
+    )
+    idle = page.evaluate(
+        """() => { const i = document.querySelector('#stage-idle');
+                   return { src: i.currentSrc, loop: i.loop, muted: i.muted,
+                            width: i.videoWidth, duration: i.duration }; }"""
+    )
+    assert idle["src"].split("?")[0].endswith(idle_name(aria)), idle
+    assert idle["loop"] and idle["muted"] and idle["width"] > 0 and idle["duration"] > 4, idle
+    session.screenshot(page, "video-idle")
+    # it goes round: from its end it carries on from its start
+    page.evaluate(
+        "() => { const i = document.querySelector('#stage-idle'); "
+        "i.currentTime = i.duration - 0.3; }"
+    )
+    page.wait_for_function(
+        """() => { const i = document.querySelector('#stage-idle');
+                   return !i.paused && i.currentTime > 0.1 && i.currentTime < 2; }""",
+        timeout=10_000,
+    )
+    page.fill("#text-input", "hello, tell me a story")
+    page.click("#send-button")
+    # the reply comes to the front once it plays ...
+    page.wait_for_function(
+        """() => { const v = document.querySelector('#stage-video');
+                   return v.dataset.showing === 'reply' && v.currentTime > 0.2; }""",
+        timeout=120_000,
+    )
+    assert page.evaluate("document.querySelector('#stage-idle').paused")
+    # ... and when it ends the idle loop is back, playing
+    page.wait_for_function(
+        """() => { const i = document.querySelector('#stage-idle');
+                   return document.querySelector('#stage-video').dataset.showing === 'idle'
+                          && !i.paused && i.currentTime > 0; }""",
+        timeout=120_000,
+    )
+    before = page.evaluate("document.querySelector('#stage-idle').currentTime")
+    page.wait_for_function(
+        "(t) => document.querySelector('#stage-idle').currentTime !== t", arg=before
+    )
+    samples = page.evaluate("window.stageSamples")
+    shown = [s["showing"] for s in samples]
+    assert "reply" in shown and shown[-1] == "idle"
+    # no flash: whichever layer is in front has a picture (readyState >= HAVE_CURRENT_DATA)
+    # in every painted frame, at the switch to the reply and back
+    for before_s, after_s in zip(samples, samples[1:], strict=False):
+        if after_s["showing"] != before_s["showing"]:
+            front = after_s[after_s["showing"]]
+            assert front >= 2, (before_s, after_s)
+    # (while a video seeks, as the loop goes round, it keeps its last picture on the screen)
+    blank = [s for s in samples if s["showing"] == "idle" and s["idle"] < 2 and not s["seeking"]]
+    assert not blank, blank[:5]
 
 
 def test_page_reconnects_after_the_server_drops_the_socket(browser, web_client_server) -> None:

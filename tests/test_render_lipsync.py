@@ -2,14 +2,16 @@
 
 The reply audio is made the way the product makes it (the offline TTS provider speaking each
 sentence, stored as a WAV); the `lite` renderer animates a drawn avatar (no landmarks: the
-face is synthesised from its mouth point) and a real photograph (NASA's portrait of Eileen
-Collins that scikit-image ships, cropped to her face, with the landmarks the model finds on
-it). tests.face_mesh says which landmark model measured the mouth (detector_name).
+face is synthesised from its mouth point) and a real photograph (the Astra fixture: NASA's
+portrait of Eileen Collins that scikit-image ships, cropped to her face by the admin's code,
+rendered with the landmarks stored with it). tests.face_mesh says which landmark model
+measured the mouth (detector_name).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 import av
@@ -24,9 +26,11 @@ from rendering.backends.phonemes import Phone, espeak_alignment
 from rendering.backends.visemes import from_phones, phone_target
 from rendering.backends.warp import Layout
 from tests.audio import read_wav, resample, write_wav
-from tests.face_mesh import JAW, NOSE, face_box, face_json, find_face, opening
+from tests.face_mesh import JAW, NOSE, face_box, find_face, opening
 
-ARIA = Path(__file__).resolve().parent.parent / "fixtures" / "avatars" / "aria.png"
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+ARIA = FIXTURES / "avatars" / "aria.png"
+ASTRA = FIXTURES / "avatars" / "astra.png"
 SENTENCES = ["Bob bought a big map.", "Mom made a pop ballad."]  # rich in bilabials
 FPS = 25
 # The mouth cannot follow loudness exactly: m and b are loud with the lips shut, and the
@@ -41,14 +45,10 @@ def noop(*args: object) -> None:
     return None
 
 
-def astronaut(directory: Path) -> Path:
-    """The photo fixture: Eileen Collins's face cropped square from skimage's astronaut."""
-    from skimage import data
-
-    path = directory / "astronaut.png"
-    image = Image.fromarray(data.astronaut()).crop((112, 10, 332, 230))
-    image.resize((512, 512), Image.Resampling.LANCZOS).save(path)
-    return path
+def stored_face(slug: str) -> dict:
+    """The `face` JSON fixtures/avatars.json stores with an avatar (what the render task passes)."""
+    entries = json.loads((FIXTURES / "avatars.json").read_text())
+    return next(e for e in entries if e["slug"] == slug)["face"]
 
 
 @pytest.fixture(scope="module")
@@ -74,14 +74,14 @@ def phones(reply_wav: Path) -> list[Phone]:
     return found
 
 
-@pytest.fixture(scope="module", params=["aria", "astronaut"])
+@pytest.fixture(scope="module", params=["aria", "astra"])
 def avatar(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """The portrait, its landmarks as measured, and the `face` JSON the renderer gets."""
     directory = tmp_path_factory.mktemp(request.param)
     if request.param == "aria":
-        path, search, face = ARIA, (110, 130, 400, 420), False
+        path, search, face = ARIA, (110, 130, 400, 420), None
     else:
-        path, search, face = astronaut(directory), (0, 0, 512, 512), True
+        path, search, face = ASTRA, (0, 0, 512, 512), stored_face("astra")
     portrait = np.asarray(Image.open(path).convert("RGB"))
     points = find_face(portrait, search)
     return {
@@ -90,7 +90,7 @@ def avatar(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         "portrait": portrait,
         "points": points,
         "box": face_box(points),
-        "face": face_json(points, 512, 512) if face else None,
+        "face": face,
         "dir": directory,
     }
 

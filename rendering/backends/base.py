@@ -68,6 +68,29 @@ class RenderBackend(ABC):
         `mouth` is the avatar's mouth centre (fractions), for backends that need a hint;
         `face` its landmarks (the Avatar.face JSON), None when it has none."""
 
+    def prepare(
+        self,
+        image_path: Path,
+        *,
+        mouth: tuple[float, float] = DEFAULT_MOUTH,
+        face: dict | None = None,
+    ) -> bool:
+        """Do the per-avatar work ahead of its first reply (the worker keeps it); True when
+        this backend has such work. Called at worker start and when an avatar is saved."""
+        return False
+
+    def idle_clip(
+        self,
+        image_path: Path,
+        out_path: Path,
+        *,
+        mouth: tuple[float, float] = DEFAULT_MOUTH,
+        face: dict | None = None,
+    ) -> Path | None:
+        """A short silent MP4 of the avatar breathing and blinking that loops seamlessly, for
+        the client to play between replies; None when this backend makes none."""
+        return None
+
     @property
     def device(self) -> str:
         return "cpu"

@@ -47,11 +47,12 @@ from rendering.backends.motion import Motion
 from rendering.backends.mouth import Fields, MouthInside
 from rendering.backends.phonemes import Phone
 from rendering.backends.visemes import mouth_shapes
-from rendering.backends.warp import Layout, Mesh
+from rendering.backends.warp import BASES, Layout, Mesh
 from rendering.media import AudioTrack, load_speech
-from rendering.pieces import Piece, PieceWriter
+from rendering.pieces import Piece, PieceWriter, write_clip
 
 BATCH = 8
+IDLE_LOOP_S = 8.0  # whole cycles of every idle motion (two breaths), and two blinks
 WARPER_CACHE = 8  # portraits whose fields a worker keeps (a few MB each at 512×512)
 log = logging.getLogger(__name__)
 
@@ -126,6 +127,7 @@ class LiteBackend(RenderBackend):
         self.segment_s = settings.RENDER_SEGMENT_S
 
         self._warpers: OrderedDict[tuple, Warper] = OrderedDict()
+        self._warpers_lock = threading.Lock()  # avatars are prepared in a thread beside renders
         self._warm_up()
 
     def _warm_up(self) -> None:
@@ -149,21 +151,63 @@ class LiteBackend(RenderBackend):
         return str(self._device)
 
     def warper(self, rgb: np.ndarray, layout: Layout) -> Warper:
-        """The portrait's mesh fields, built once per avatar and kept for the next replies."""
+        """The portrait's mesh fields, built once per avatar (when the worker prepares it, or
+        on its first reply) and kept for the next replies."""
         points = [layout.mouth_outer, layout.mouth_inner, layout.left_eye, layout.jaw]
         key = (
             hashlib.sha1(rgb.tobytes()).hexdigest(),
             rgb.shape,
             np.concatenate(points).round(2).tobytes(),
         )
-        if key in self._warpers:
-            self._warpers.move_to_end(key)
-            return self._warpers[key]
-        warper = Warper(rgb, layout, self._device)
-        self._warpers[key] = warper
-        while len(self._warpers) > WARPER_CACHE:
-            self._warpers.popitem(last=False)
-        return warper
+        with self._warpers_lock:
+            if key in self._warpers:
+                self._warpers.move_to_end(key)
+                return self._warpers[key]
+            warper = Warper(rgb, layout, self._device)
+            self._warpers[key] = warper
+            while len(self._warpers) > WARPER_CACHE:
+                self._warpers.popitem(last=False)
+            return warper
+
+    def prepare(
+        self,
+        image_path: Path,
+        *,
+        mouth: tuple[float, float] = DEFAULT_MOUTH,
+        face: dict | None = None,
+    ) -> bool:
+        """Build the portrait's mesh fields now and warp one batch of frames with them (the
+        first batch at a portrait's crop sizes costs more), so its first reply starts at once."""
+        rgb = load_portrait(Path(image_path), self.max_size)
+        height, width = rgb.shape[:2]
+        layout = face_layout(face, mouth, width, height)
+        rest = np.zeros((BATCH, len(BASES) - 1), dtype=np.float32)
+        self.warper(rgb, layout).frames(Motion(layout, rest, self.fps).params(0, BATCH))
+        return True
+
+    def idle_clip(
+        self,
+        image_path: Path,
+        out_path: Path,
+        *,
+        mouth: tuple[float, float] = DEFAULT_MOUTH,
+        face: dict | None = None,
+    ) -> Path:
+        """IDLE_LOOP_S of the face at rest (the portrait's own mouth), breathing, swaying and
+        blinking, in a loop: its last frame leads into its first as any two frames do."""
+        rgb = load_portrait(Path(image_path), self.max_size)
+        height, width = rgb.shape[:2]
+        layout = face_layout(face, mouth, width, height)
+        warper = self.warper(rgb, layout)
+        frames = round(IDLE_LOOP_S * self.fps)
+        rest = np.zeros((frames, len(BASES) - 1), dtype=np.float32)
+        motion = Motion(layout, rest, self.fps, loop=True)
+
+        def batches() -> Iterator[np.ndarray]:
+            for start in range(0, frames, BATCH):
+                yield from warper.frames(motion.params(start, min(start + BATCH, frames)))
+
+        return write_clip(batches(), out_path, width, height, self.fps)
 
     @classmethod
     def check(cls) -> str | None:

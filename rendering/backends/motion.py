@@ -21,30 +21,41 @@ BREATH_HZ = 0.23  # ~14 breaths a minute
 
 
 class Motion:
-    """Per-frame parameters from the mouth shapes and a fixed-seed idle motion."""
+    """Per-frame parameters from the mouth shapes and a fixed-seed idle motion.
 
-    def __init__(self, layout: Layout, shapes: np.ndarray, fps: int) -> None:
+    With `loop=True` the motion repeats seamlessly after its last frame (the idle clip played
+    in a loop between replies): each sine's frequency is rounded to a whole number of cycles
+    over the clip, and only blinks that end inside it are kept."""
+
+    def __init__(self, layout: Layout, shapes: np.ndarray, fps: int, loop: bool = False) -> None:
         self.layout, self.fps = layout, fps
         self.frames = len(shapes)
         self.shapes = shapes.astype(np.float32)
-        self.blink = self._blinks(self.frames, fps)
+        self.blink = self._blinks(self.frames, fps, loop)
         t = np.arange(self.frames, dtype=np.float64) / fps
+        period = self.frames / fps if loop else None
+
+        def hz(f: float) -> float:
+            return f if period is None else max(1, round(f * period)) / period
+
         deg = math.pi / 180
         self.angle = deg * (
-            0.8 * np.sin(2 * np.pi * 0.21 * t + 0.4) + 0.5 * np.sin(2 * np.pi * 0.37 * t)
+            0.8 * np.sin(2 * np.pi * hz(0.21) * t + 0.4) + 0.5 * np.sin(2 * np.pi * hz(0.37) * t)
         )
-        breath = np.sin(2 * np.pi * BREATH_HZ * t)
-        self.dx = 0.004 * np.sin(2 * np.pi * 0.16 * t + 1.1)
+        breath = np.sin(2 * np.pi * hz(BREATH_HZ) * t)
+        self.dx = 0.004 * np.sin(2 * np.pi * hz(0.16) * t + 1.1)
         self.dy = -0.0025 * breath  # no nod with speech: the mouth alone answers the sound
         self.scale = 1 + 0.003 * breath
 
     @staticmethod
-    def _blinks(frames: int, fps: int) -> np.ndarray:
+    def _blinks(frames: int, fps: int, whole_only: bool = False) -> np.ndarray:
         rng = np.random.default_rng(20240601)
         blink = np.zeros(frames, dtype=np.float32)
         at = rng.uniform(0.8, 2.0) * fps
         while at < frames:
             start = int(at)
+            if whole_only and start + len(BLINK) > frames:
+                break
             span = BLINK[: max(0, min(len(BLINK), frames - start))]
             blink[start : start + len(span)] = span
             at += rng.uniform(2.5, 5.0) * fps

@@ -117,17 +117,47 @@ class MouthInside:
             torch.tensor(np.array(lows), dtype=torch.float32, device=to),
         )
 
+    def _open_rows(
+        self, params: np.ndarray, upper: torch.Tensor, lower: torch.Tensor
+    ) -> tuple[int, int] | None:
+        """The rows of the crop (even bounds, for the half-size chroma) where some frame of the
+        batch can have its lips apart, or None when no frame has: outside them the cavity's
+        coverage is exactly zero, so painting only these rows changes nothing else."""
+        apart = lower > upper
+        if not bool(apart.any()):
+            return None
+        top = float(upper[apart].min()) - 0.5  # source rows where coverage can be above 0
+        bottom = float(lower[apart].max()) + 0.5
+        # the head's affine moves each pixel's source row by an affine amount of its position:
+        # its extremes over the crop are at the crop's corners
+        h = self.mesh.layout.height
+        a = params[:, :6].astype(np.float64)
+        shifts = []
+        for gx in (float(self.gx[0, 0, 0]), float(self.gx[0, 0, -1])):
+            for gy in (float(self.gy[0, 0, 0]), float(self.gy[0, -1, 0])):
+                source = ((a[:, 3] * gx + a[:, 4] * gy + a[:, 5]) + 1) / 2 * h - 0.5
+                shifts.append(source - ((gy + 1) / 2 * h - 0.5))
+        shift = np.concatenate(shifts)
+        r0 = max(self.r0, (int(np.floor(top - shift.max())) - 2) // 2 * 2)
+        r1 = min(self.r1, (int(np.ceil(bottom - shift.min())) + 3) // 2 * 2)
+        return (r0, r1) if r1 > r0 else None
+
     def paint(self, y: torch.Tensor, uv: torch.Tensor, params: np.ndarray, p: torch.Tensor) -> None:
         """Composite the mouth's inside into warped (B,1,H,W) Y and (B,2,H/2,W/2) UV."""
         if self.r1 <= self.r0 or self.c1 <= self.c0:
             return
         lay = self.mesh.layout
         batch = p.shape[0]
+        upper, lower = self._lip_lines(params)
+        rows = self._open_rows(params, upper, lower)
+        if rows is None:
+            return  # the lips touch everywhere in this batch: nothing to paint
+        r0, r1 = rows
+        gx, gy = self.gx[:, r0 - self.r0 : r1 - self.r0], self.gy[:, r0 - self.r0 : r1 - self.r0]
         a = p[:, :6].reshape(batch, 6, 1, 1)
         # where the head motion alone takes each crop pixel, in portrait pixels
-        xs = ((a[:, 0] * self.gx + a[:, 1] * self.gy + a[:, 2]) + 1) / 2 * lay.width - 0.5
-        ys = ((a[:, 3] * self.gx + a[:, 4] * self.gy + a[:, 5]) + 1) / 2 * lay.height - 0.5
-        upper, lower = self._lip_lines(params)
+        xs = ((a[:, 0] * gx + a[:, 1] * gy + a[:, 2]) + 1) / 2 * lay.width - 0.5
+        ys = ((a[:, 3] * gx + a[:, 4] * gy + a[:, 5]) + 1) / 2 * lay.height - 0.5
         index = (xs.round() - self.c0).long().clamp_(0, upper.shape[1] - 1)
         yu = torch.gather(upper, 1, index.view(batch, -1)).view_as(xs)
         yl = torch.gather(lower, 1, index.view(batch, -1)).view_as(xs)
@@ -141,12 +171,12 @@ class MouthInside:
         teeth = (yu + teeth_h - ys + 0.5).clamp_(0, 1) * across
         colour = CAVITY_Y + (CAVITY_DEEP_Y - CAVITY_Y) * depth
         colour = colour + (TEETH_Y - colour) * teeth
-        region = y[:, 0, self.r0 : self.r1, self.c0 : self.c1]
+        region = y[:, 0, r0:r1, self.c0 : self.c1]
         region += alpha * (colour - region)
         # chroma at half size: the coverage of each 2×2 block
         alpha2 = F.avg_pool2d(alpha[:, None], 2)[:, 0]
         teeth2 = F.avg_pool2d((alpha * teeth)[:, None], 2)[:, 0] / alpha2.clamp(min=1e-3)
-        rows, cols = slice(self.r0 // 2, self.r1 // 2), slice(self.c0 // 2, self.c1 // 2)
+        rows, cols = slice(r0 // 2, r1 // 2), slice(self.c0 // 2, self.c1 // 2)
         for channel in range(2):
             target = CAVITY_UV[channel] + (TEETH_UV[channel] - CAVITY_UV[channel]) * teeth2
             plane = uv[:, channel, rows, cols]

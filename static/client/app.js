@@ -3,7 +3,7 @@
 //
 // State a test (or a curious person) can read lives in data-* attributes: #app[data-connection],
 // [data-activity], [data-session], [data-mode]; bubbles li.msg[data-role][data-final];
-// #error[data-code]; #render[data-stage][data-progress]; #stage-video[data-source].
+// #error[data-code]; #render[data-stage][data-progress]; #stage-video[data-source][data-showing].
 
 import { ChatView } from "./chat.js";
 import { defaultLanguage, language, setLanguage } from "./i18n.js";
@@ -40,7 +40,10 @@ const state = {
 };
 
 const chat = new ChatView($("messages"), { onWatch: (url) => watchVideo(url) });
-const video = new VideoStage($("stage-video"), { onPlaying: refresh, onIdle: refresh });
+const video = new VideoStage($("stage-video"), $("stage-idle"), {
+  onPlaying: refresh,
+  onIdle: refresh,
+});
 const socket = new SessionSocket({
   url: sessionUrl,
   onEvent: (event) => handle(event),
@@ -204,6 +207,7 @@ function onInit(init) {
     if (init.avatar.greeting) chat.greeting(init.avatar.greeting);
   }
   page.showAvatar(init.avatar);
+  video.setIdle(init.mode === "video" ? init.avatar.idle_video_url : null);
   state.asrGuesses = !recognised(init);
   page.showAsrNotice(state.asrGuesses ? init.language : null);
   page.setCaption("", false);

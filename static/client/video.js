@@ -1,18 +1,53 @@
 // Video mode's player: the pieces of a render (`video_segment`) play in order on one <video>
-// as they arrive; the whole video (`video_ready`) continues where the pieces stop, and stays
-// on the player afterwards so it can be watched again. The avatar image is the poster.
+// as they arrive; the whole video (`video_ready`) continues where the pieces stop. Between
+// replies the avatar's idle loop (`init.avatar.idle_video_url`: it breathes and blinks) plays
+// muted and looped on a second <video> under the first; the reply's layer is shown only once it
+// plays (a frame is there) and hidden again when the reply ends, so neither switch flashes the
+// poster or a blank frame. Without an idle loop the reply's layer stays shown, the avatar image
+// as its poster, and the whole video stays on it to be watched again.
+// #stage-video[data-showing] says which layer is in front: "reply" or "idle".
 
 export class VideoStage {
-  constructor(video, { onPlaying, onIdle }) {
+  constructor(video, idle, { onPlaying, onIdle }) {
     this.video = video;
+    this.idle = idle;
     this.onPlaying = onPlaying;
     this.onIdle = onIdle;
     this.#reset(null);
+    this.#show("reply");
+    idle.addEventListener("loadeddata", () => this.#front());
     video.addEventListener("ended", () => this.#next());
-    video.addEventListener("playing", () => this.onPlaying());
+    video.addEventListener("playing", () => {
+      this.#show("reply");
+      this.onPlaying();
+    });
     video.addEventListener("pause", () => {
       if (!video.ended) this.onIdle(); // paused by the person (the end goes through #next)
     });
+  }
+
+  /** The avatar's idle loop (a URL), or null when it has none (yet). */
+  setIdle(url) {
+    const idle = this.idle;
+    if (!url) {
+      idle.pause();
+      idle.removeAttribute("src");
+      idle.load(); // lets go of the old clip
+      idle.hidden = true;
+      this.#show("reply");
+      return;
+    }
+    if (idle.getAttribute("src") !== url) {
+      idle.muted = true;
+      idle.loop = true;
+      idle.src = url;
+    }
+    idle.hidden = false;
+    if (!this.isPlaying) this.#show("idle");
+  }
+
+  get hasIdle() {
+    return !this.idle.hidden && Boolean(this.idle.getAttribute("src"));
   }
 
   /** A new render began: whatever was playing stops. */
@@ -43,6 +78,7 @@ export class VideoStage {
   stop() {
     this.waiting = false;
     this.video.pause();
+    this.#show("idle");
   }
 
   get isPlaying() {
@@ -65,6 +101,7 @@ export class VideoStage {
     if (this.taskId === null || this.source === "whole") {
       this.waiting = false;
       this.video.controls = true;
+      this.#show("idle");
       this.onIdle();
       return;
     }
@@ -102,7 +139,25 @@ export class VideoStage {
     this.#hold(url, "whole");
     this.video.preload = "none";
     this.video.controls = true;
+    this.#show("idle");
     this.onIdle();
+  }
+
+  /** Bring a layer to the front; the idle loop runs only while it is wanted, and comes to
+   * the front once it has a picture (until then the reply's layer shows its poster). */
+  #show(layer) {
+    this.wanted = layer;
+    if (layer === "idle" && this.hasIdle) {
+      this.idle.play().catch(() => {}); // muted: autoplay is allowed
+    } else {
+      this.idle.pause();
+    }
+    this.#front();
+  }
+
+  #front() {
+    const idleReady = this.hasIdle && this.idle.readyState >= HTMLMediaElement.HAVE_CURRENT_DATA;
+    this.video.dataset.showing = this.wanted === "idle" && idleReady ? "idle" : "reply";
   }
 
   #hold(url, source) {
