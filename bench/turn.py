@@ -7,7 +7,9 @@ throw-away SQLite database and media folder, then:
    client, upload → asr_result → text_response → tts_complete;
 2. takes the providers' own time in each turn from what its steps recorded (time spent waiting
    for the ASR result, the LLM's pieces and the TTS chunks): the rest is the service's overhead
-   (decoding, storage, queue hops, database, channel layer);
+   (decoding, storage, queue hops, database, channel layer); `marks_ms` gives, as medians, when
+   the client heard each event and each step's `turn_progress`, and `hops_ms` the gaps between
+   the steps, to tell where the overhead goes;
 3. publishes `video_progress` events to a connected session through the channel layer, as a
    render worker does, and times their arrival at the client.
 

@@ -46,9 +46,13 @@ async def publish_many(session_id: uuid.UUID | str, events: list[dict[str, Any]]
 
 
 class OrderedPublisher:
-    """The events of one producer (a reply streaming in a worker), published in order without
-    waiting for each: what queues up while a send is in flight goes out in the next one.
-    `flush()` waits until all went out (and raises what a send raised)."""
+    """The events of one producer (a reply streaming in a worker), in order. Streamed pieces
+    (`text_delta`) do not wait for the channel layer: what queues up while a send is in flight
+    goes out in the next one. Any other event waits until it and everything before it went
+    out, so that it is never overtaken by what another publisher sends after it (a render
+    worker's `video_queued` after `tts_complete`)."""
+
+    STREAMED = frozenset({"text_delta"})
 
     def __init__(self, session_id: uuid.UUID | str) -> None:
         self.session_id = session_id
@@ -61,6 +65,8 @@ class OrderedPublisher:
             if self._sending is not None:
                 self._sending.result()  # a failed send fails the producer
             self._sending = asyncio.ensure_future(self._drain())
+        if event.get("type") not in self.STREAMED:
+            await self.flush()
 
     async def _drain(self) -> None:
         while self._pending:
@@ -68,8 +74,9 @@ class OrderedPublisher:
             await publish_many(self.session_id, batch)
 
     async def flush(self) -> None:
+        """Wait until every event sent so far went out."""
         if self._sending is not None:
-            await self._sending
+            await asyncio.shield(self._sending)
 
 
 def _background_loop() -> asyncio.AbstractEventLoop:

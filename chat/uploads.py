@@ -112,11 +112,14 @@ async def check_and_decode_async(data: bytes) -> bytes:
 
 
 def accept_upload(session_id: uuid.UUID | str, pcm: bytes, ref: str | None) -> Message:
-    """Store the normalised utterance, record the user message, start the chain; raises
-    limits.Limited when the session's user or address has reached a limit (chat.limits)."""
-    who = limits.subject_of(session_id) or ""
-    video = ChatSession.objects.filter(pk=session_id, mode="video").exists()
-    limits.admit_turn(who, audio=True, video=video)
+    """Store the normalised utterance, record the user message, start the turn's task (it
+    supersedes the upload turn in flight); raises limits.Limited when the session's user or
+    address has reached a limit (chat.limits)."""
+    row = ChatSession.objects.filter(pk=session_id).values("user_id", "client_info", "mode").first()
+    if row is None:
+        raise UploadRefused(Err.STATE, "the session has ended")
+    who = limits.subject(row["user_id"], (row["client_info"] or {}).get("ip"))
+    limits.admit_turn(who, audio=True, video=row["mode"] == "video")
     limits.add(limits.AUDIO, who, len(pcm) / (2 * TARGET_RATE))
     message = sessions.add_message(session_id, sessions.USER)
     name = save_for_session(
