@@ -31,7 +31,7 @@ from celery.exceptions import Ignore, Retry
 from django.core.files.storage import default_storage
 
 from chat import deliveries, inflight, observe, protocol, sessions
-from chat.events import OrderedPublisher, publish_sync, run_sync
+from chat.events import OrderedPublisher, publish_many, publish_sync, run_sync
 from chat.models import ChatSession, Message, Role
 from chat.protocol import Err, error
 from chat.providers.base import ProviderError
@@ -58,21 +58,6 @@ class TurnOver(Exception):
     def __init__(self, record: bool = True) -> None:
         super().__init__()
         self.record = record
-
-
-def publish_progress(
-    step: str,
-    state: str,
-    task_id: str,
-    session_id: str,
-    message_id: int | None,
-    ref: str | None,
-    **extra: Any,
-) -> None:
-    if message_id is not None:
-        extra["message_id"] = message_id
-    event = protocol.event("turn_progress", ref, step=step, state=state, task_id=task_id, **extra)
-    publish_sync(session_id, event)
 
 
 def turn_of(message: Message) -> int:
@@ -120,10 +105,11 @@ def fail_step(step: str, message_id: int, session_id: str, ref: str | None, text
     publish_sync(session_id, error(code, text, ref=ref))
 
 
-def _publish_once(name: str, session_id: str, event: dict[str, Any]) -> None:
+def _publish_once(name: str, session_id: str, event: dict[str, Any], *, first: bool) -> None:
     """Publish an event unless a lost run of the step already did (at least once: a worker
-    dying between the publish and the mark repeats it)."""
-    if deliveries.done(name):
+    dying between the publish and the mark repeats it); `first`: this is the step's first
+    delivery, so nothing can have gone out yet."""
+    if not first and deliveries.done(name):
         return
     publish_sync(session_id, event)
     deliveries.mark_done(name)
@@ -159,6 +145,7 @@ class UploadTurn:
         self.delivery = 1  # of the running step
         self.record = True  # False when a lost run already recorded the turn
         self.publisher = OrderedPublisher(session_id)  # the replies' events, in order
+        self._held: list[dict[str, Any]] = []  # progress events not sent yet
 
     def run(self) -> None:
         """All steps not finished yet; returns when the turn is over (done or failed)."""
@@ -183,14 +170,13 @@ class UploadTurn:
         self._finish()
 
     def _finish(self) -> None:
+        self._flush_progress()
         inflight.finish_turn(self.session_id, self.task_id)
         if self.record:
             record_upload_turn(self.session_id, self.message_id)
 
     def _report_failure(self, text: str) -> None:
-        publish_progress(
-            self.step, "failed", self.task_id, self.session_id, self._step_subject(), self.ref
-        )
+        self._progress("failed")
         fail_step(self.step, self.message_id, self.session_id, self.ref, text)
 
     def _step_subject(self) -> int:
@@ -234,9 +220,25 @@ class UploadTurn:
         deliveries.finish_step(self.task_id, name)
 
     def _progress(self, state: str, **extra: Any) -> None:
-        publish_progress(
-            self.step, state, self.task_id, self.session_id, self._step_subject(), self.ref, **extra
+        """A `turn_progress` of the running step. `done` waits to go out with what follows
+        (the next step's `started`, or the turn's end): one channel-layer send for both."""
+        event = protocol.event(
+            "turn_progress",
+            self.ref,
+            step=self.step,
+            state=state,
+            task_id=self.task_id,
+            message_id=self._step_subject(),
+            **extra,
         )
+        self._held.append(event)
+        if state != "done":
+            self._flush_progress()
+
+    def _flush_progress(self) -> None:
+        if self._held:
+            events, self._held = self._held, []
+            run_sync(publish_many(self.session_id, events), timeout=30)
 
     def _restarted_reply(self) -> dict[str, Any]:
         """For a redelivered reply step: the reply the lost run had begun (and maybe streamed
@@ -303,7 +305,8 @@ class UploadTurn:
             )
             raise TurnOver()
         event = protocol.asr_result(message.text, f"upload-{message.id}", message.id, self.ref)
-        _publish_once(f"asr_result:{message.id}", self.session_id, event)
+        name = f"asr_result:{message.id}"
+        _publish_once(name, self.session_id, event, first=self.delivery == 1)
 
     def _provider_failed(self, message: Message, exc: ProviderError) -> None:
         """Retry a retryable failure with backoff (the task again, from this step); otherwise
