@@ -7,7 +7,9 @@ throw-away SQLite database and media folder, then:
    client, upload → asr_result → text_response → tts_complete;
 2. takes the providers' own time in each turn from what its steps recorded (time spent waiting
    for the ASR result, the LLM's pieces and the TTS chunks): the rest is the service's overhead
-   (decoding, storage, queue hops, database, channel layer);
+   (decoding, storage, queue hops, database, channel layer); `marks_ms` gives, as medians, when
+   the client heard each event and each step's `turn_progress`, and `hops_ms` the gaps between
+   the steps, to tell where the overhead goes;
 3. publishes `video_progress` events to a connected session through the channel layer, as a
    render worker does, and times their arrival at the client.
 
@@ -46,7 +48,7 @@ async def turn(url: str, audio: bytes) -> dict[str, float]:
         marks: dict[str, float] = {}
         start = time.perf_counter()
         await ws.send(audio)
-        while "tts_complete" not in marks:
+        while "tts_complete" not in marks or "synthesize_done" not in marks:
             frame = await asyncio.wait_for(ws.recv(), 60)
             if isinstance(frame, bytes):
                 continue
@@ -55,6 +57,9 @@ async def turn(url: str, audio: bytes) -> dict[str, float]:
                 raise RuntimeError(event)
             if event["type"] in {"asr_result", "text_response", "tts_start", "tts_complete"}:
                 marks.setdefault(event["type"], (time.perf_counter() - start) * 1000)
+            elif event["type"] == "turn_progress":
+                name = f"{event['step']}_{event['state']}"
+                marks.setdefault(name, (time.perf_counter() - start) * 1000)
         return marks
 
 
@@ -151,6 +156,20 @@ def main() -> None:
         "overhead_until_asr_result_ms": median(
             [t["asr_result"] - p["asr"] for t, p in zip(turns, providers, strict=True)]
         ),
+        # where the service's time goes between the steps, as the client hears of them
+        "hops_ms": {
+            "upload → transcribe started": median([t["transcribe_started"] for t in turns]),
+            "transcribe done → reply started": median(
+                [t["reply_started"] - t["transcribe_done"] for t in turns]
+            ),
+            "reply done → synthesize started": median(
+                [t["synthesize_started"] - t["reply_done"] for t in turns]
+            ),
+            "tts_complete → synthesize done": median(
+                [t["synthesize_done"] - t["tts_complete"] for t in turns]
+            ),
+        },
+        "marks_ms": {k: median([t[k] for t in turns]) for k in sorted(turns[0], key=turns[0].get)},
         "progress_event_ms": {
             "events": len(latencies),
             "p50": median(latencies),

@@ -1,9 +1,11 @@
-"""The session WebSocket `/ws/chat/` of docs/protocol.md.
+"""The session WebSocket `/ws/chat/` of docs/protocol.md: the transport of a session.
 
-`receive` only decodes and dispatches on `type`; anything slow (a reply, an upload turn, WebRTC
-negotiation) runs in a task of the session, and every such task is cancelled when the session
-ends. Events from workers (progress, results of upload turns) arrive through the channel-layer
-group of the session and are forwarded unchanged.
+It opens the session (handshake, auth, the `init` frame), decodes each frame and dispatches it
+on `type`: turns (text, upload, interrupt) to the session's `SessionTurns` (chat.turns), which
+owns the reply and its life cycle, and the realtime messages to the realtime handler, which
+talks to the same `SessionTurns`. Events from workers (progress, results of upload turns)
+arrive through the channel-layer group of the session and are forwarded unchanged. The session
+ends here: its turns stop, its tasks are cancelled, the socket closes.
 """
 
 from __future__ import annotations
@@ -21,13 +23,10 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
-from avatars.models import Avatar
-from chat import access, ice, limits, observe, presence, protocol, sessions, video
+from chat import handshake, limits, presence, protocol, sessions
 from chat.layers import RETRYABLE as REDIS_DOWN
 from chat.models import ChatSession, EndReason
 from chat.protocol import (
-    AUDIO_FORMATS,
-    PROTOCOL_VERSION,
     Close,
     Err,
     ProtocolError,
@@ -36,27 +35,12 @@ from chat.protocol import (
     parse,
     scrub,
 )
-from chat.providers.registry import asr_languages
-from chat.reply import Reply, ReplyRequest, WebRTCSink, WebSocketSink
+from chat.turns import SessionTurns
 from echoproject import logs, metrics
 
 log = logging.getLogger(__name__)
 REALTIME_TYPES = {"offer", "ice_candidate", "ready", "asr_start", "asr_stop"}
 URL_FIELDS = {"tts_complete": "audio_url", "video_segment": "url", "video_ready": "video_url"}
-LANGUAGE_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ-")
-
-
-def _active_user(user_id: int | None) -> bool:
-    from django.contrib.auth import get_user_model
-
-    return (
-        user_id is not None and get_user_model().objects.filter(pk=user_id, is_active=True).exists()
-    )
-
-
-def _find_avatar(slug: str | None) -> Avatar | None:
-    avatars = Avatar.objects.enabled()
-    return avatars.filter(slug=slug).first() if slug else avatars.default()
 
 
 class ChatConsumer(AsyncWebsocketConsumer):
@@ -88,8 +72,6 @@ class ChatConsumer(AsyncWebsocketConsumer):
     async def connect(self) -> None:
         self.ended = False
         self.tasks: set[asyncio.Task[Any]] = set()
-        self.reply: Reply | None = None
-        self.reply_task: asyncio.Task[None] | None = None
         self.realtime: Any = None
         self.progress: dict[str, int] = {}
         self.limiter = RateLimiter(settings.RATE_LIMIT_MESSAGES, settings.RATE_LIMIT_WINDOW_S)
@@ -99,44 +81,19 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.limit_member = uuid.uuid4().hex
         params = {k: v[-1] for k, v in parse_qs(self.scope["query_string"].decode()).items()}
         await self.accept()
-        ticket: access.Ticket | None = None
-        if params.get("ticket"):
-            try:
-                ticket = access.check(
-                    params["ticket"], avatar=params.get("avatar"), mode=params.get("mode")
-                )
-                if settings.CHAT_ACCESS == access.LOGIN and not await database_sync_to_async(
-                    _active_user
-                )(ticket.user_id):
-                    raise access.TicketRefused("the ticket is not for a user who may log in")
-            except access.TicketRefused as exc:
-                await self._refuse(Err.AUTH, exc.message, Close.AUTH, retryable=exc.retryable)
-                return
-        elif settings.CHAT_ACCESS == access.TOKEN:
-            if not access.token_ok(params.get("token", "")):
-                await self._refuse(Err.AUTH, "a valid token or ticket is required", Close.AUTH)
-                return
-        elif access.ticket_required():
+        try:
+            opening = await handshake.check(params)
+        except handshake.Refused as exc:
             await self._refuse(
-                Err.AUTH, "a ticket is required: POST /api/tickets", Close.AUTH, retryable=True
+                exc.code, exc.message, exc.close_code, retryable=exc.retryable, **exc.extra
             )
             return
-        mode = params.get("mode") or (ticket.mode if ticket else "voice")
-        if mode not in ("voice", "video"):
-            await self._refuse(Err.MODE_INVALID, "mode must be voice or video", Close.BAD_REQUEST)
-            return
-        avatar = await database_sync_to_async(_find_avatar)(
-            params.get("avatar") or (ticket.avatar if ticket else None)
+        avatar, mode, language, ticket = (
+            opening.avatar,
+            opening.mode,
+            opening.language,
+            opening.ticket,
         )
-        if avatar is None:
-            await self._refuse(Err.AVATAR_NOT_FOUND, "no such avatar", Close.NOT_FOUND)
-            return
-        language = params.get("lang") or avatar.language
-        if len(language) > 16 or not set(language) <= LANGUAGE_CHARS:
-            await self._refuse(
-                Err.BAD_MESSAGE, "lang must be a language tag like en-US", Close.BAD_REQUEST
-            )
-            return
         self.avatar = avatar
         self.subject = limits.subject(ticket.user_id if ticket else None, self._client_ip())
         try:
@@ -158,6 +115,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         )
         self.session_id = str(self.session.id)
         self.language = language
+        self.turns = SessionTurns(self, self.session, avatar, language, self.subject)
         metrics.session_opened(mode)
         self.counted_as = (mode, "websocket")
         logs.bind(self.session_id)  # every line this consumer logs names its session
@@ -168,7 +126,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self.send_error(Err.INTERNAL, "Redis is unreachable, try again", retryable=True)
             await self.close(code=Close.UNAVAILABLE)
             return
-        await self.send_event(self._init_frame(await self._idle_video_url(mode)))
+        idle_video_url = await handshake.idle_video_url(avatar, mode, self._absolute)
+        await self.send_event(
+            handshake.init_frame(self.session, avatar, language, self._absolute, idle_video_url)
+        )
         self._spawn(self._watch_idle())
 
     async def _refuse(
@@ -203,55 +164,6 @@ class ChatConsumer(AsyncWebsocketConsumer):
         scheme = "https" if self.scope.get("scheme") == "wss" else "http"
         return f"{scheme}://{host}{url}"
 
-    async def _idle_video_url(self, mode: str) -> str | None:
-        """The avatar's idle loop for a video session (a storage lookup), else None."""
-        if mode != "video":
-            return None
-        try:
-            renderer = video.renderer()
-        except RuntimeError:  # a process without the rendering app
-            return None
-        url = await asyncio.to_thread(renderer.idle_url, self.avatar)
-        return self._absolute(url) if url else None
-
-    def _init_frame(self, idle_video_url: str | None = None) -> dict[str, Any]:
-        avatar = self.avatar
-        return protocol.event(
-            "init",
-            None,
-            session_id=self.session_id,
-            session_token=self.session.token,
-            mode=self.session.mode,
-            language=self.language,
-            avatar={
-                "id": avatar.id,
-                "slug": avatar.slug,
-                "name": avatar.name,
-                "persona": avatar.persona,
-                "greeting": avatar.greeting,
-                "image_url": self._absolute(avatar.image_url()),
-                "idle_video_url": idle_video_url,
-                "voice": avatar.voice,
-                "language": avatar.language,
-            },
-            server_info={
-                "version": PROTOCOL_VERSION,
-                "heartbeat_interval_s": settings.HEARTBEAT_INTERVAL_S,
-                "session_timeout_s": settings.SESSION_TIMEOUT_S,
-                "ice_servers": ice.session_ice_servers(self.session_id),
-                "max_upload_bytes": settings.MAX_UPLOAD_BYTES,
-                "max_audio_seconds": settings.MAX_AUDIO_SECONDS,
-                "audio_formats": AUDIO_FORMATS,
-                "asr_languages": asr_languages(),
-                "providers": {
-                    "asr": settings.ASR_BACKEND,
-                    "llm": settings.LLM_BACKEND,
-                    "tts": settings.TTS_BACKEND,
-                    "renderer": settings.RENDER_BACKEND,
-                },
-            },
-        )
-
     async def disconnect(self, code: int) -> None:
         """The socket is gone (or the consumer is ending): end the session at once.
 
@@ -276,6 +188,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
         except UnicodeEncodeError:  # a lone surrogate from a provider or a worker's event
             await self.send(text_data=scrub(data))
 
+    async def send_bytes(self, data: bytes) -> None:
+        await self.send(bytes_data=data)
+
     async def send_error(
         self,
         code: str,
@@ -297,6 +212,11 @@ class ChatConsumer(AsyncWebsocketConsumer):
             self.progress[task_id] = progress
         if not self.ended:
             await self.send_event(event)
+
+    async def session_events(self, message: dict[str, Any]) -> None:
+        """Several events published together (chat.events.publish_many), in order."""
+        for event in message["events"]:
+            await self.session_event({"event": event})
 
     # --- receiving ----------------------------------------------------------------------------
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
@@ -348,39 +268,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
         await self.send_event(protocol.pong(message.get("timestamp"), ref))
 
     async def on_text_message(self, message: dict[str, Any], ref: str | None) -> None:
-        text = message["text"].strip()
-        if not 1 <= len(text) <= settings.MAX_TEXT_CHARS:
-            await self.send_error(
-                Err.BAD_MESSAGE,
-                f"text must have 1 to {settings.MAX_TEXT_CHARS} characters",
-                ref=ref,
-            )
-            return
-        if not await self.admit_turn(ref, audio=False):
-            return
-        user = await database_sync_to_async(sessions.add_message)(
-            self.session_id, sessions.USER, text
-        )
-        await self.start_reply(user.id, ref)
-
-    async def admit_turn(self, ref: str | None, *, audio: bool) -> bool:
-        """Whether a new user turn is within the limits of the session's subject (it is then
-        counted); if not the client gets ERR_RATE_LIMITED with `limit` and `retry_after`."""
-        if not limits.turn_limited():
-            return True
-        try:
-            await asyncio.to_thread(
-                limits.admit_turn, self.subject, audio=audio, video=self.session.mode == "video"
-            )
-        except limits.Limited as exc:
-            await self.send_error(
-                Err.RATE_LIMITED, exc.message, retryable=True, ref=ref, **exc.fields()
-            )
-            return False
-        return True
+        await self.turns.text(message["text"], ref)
 
     async def on_interrupt(self, message: dict[str, Any], ref: str | None) -> None:
-        if not await self.interrupt():
+        if not await self.turns.interrupt():
             await self.send_error(
                 Err.STATE, "nothing to interrupt: no reply is being produced", ref=ref
             )
@@ -394,81 +285,16 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if not self.limiter.allow():
             await self._rate_limited()
             return
-        await self.upload(data, ref=None)
+        await self.turns.upload(data, ref=None)
 
-    async def upload(self, data: bytes, ref: str | None) -> None:
-        """One recorded utterance as a binary frame: the upload turn (speech worker)."""
-        from chat.uploads import start_upload_turn
-
-        await start_upload_turn(self, data, ref)
-
-    # --- replies ------------------------------------------------------------------------------
-    def reply_sink(self) -> Any:
-        if self.session.mode != "voice" or self.realtime is None:
-            return None
-        speaker = self.realtime.speaker()
-        if speaker is not None:
-            return WebRTCSink(speaker)
-        if self.realtime.ws_audio_span:
-            return WebSocketSink(lambda pcm: self.send(bytes_data=pcm))
-        return None
-
-    async def start_reply(
-        self,
-        user_message_id: int,
-        ref: str | None,
-        *,
-        kind: str = "text",
-        asr_ms: float | None = None,
-    ) -> None:
-        """Answer a user message; a reply still running is superseded (cancelled) first."""
-        await self.interrupt()
-        request = ReplyRequest.of(
-            self.session_id,
-            self.session.mode,
-            self.language,
-            self.avatar,
-            user_message_id,
-            ref,
-            kind=kind,
-            asr_ms=asr_ms,
-        )
-        self.reply = Reply(request, self.send_event, self.reply_sink())
-        self.reply_task = self._spawn(self._run_reply(self.reply))
-
-    async def _run_reply(self, reply: Reply) -> None:
-        try:
-            await reply.run()
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("reply failed in session %s", self.session_id)
-            await self.send_error(
-                Err.INTERNAL, "the reply failed", retryable=True, ref=reply.request.ref
-            )
-
-    async def interrupt(self) -> bool:
-        """Stop the reply being produced (speech at once), and its render. True if one was."""
-        reply, task = self.reply, self.reply_task
-        self.reply = self.reply_task = None
-        stopped = False
-        if task is not None and not task.done():
-            if reply is not None and reply.sink is not None:
-                reply.sink.clear()
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-            stopped = True
-        from chat.uploads import cancel_running_turns
-
-        return await cancel_running_turns(self) or stopped
-
-    # --- realtime (SessionContext for chat.realtime.handler) ----------------------------------
+    # --- realtime -----------------------------------------------------------------------------
     def _realtime_handler(self) -> Any:
         if self.realtime is None:
             # local: defers aiortc (heavy) until a session first negotiates or streams audio
             from chat.realtime.handler import RealtimeHandler
 
-            self.realtime = RealtimeHandler(self, on_transport=self._transport_changed)
+            self.realtime = RealtimeHandler(self.turns, on_transport=self._transport_changed)
+            self.turns.realtime = self.realtime
         return self.realtime
 
     def _transport_changed(self, transport: str) -> None:
@@ -476,21 +302,6 @@ class ChatConsumer(AsyncWebsocketConsumer):
             mode, old = self.counted_as
             metrics.session_moved(mode, old, transport)
             self.counted_as = (mode, transport)
-
-    async def user_utterance(self, text: str, utterance_id: str) -> None:
-        asr_ms = observe.take_asr_ms()
-        timings = {"asr_ms": round(asr_ms, 1)} if asr_ms is not None else {}
-        if not await self.admit_turn(None, audio=True):
-            return
-        user = await database_sync_to_async(sessions.add_message)(
-            self.session_id, sessions.USER, text, timings=timings
-        )
-        await self.send_event(protocol.asr_result(text, utterance_id, user.id, None))
-        await self.start_reply(user.id, None, kind="realtime", asr_ms=asr_ms)
-
-    async def barge_in(self) -> None:
-        if self.reply_task is not None and not self.reply_task.done():
-            await self.interrupt()
 
     # --- life cycle ---------------------------------------------------------------------------
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
@@ -515,8 +326,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             return
         self.ended = True
         current = asyncio.current_task()
-        if self.reply is not None and self.reply.sink is not None:
-            self.reply.sink.clear()
+        await self.turns.close()
         for task in list(self.tasks):
             if task is not current:
                 task.cancel()

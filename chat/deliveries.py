@@ -42,6 +42,23 @@ def delivery(request: Any) -> int:
     return number
 
 
+def step_delivery(task_id: str, step: str, retries: int = 0) -> tuple[int, bool]:
+    """Record one more delivery of a step of the task (the upload turn runs its steps in one
+    task); returns its number and whether an earlier delivery finished the step."""
+    key = f"{PREFIX}{task_id}:{step}:{retries}"
+    pipe = client().pipeline()
+    pipe.incr(key)
+    pipe.expire(key, TTL_S)
+    pipe.exists(f"{ONCE_PREFIX}step:{task_id}:{step}")
+    number, _, finished = pipe.execute()
+    return int(number), bool(finished)
+
+
+def finish_step(task_id: str, step: str) -> None:
+    """The step is done: a redelivery of its task skips it."""
+    mark_done(f"step:{task_id}:{step}")
+
+
 def exhausted(number: int) -> bool:
     """True for a delivery past the bound: the earlier ones all lost their worker."""
     return number > settings.CELERY_TASK_MAX_DELIVERIES

@@ -22,6 +22,7 @@ from channels.layers import get_channel_layer
 from chat.models import group_name
 
 HANDLER = "session.event"  # dispatched to ChatConsumer.session_event
+BATCH_HANDLER = "session.events"  # several events, in order: ChatConsumer.session_events
 T = TypeVar("T")
 
 _loop: asyncio.AbstractEventLoop | None = None
@@ -32,6 +33,50 @@ _loop_lock = threading.Lock()
 async def publish(session_id: uuid.UUID | str, event: dict[str, Any]) -> None:
     layer = get_channel_layer()
     await layer.group_send(group_name(session_id), {"type": HANDLER, "event": event})
+
+
+async def publish_many(session_id: uuid.UUID | str, events: list[dict[str, Any]]) -> None:
+    """Events in order, in one message of the channel layer (one Redis round trip per group
+    send, not per event); the consumer sends them as separate frames."""
+    if len(events) == 1:
+        await publish(session_id, events[0])
+        return
+    layer = get_channel_layer()
+    await layer.group_send(group_name(session_id), {"type": BATCH_HANDLER, "events": events})
+
+
+class OrderedPublisher:
+    """The events of one producer (a reply streaming in a worker), in order. Streamed pieces
+    (`text_delta`) do not wait for the channel layer: what queues up while a send is in flight
+    goes out in the next one. Any other event waits until it and everything before it went
+    out, so that it is never overtaken by what another publisher sends after it (a render
+    worker's `video_queued` after `tts_complete`)."""
+
+    STREAMED = frozenset({"text_delta"})
+
+    def __init__(self, session_id: uuid.UUID | str) -> None:
+        self.session_id = session_id
+        self._pending: list[dict[str, Any]] = []
+        self._sending: asyncio.Future[None] | None = None
+
+    async def send(self, event: dict[str, Any]) -> None:
+        self._pending.append(event)
+        if self._sending is None or self._sending.done():
+            if self._sending is not None:
+                self._sending.result()  # a failed send fails the producer
+            self._sending = asyncio.ensure_future(self._drain())
+        if event.get("type") not in self.STREAMED:
+            await self.flush()
+
+    async def _drain(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending, []
+            await publish_many(self.session_id, batch)
+
+    async def flush(self) -> None:
+        """Wait until every event sent so far went out."""
+        if self._sending is not None:
+            await asyncio.shield(self._sending)
 
 
 def _background_loop() -> asyncio.AbstractEventLoop:

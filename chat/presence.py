@@ -24,7 +24,7 @@ import redis
 from django.conf import settings
 from redis import asyncio as aioredis
 
-from chat.layers import sync_retry
+from chat.layers import shared_client
 
 log = logging.getLogger(__name__)
 KEY_PREFIX = "echo:web:"
@@ -96,14 +96,11 @@ def alive(processes: Iterable[str]) -> set[str] | None:
     """Which of `processes` are announced now; None when that cannot be told: a Redis that
     restarted less than one TTL ago has not yet heard again from every live process."""
     processes = list(processes)
-    client = redis.Redis.from_url(settings.REDIS_URL, retry=sync_retry())
-    try:
-        uptime = int(client.info("server").get("uptime_in_seconds", 0))
-        if uptime < settings.WEB_PRESENCE_TTL_S:
-            return None
-        if not processes:
-            return set()
-        present = client.mget([key(p) for p in processes])
-    finally:
-        client.close()
+    client = shared_client()
+    uptime = int(client.info("server").get("uptime_in_seconds", 0))
+    if uptime < settings.WEB_PRESENCE_TTL_S:
+        return None
+    if not processes:
+        return set()
+    present = client.mget([key(p) for p in processes])
     return {p for p, value in zip(processes, present, strict=True) if value is not None}

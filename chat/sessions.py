@@ -1,5 +1,8 @@
 """Session life cycle on the database and storage side, shared by the consumer, the HTTP upload
-view and the cleanup command (all synchronous; the consumer calls them off the event loop)."""
+view and the cleanup command (all synchronous; the consumer calls them off the event loop).
+
+The turns in flight live elsewhere: their registry in Redis in chat.inflight, and how a turn
+is stopped (revocation, render cancellation) in chat.stopping."""
 
 from __future__ import annotations
 
@@ -13,12 +16,9 @@ from django.conf import settings
 from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
-from kombu.exceptions import OperationalError
 
 from avatars.models import Avatar
-from celery_app import app
-from chat import presence, video
-from chat.layers import shared_client
+from chat import presence, stopping
 from chat.models import ChatSession, EndReason, Message, Role
 from chat.storage import delete_session_files
 
@@ -70,16 +70,6 @@ def history(session_id: uuid.UUID | str, before: Message | None = None) -> list[
     return [m.history_entry() for m in reversed(recent)]
 
 
-def revoke_tasks(task_ids: list[str]) -> None:
-    if task_ids:
-        app.control.revoke(task_ids, terminate=True, signal="SIGTERM")
-
-
-def cancel_renders(task_ids: list[str]) -> None:
-    for task_id in task_ids:
-        video.renderer().cancel(task_id)
-
-
 def end_session(session_id: uuid.UUID | str, reason: EndReason | str) -> int:
     """Mark the session ended, stop its tasks and delete every file it owns.
 
@@ -91,7 +81,7 @@ def end_session(session_id: uuid.UUID | str, reason: EndReason | str) -> int:
             ended_at=timezone.now(), end_reason=reason
         )
     if updated:
-        stop_turn(session_id)
+        stopping.stop_turn(session_id)
     deleted = delete_session_files(session_id)
     rows = ChatSession.objects.filter(pk=session_id)
     if deleted:  # one UPDATE: the row may be gone meanwhile (history purged)
@@ -171,56 +161,3 @@ def cleanup(now: Any = None) -> dict[str, int]:
 
 USER = Role.USER
 ASSISTANT = Role.ASSISTANT
-
-
-# --- the upload turn in flight: its Celery task ids, kept in Redis so any process can stop it --
-
-TURN_TTL_S = 3600
-
-
-_redis = shared_client  # one retrying, fork-safe pool per process (chat.layers)
-
-
-def _turn_key(session_id: uuid.UUID | str) -> str:
-    return f"echo:turn:{session_id}"
-
-
-def set_turn(session_id: uuid.UUID | str, task_ids: list[str]) -> None:
-    _redis().set(_turn_key(session_id), ",".join(task_ids), ex=TURN_TTL_S)
-
-
-def finish_turn(session_id: uuid.UUID | str, task_id: str) -> None:
-    """The chain that contains `task_id` is over (done or failed)."""
-    key = _turn_key(session_id)
-    current = _redis().get(key)
-    if current and task_id in current.decode().split(","):
-        _redis().delete(key)
-
-
-def take_turn(session_id: uuid.UUID | str) -> list[str]:
-    value = _redis().getdel(_turn_key(session_id))
-    return value.decode().split(",") if value else []
-
-
-def unfinished_renders(session_id: uuid.UUID | str) -> list[str]:
-    return list(
-        Message.objects.filter(session_id=session_id, role=Role.ASSISTANT, video="", error_code="")
-        .exclude(task_id="")
-        .values_list("task_id", flat=True)
-    )
-
-
-def stop_turn(session_id: uuid.UUID | str) -> bool:
-    """Revoke the session's upload chain and renders in flight. True if there was one.
-
-    With Redis unreachable past the clients' retries this stops nothing and says so in the
-    log; the tasks then find the session ended (or their files deleted) and stop by themselves.
-    """
-    try:
-        chain_ids, render_ids = take_turn(session_id), unfinished_renders(session_id)
-        revoke_tasks(chain_ids)
-        cancel_renders(render_ids)
-    except (redis.RedisError, OSError, OperationalError) as exc:
-        log.warning("could not stop the turn of session %s: %s", session_id, exc)
-        return False
-    return bool(chain_ids or render_ids)

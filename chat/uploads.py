@@ -1,6 +1,6 @@
 """The upload turn: one recorded utterance (a binary frame or an HTTP upload) is decoded,
-stored under the session's prefix and answered by a Celery chain on the `speech` queue:
-transcribe → reply → synthesize (→ render in video mode).
+stored under the session's prefix and answered by one Celery task on the `speech` queue
+(chat.upload_turn): transcribe → reply → synthesize (→ render in video mode).
 
 The decoding runs in a process of its own, not a thread: PyAV's Python-level loop over the
 frames (30–130 ms of CPU for a few seconds of WAV or WebM/Opus) held the GIL in 5 ms slices
@@ -19,19 +19,15 @@ import time
 import uuid
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from typing import Any
 
-from celery import chain
-from channels.db import database_sync_to_async
 from django.conf import settings
-from kombu.exceptions import OperationalError
-from redis.exceptions import RedisError
 
-from chat import limits, sessions
+from chat import inflight, limits, sessions, stopping
 from chat.audio import TARGET_RATE, AudioInvalid, decode_upload, lower_priority, pcm_to_wav
 from chat.models import ChatSession, Message
 from chat.protocol import Err
 from chat.storage import public_url, save_for_session
+from chat.tasks import upload_turn
 
 log = logging.getLogger(__name__)
 
@@ -116,13 +112,14 @@ async def check_and_decode_async(data: bytes) -> bytes:
 
 
 def accept_upload(session_id: uuid.UUID | str, pcm: bytes, ref: str | None) -> Message:
-    """Store the normalised utterance, record the user message, start the chain; raises
-    limits.Limited when the session's user or address has reached a limit (chat.limits)."""
-    from chat.tasks import turn_reply, turn_synthesize, turn_transcribe
-
-    who = limits.subject_of(session_id) or ""
-    video = ChatSession.objects.filter(pk=session_id, mode="video").exists()
-    limits.admit_turn(who, audio=True, video=video)
+    """Store the normalised utterance, record the user message, start the turn's task (it
+    supersedes the upload turn in flight); raises limits.Limited when the session's user or
+    address has reached a limit (chat.limits)."""
+    row = ChatSession.objects.filter(pk=session_id).values("user_id", "client_info", "mode").first()
+    if row is None:
+        raise UploadRefused(Err.STATE, "the session has ended")
+    who = limits.subject(row["user_id"], (row["client_info"] or {}).get("ip"))
+    limits.admit_turn(who, audio=True, video=row["mode"] == "video")
     limits.add(limits.AUDIO, who, len(pcm) / (2 * TARGET_RATE))
     message = sessions.add_message(session_id, sessions.USER)
     name = save_for_session(
@@ -132,45 +129,19 @@ def accept_upload(session_id: uuid.UUID | str, pcm: bytes, ref: str | None) -> M
         raise UploadRefused(Err.STATE, "the session has ended")
     message.audio, message.audio_url = name, public_url(name)
     message.duration_ms = len(pcm) * 1000 // (2 * TARGET_RATE)
-    options: dict[str, Any] = {"session_id": str(session_id), "ref": ref}
-    steps = [
-        turn_transcribe.s(message.id, **options, sent_at=time.time()).set(task_id=uuid.uuid4().hex),
-        turn_reply.s(**options).set(task_id=uuid.uuid4().hex),
-        turn_synthesize.s(**options).set(task_id=uuid.uuid4().hex),
-    ]
-    ids = [step.id for step in steps]
-    message.task_id = ids[0]
+    task_id = uuid.uuid4().hex
+    message.task_id = task_id
     message.save(update_fields=["audio", "audio_url", "duration_ms", "task_id"])
-    sessions.stop_turn(session_id)  # a new utterance supersedes the turn in flight
-    sessions.set_turn(session_id, ids)
-    chain(*steps).apply_async()
+    stopping.stop_turn(session_id)  # a new utterance supersedes the turn in flight
+    inflight.set_turn(session_id, [task_id])
+    upload_turn.apply_async(
+        (message.id,),
+        {"session_id": str(session_id), "ref": ref, "sent_at": time.time()},
+        task_id=task_id,
+    )
     log.info(
         "upload turn %s sent to the speech workers",
         message.id,
         extra={"session_id": str(session_id), "turn_id": str(message.id)},
     )
     return message
-
-
-async def start_upload_turn(consumer: Any, data: bytes, ref: str | None) -> None:
-    try:
-        pcm = await check_and_decode_async(data)
-        await consumer.interrupt()
-        await database_sync_to_async(accept_upload)(consumer.session_id, pcm, ref)
-    except UploadRefused as exc:
-        await consumer.send_error(exc.code, exc.message, ref=ref)
-    except limits.Limited as exc:
-        await consumer.send_error(
-            Err.RATE_LIMITED, exc.message, retryable=True, ref=ref, **exc.fields()
-        )
-    except (RedisError, OperationalError):  # past the clients' retries: this turn only
-        await consumer.send_error(
-            Err.INTERNAL,
-            "the task queue (Redis) is unreachable, try again",
-            retryable=True,
-            ref=ref,
-        )
-
-
-async def cancel_running_turns(consumer: Any) -> bool:
-    return await database_sync_to_async(sessions.stop_turn)(consumer.session_id)

@@ -303,3 +303,30 @@ def test_token_auth_when_required(live_avatars, log_dir: Path) -> None:
         assert init["type"] == "init"
     finally:
         proc.stop()
+
+
+def test_events_a_worker_publishes_together_arrive_as_separate_frames_in_order(connect) -> None:
+    """A worker streaming a reply sends what queued up meanwhile in one message of the channel
+    layer (chat.events.OrderedPublisher); the client still gets one frame per event, in order."""
+    from asgiref.sync import async_to_sync
+
+    from chat.events import OrderedPublisher
+
+    def publish_all(session_id: str) -> None:
+        async def send() -> None:
+            publisher = OrderedPublisher(session_id)
+            for n in range(30):  # queued faster than they go out: most share a message
+                await publisher.send({"type": "text_delta", "delta": f"{n} ", "message_id": 0})
+            await publisher.flush()
+
+        async_to_sync(send)()
+
+    async def body() -> list[dict]:
+        async with connect("?mode=voice") as client:
+            init = await client.recv()
+            await asyncio.to_thread(publish_all, init["session_id"])
+            return [await client.recv() for _ in range(30)]
+
+    frames = run(body())
+    assert [f["type"] for f in frames] == ["text_delta"] * 30
+    assert "".join(f["delta"] for f in frames) == "".join(f"{n} " for n in range(30))

@@ -1,4 +1,5 @@
-"""Which backend serves each stage: names from settings, classes found by dotted path.
+"""Which backend serves each stage: names from settings, classes found by dotted path
+(echoproject.backends, the same mechanism as the renderers').
 
 Backends are imported on first use, so an offline install never imports the cloud SDKs, and
 built once per process from settings. Changing a provider setting (tests do, with
@@ -9,12 +10,11 @@ from __future__ import annotations
 
 from typing import Any, TypeVar
 
-from django.conf import settings
 from django.core.signals import setting_changed
 from django.dispatch import receiver
-from django.utils.module_loading import import_string
 
 from chat.providers.base import ASRProvider, LLMProvider, TTSProvider
+from echoproject.backends import Backends
 
 ASR_BACKENDS = {
     "pocketsphinx": "chat.providers.asr.pocketsphinx.PocketSphinxASR",
@@ -29,39 +29,36 @@ TTS_BACKENDS = {
     "espeak": "chat.providers.tts.espeak.EspeakTTS",
     "dashscope": "chat.providers.tts.dashscope.DashScopeTTS",
 }
-_STAGES: dict[str, tuple[str, dict[str, str]]] = {
-    "asr": ("ASR_BACKEND", ASR_BACKENDS),
-    "llm": ("LLM_BACKEND", LLM_BACKENDS),
-    "tts": ("TTS_BACKEND", TTS_BACKENDS),
+
+
+def _from_settings(cls: Any) -> Any:
+    return cls.from_settings()
+
+
+_STAGES: dict[str, Backends[Any]] = {
+    "asr": Backends("ASR_BACKEND", ASR_BACKENDS, _from_settings),
+    "llm": Backends("LLM_BACKEND", LLM_BACKENDS, _from_settings),
+    "tts": Backends("TTS_BACKEND", TTS_BACKENDS, _from_settings),
 }
 _PROVIDER_SETTINGS = frozenset(
     {"PROVIDER_TIMEOUT_S", "PROVIDER_CONNECT_TIMEOUT_S", "LLM_MAX_HISTORY"}
 )
-_instances: dict[str, Any] = {}
 
 P = TypeVar("P")
 
 
 def backend_name(stage: str) -> str:
     """The configured backend name of a stage ("asr", "llm" or "tts")."""
-    return getattr(settings, _STAGES[stage][0])
+    return _STAGES[stage].name()
 
 
 def build(stage: str, name: str | None = None) -> Any:
     """A new backend instance for `stage`, the configured one unless `name` is given."""
-    setting, backends = _STAGES[stage]
-    name = name or getattr(settings, setting)
-    try:
-        path = backends[name]
-    except KeyError:
-        raise ValueError(f"{setting}={name!r} is not one of {sorted(backends)}") from None
-    return import_string(path).from_settings()
+    return _STAGES[stage].build(name)
 
 
 def _get(stage: str, kind: type[P]) -> P:
-    instance = _instances.get(stage)
-    if instance is None:
-        instance = _instances[stage] = build(stage)
+    instance = _STAGES[stage].get()
     assert isinstance(instance, kind)
     return instance
 
@@ -80,10 +77,10 @@ def get_tts() -> TTSProvider:
 
 def reset_providers() -> None:
     """Close and forget the built backends; the next `get_*()` builds them again."""
-    instances = list(_instances.values())
-    _instances.clear()
-    for instance in instances:
-        instance.close()
+    for backends in _STAGES.values():
+        instance = backends.forget()
+        if instance is not None:
+            instance.close()
 
 
 @receiver(setting_changed)

@@ -1,12 +1,9 @@
-"""Render backends by name (settings.RENDER_BACKEND), imported on first use, one per process."""
+"""Render backends by name (settings.RENDER_BACKEND), imported on first use, one per process
+(echoproject.backends, the same mechanism as the speech providers')."""
 
 from __future__ import annotations
 
-import threading
-from importlib import import_module
-
-from django.conf import settings
-
+from echoproject.backends import Backends
 from rendering.backends.base import RenderBackend
 
 BACKENDS = {
@@ -14,24 +11,18 @@ BACKENDS = {
     "echomimic": "rendering.backends.echomimic.EchoMimicBackend",
 }
 
-_instance: RenderBackend | None = None
-_lock = threading.Lock()
+_backends: Backends[RenderBackend] = Backends("RENDER_BACKEND", BACKENDS)
 
 
 def backend_class(name: str | None = None) -> type[RenderBackend]:
-    module, _, attr = BACKENDS[name or settings.RENDER_BACKEND].rpartition(".")
-    return getattr(import_module(module), attr)
+    return _backends.backend_class(name)
 
 
 def get_backend() -> RenderBackend:
     """The configured backend of this process, created (models loaded) on the first call."""
-    global _instance
-    with _lock:
-        if _instance is None:
-            _instance = backend_class()()
-        return _instance
+    return _backends.get()
 
 
 def loaded_backend() -> RenderBackend | None:
     """The backend if this process has created it already (for heartbeats), without loading."""
-    return _instance
+    return _backends.loaded()

@@ -374,15 +374,11 @@ class DashScopeTTS(TTSProvider):
             async for chunk in self._stream_voice(text, chosen.preset, language):
                 yield chunk
             return
-        started = False
-        try:
-            async for chunk in self._stream_voice(text, cloned, language):
-                started = True
-                yield chunk
-            return
-        except TTSError as exc:
-            if started or exc.retryable:
-                raise
+
+        def refused(exc: TTSError) -> bool:
+            """A cloned voice the service will not speak with: the preset, for a while."""
+            if exc.retryable:
+                return False
             self._refused[cloned] = time.monotonic() + UNUSABLE_FOR_S
             log.warning(
                 "cloned voice %s cannot speak (%s): speaking with the preset %s instead",
@@ -390,7 +386,14 @@ class DashScopeTTS(TTSProvider):
                 exc.provider_message or exc.message,
                 self._voice(chosen.preset),
             )
-        async for chunk in self._stream_voice(text, chosen.preset, language):
+            return True
+
+        chunks = _instead_before_audio(
+            self._stream_voice(text, cloned, language),
+            refused,
+            lambda: self._stream_voice(text, chosen.preset, language),
+        )
+        async for chunk in chunks:
             yield chunk
 
     def forget_refusals(self) -> None:
@@ -405,20 +408,20 @@ class DashScopeTTS(TTSProvider):
             async for chunk in self._run(self._new(key, _Callback(key[1], bridge)), text, bridge):
                 yield chunk
             return
+
         # A socket opened ahead may have been closed by the service an instant before it was
         # taken (its close not yet seen here): when that socket is gone before any audio came,
         # the sentence is tried again, once, on a fresh connection.
-        started = False
-        try:
-            async for chunk in self._run(synthesizer, text, bridge):
-                started = True
-                yield chunk
-            return
-        except TTSError as exc:
-            if started or not exc.retryable or synthesizer.is_open():
-                raise
-        bridge = ThreadBridge()
-        async for chunk in self._run(self._new(key, _Callback(key[1], bridge)), text, bridge):
+        def fresh() -> AsyncIterator[bytes]:
+            again: ThreadBridge[bytes] = ThreadBridge()
+            return self._run(self._new(key, _Callback(key[1], again)), text, again)
+
+        chunks = _instead_before_audio(
+            self._run(synthesizer, text, bridge),
+            lambda exc: exc.retryable and not synthesizer.is_open(),
+            fresh,
+        )
+        async for chunk in chunks:
             yield chunk
 
     async def _run(
@@ -439,3 +442,24 @@ class DashScopeTTS(TTSProvider):
         finally:
             if callback.claim():  # abandoned (barge-in) or timed out
                 synthesizer.close_soon()
+
+
+async def _instead_before_audio(
+    first: AsyncIterator[bytes],
+    instead: Callable[[TTSError], bool],
+    then: Callable[[], AsyncIterator[bytes]],
+) -> AsyncIterator[bytes]:
+    """The chunks of `first`; if it fails before its first chunk with an error that
+    `instead(error)` accepts, the chunks of `then()` (once). An error after audio went out is
+    the sentence's error: the client has heard part of it."""
+    started = False
+    try:
+        async for chunk in first:
+            started = True
+            yield chunk
+        return
+    except TTSError as exc:
+        if started or not instead(exc):
+            raise
+    async for chunk in then():
+        yield chunk
