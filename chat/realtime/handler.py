@@ -212,6 +212,7 @@ class RealtimeHandler:
             on_audio=self._on_webrtc_audio,
             batch_audio=self._may_batch_audio,
             wants_audio=self._listens_over_webrtc,
+            speech_under_way=self._speech_under_way,
             on_state=self._on_peer_state,
             ice_servers=session_ice_servers(self.ctx.session_id),
             timeout_s=float(settings.WEBRTC_TIMEOUT_S),
@@ -412,6 +413,14 @@ class RealtimeHandler:
     def _listens_over_webrtc(self) -> bool:
         """A webrtc recognition span is open: the microphone's audio has a listener."""
         return self._span is not None and self._span.transport == "webrtc"
+
+    def _speech_under_way(self) -> bool:
+        """An utterance (or its first speech-like frames) is being heard over WebRTC: the
+        silence of a client that stops sending (Opus DTX) must reach the VAD to end it."""
+        span = self._span
+        if span is None or span.transport != "webrtc":
+            return False
+        return span.listener.in_utterance or span.listener.vad.rising
 
     def _may_batch_audio(self) -> bool:
         """Whether the microphone's frames may reach the listener 100 ms at a time: not while

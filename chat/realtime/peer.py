@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -42,6 +43,12 @@ AudioPredicate = Callable[[], bool]
 # 20 ms frames are resampled and handed on this many at a time: one resampler call and one
 # callback (and so one pass through the listener) per 100 ms instead of five.
 BATCH_FRAMES = 5
+# A client in Opus DTX (silence: one packet per ~400 ms) sends no frames for long stretches.
+# While speech is under way the VAD must still hear that silence to end the utterance: after
+# this long without a frame, this much silence is handed on, and again until a frame arrives.
+GAP_WAIT_S = 0.1
+# A jump in the frames' timestamps longer than this is a new stream, not a DTX gap.
+MAX_GAP_S = 5.0
 
 
 class WebRTCError(Exception):
@@ -115,6 +122,12 @@ class PeerSession:
     only then is a frame's own moment of arrival unimportant); without it every frame goes on
     alone. `wants_audio` says whether anyone listens at all: frames received while it is False
     are read (aiortc's queue stays empty) but neither resampled nor handed on.
+    `speech_under_way` says whether the end of the user's speech is awaited: then the silence
+    of a client in Opus DTX (no packets) is handed on as silence (see `GAP_WAIT_S`).
+
+    The answer asks the client for Opus DTX (`usedtx=1`), and the speaker uses DTX too when
+    the client's offer asked for it: an idle session then moves a packet per ~400 ms each way
+    instead of one per 20 ms.
     """
 
     def __init__(
@@ -126,10 +139,12 @@ class PeerSession:
         timeout_s: float = 15.0,
         batch_audio: AudioPredicate | None = None,
         wants_audio: AudioPredicate | None = None,
+        speech_under_way: AudioPredicate | None = None,
     ) -> None:
         self.on_audio = on_audio
         self.batch_audio = batch_audio
         self.wants_audio = wants_audio
+        self.speech_under_way = speech_under_way
         self.on_state = on_state
         self.timeout_s = timeout_s
         self.pc = RTCPeerConnection(
@@ -184,8 +199,10 @@ class PeerSession:
                 # used: declining it spares decoding every frame.
                 transceiver.direction = "inactive"
         self.pc.addTrack(self.speaker)
+        _ask_for_dtx(self.pc)
         answer = await self.pc.createAnswer()
         self.speaker.encode_opus = _sends_opus(self.pc, self.speaker)
+        self.speaker.dtx = self.speaker.encode_opus and offers_dtx(sdp)
         # Gathers our candidates and puts them into the answer SDP.
         await self.pc.setLocalDescription(answer)
 
@@ -228,27 +245,54 @@ class PeerSession:
         """Client microphone → 16 kHz mono PCM16 → on_audio, until the track ends."""
         resampler: av.AudioResampler | None = None
         held: list[av.AudioFrame] = []
-        while True:
+        gaps = _Gaps()
+        waiting: asyncio.Future[Any] | None = None
+        try:
+            while True:
+                if self.speech_under_way is not None and self.speech_under_way():
+                    # a DTX pause must still read as silence: wait for a frame a while only
+                    waiting = waiting or asyncio.ensure_future(track.recv())
+                    done, _ = await asyncio.wait({waiting}, timeout=GAP_WAIT_S)
+                    if not done:
+                        await self._deliver(gaps.silence_waited(GAP_WAIT_S))
+                        continue
+                    receiving, waiting = waiting, None
+                    frame = receiving.result()
+                elif waiting is not None:
+                    receiving, waiting = waiting, None
+                    frame = await receiving
+                else:
+                    frame = await track.recv()
+                gap = gaps.frame(frame)
+                if self.wants_audio is not None and not self.wants_audio():
+                    held.clear()
+                    resampler = None  # the next listener's audio starts with a fresh filter
+                    continue
+                if resampler is None:
+                    resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
+                if gap and self.speech_under_way is not None and self.speech_under_way():
+                    # DTX silence not yet handed on: before the frame that ends it
+                    frames, held = (_joined(held) if held else []), []
+                    pcm = b"".join(frame_pcm(out) for f in frames for out in resampler.resample(f))
+                    await self._deliver(pcm + gap)
+                held.append(frame)
+                if len(held) < BATCH_FRAMES and self.batch_audio is not None and self.batch_audio():
+                    continue
+                frames, held = _joined(held), []
+                pcm = b"".join(frame_pcm(out) for f in frames for out in resampler.resample(f))
+                await self._deliver(pcm)
+        except MediaStreamError:
+            return
+        finally:
+            if waiting is not None:
+                waiting.cancel()
+
+    async def _deliver(self, pcm: bytes) -> None:
+        if pcm:
             try:
-                frame = await track.recv()
-            except MediaStreamError:
-                return
-            if self.wants_audio is not None and not self.wants_audio():
-                held.clear()
-                resampler = None  # the next listener's audio starts with a fresh filter
-                continue
-            if resampler is None:
-                resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
-            held.append(frame)
-            if len(held) < BATCH_FRAMES and self.batch_audio is not None and self.batch_audio():
-                continue
-            frames, held = _joined(held), []
-            pcm = b"".join(frame_pcm(out) for f in frames for out in resampler.resample(f))
-            if pcm:
-                try:
-                    await self.on_audio(pcm)
-                except Exception:
-                    logger.exception("handling incoming WebRTC audio failed")
+                await self.on_audio(pcm)
+            except Exception:
+                logger.exception("handling incoming WebRTC audio failed")
 
     async def _discard(self, track: MediaStreamTrack) -> None:
         """Read and drop a track we do not use (video), so its queue stays empty."""
@@ -318,3 +362,51 @@ def _sends_opus(pc: RTCPeerConnection, track: MediaStreamTrack) -> bool:
             codecs = getattr(transceiver, "_codecs", None) or []
             return bool(codecs) and codecs[0].mimeType.lower() == "audio/opus"
     return False
+
+
+class _Gaps:
+    """Silence a client in Opus DTX did not send, from its frames' timestamps (in samples of
+    the frame's rate) and from waiting: as 16 kHz PCM16 zeros, each stretch handed on once."""
+
+    def __init__(self) -> None:
+        self._next: int | None = None  # where the next frame should start
+        self._rate = 48000
+        self._given = 0.0  # seconds of this gap already handed on by `silence_waited`
+
+    def silence_waited(self, seconds: float) -> bytes:
+        self._given += seconds
+        return bytes(int(seconds * SAMPLE_RATE) * 2)
+
+    def frame(self, frame: av.AudioFrame) -> bytes:
+        """The silence missing before `frame` (b"" when it follows the previous one)."""
+        missing = 0.0
+        if frame.pts is not None and frame.sample_rate:
+            if self._next is not None and frame.sample_rate == self._rate:
+                gap = (frame.pts - self._next) / frame.sample_rate
+                if 0 < gap < MAX_GAP_S:
+                    missing = gap - self._given
+            self._next, self._rate = frame.pts + frame.samples, frame.sample_rate
+        self._given = 0.0
+        samples = int(missing * SAMPLE_RATE)
+        return bytes(samples * 2) if samples > 0 else b""
+
+
+_OPUS_RTPMAP = re.compile(r"^a=rtpmap:(\d+) opus/", re.IGNORECASE | re.MULTILINE)
+
+
+def offers_dtx(sdp: str) -> bool:
+    """Whether an SDP asks its peer to send Opus with DTX (`usedtx=1` in an Opus fmtp)."""
+    for payload_type in _OPUS_RTPMAP.findall(sdp):
+        fmtp = re.search(rf"^a=fmtp:{payload_type} (.*)$", sdp, re.MULTILINE)
+        if fmtp and re.search(r"(^|;)\s*usedtx=1\s*($|;)", fmtp.group(1).strip()):
+            return True
+    return False
+
+
+def _ask_for_dtx(pc: RTCPeerConnection) -> None:
+    """`usedtx=1` on the Opus codec of every audio transceiver: the answer asks the client to
+    send silence as Opus DTX (browsers do: a packet per ~400 ms instead of per 20 ms)."""
+    for transceiver in pc.getTransceivers():
+        for codec in getattr(transceiver, "_codecs", None) or []:
+            if codec.mimeType.lower() == "audio/opus":
+                codec.parameters["usedtx"] = 1
