@@ -27,6 +27,10 @@ from harness.audio import read_wav, resample, rms
 
 # A 10 ms window of the user's audio above this is speech (the server's VAD's minimum level).
 QUIET_DB = -45.0
+# Frames that arrive this far apart had a pause between them (DTX); one longer than
+# MAX_PAUSE_S is not filled in further.
+PAUSE_S = 0.06
+MAX_PAUSE_S = 5.0
 
 
 def speech_bounds(pcm: np.ndarray, rate: int) -> tuple[int, int]:
@@ -140,9 +144,10 @@ def with_dtx(sdp: str) -> str:
 class ClientPeer:
     """A browser stand-in: an aiortc peer sending `mic` and recording the server's audio.
 
-    `received`: (arrival time, 16 kHz mono samples) of every frame (unless `keep_audio` is
-    False, as the capacity benchmark's many clients do); `levels`: (arrival time, RMS) of every
-    frame. `prefetch`: frames the playout (jitter) buffer holds back (aiortc's default: 4).
+    `received`: (arrival time, 16 kHz mono samples) of every frame, and a 20 ms frame of
+    silence for each 20 ms of a pause between frames (what a browser plays; unless `keep_audio` is False,
+    as the capacity benchmark's many clients do); `levels`: (arrival time, RMS) of every frame
+    received. `prefetch`: frames the playout (jitter) buffer holds back (aiortc's default: 4).
     """
 
     def __init__(
@@ -179,6 +184,7 @@ class ClientPeer:
 
     async def _read(self, track: MediaStreamTrack) -> None:
         resampler = av.AudioResampler(format="s16", layout="mono", rate=16000)
+        last: float | None = None
         while True:
             try:
                 frame = await track.recv()
@@ -186,9 +192,17 @@ class ClientPeer:
                 return
             now = time.monotonic()
             self.levels.append((now, rms(frame.to_ndarray())))
-            if self.keep_audio:
-                for out in resampler.resample(frame):
-                    self.received.append((now, out.to_ndarray().reshape(-1)[: out.samples].copy()))
+            if not self.keep_audio:
+                continue
+            if last is not None and now - last > PAUSE_S:
+                # a DTX pause (the decoder's timestamps do not show it): a browser plays
+                # silence meanwhile, 20 ms at a time
+                missing = int(min(now - last, MAX_PAUSE_S) / 0.02 + 0.5) - 1
+                for n in range(1, missing + 1):
+                    self.received.append((last + 0.02 * n, np.zeros(320, dtype=np.int16)))
+            last = now
+            for out in resampler.resample(frame):
+                self.received.append((now, out.to_ndarray().reshape(-1)[: out.samples].copy()))
 
     async def offer(self) -> str:
         await self.pc.setLocalDescription(await self.pc.createOffer())

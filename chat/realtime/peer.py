@@ -46,9 +46,9 @@ BATCH_FRAMES = 5
 # A client in Opus DTX (silence: one packet per ~400 ms) sends no frames for long stretches.
 # While speech is under way the VAD must still hear that silence to end the utterance: after
 # this long without a frame, this much silence is handed on, and again until a frame arrives.
+# (The decoded frames' timestamps do not show the pause: the decoder numbers them on.)
 GAP_WAIT_S = 0.1
-# A jump in the frames' timestamps longer than this is a new stream, not a DTX gap.
-MAX_GAP_S = 5.0
+_GAP_SILENCE = bytes(int(GAP_WAIT_S * SAMPLE_RATE) * 2)
 
 
 class WebRTCError(Exception):
@@ -245,7 +245,6 @@ class PeerSession:
         """Client microphone → 16 kHz mono PCM16 → on_audio, until the track ends."""
         resampler: av.AudioResampler | None = None
         held: list[av.AudioFrame] = []
-        gaps = _Gaps()
         waiting: asyncio.Future[Any] | None = None
         try:
             while True:
@@ -254,7 +253,7 @@ class PeerSession:
                     waiting = waiting or asyncio.ensure_future(track.recv())
                     done, _ = await asyncio.wait({waiting}, timeout=GAP_WAIT_S)
                     if not done:
-                        await self._deliver(gaps.silence_waited(GAP_WAIT_S))
+                        await self._deliver(_GAP_SILENCE)
                         continue
                     receiving, waiting = waiting, None
                     frame = receiving.result()
@@ -263,18 +262,12 @@ class PeerSession:
                     frame = await receiving
                 else:
                     frame = await track.recv()
-                gap = gaps.frame(frame)
                 if self.wants_audio is not None and not self.wants_audio():
                     held.clear()
                     resampler = None  # the next listener's audio starts with a fresh filter
                     continue
                 if resampler is None:
                     resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
-                if gap and self.speech_under_way is not None and self.speech_under_way():
-                    # DTX silence not yet handed on: before the frame that ends it
-                    frames, held = (_joined(held) if held else []), []
-                    pcm = b"".join(frame_pcm(out) for f in frames for out in resampler.resample(f))
-                    await self._deliver(pcm + gap)
                 held.append(frame)
                 if len(held) < BATCH_FRAMES and self.batch_audio is not None and self.batch_audio():
                     continue
@@ -362,33 +355,6 @@ def _sends_opus(pc: RTCPeerConnection, track: MediaStreamTrack) -> bool:
             codecs = getattr(transceiver, "_codecs", None) or []
             return bool(codecs) and codecs[0].mimeType.lower() == "audio/opus"
     return False
-
-
-class _Gaps:
-    """Silence a client in Opus DTX did not send, from its frames' timestamps (in samples of
-    the frame's rate) and from waiting: as 16 kHz PCM16 zeros, each stretch handed on once."""
-
-    def __init__(self) -> None:
-        self._next: int | None = None  # where the next frame should start
-        self._rate = 48000
-        self._given = 0.0  # seconds of this gap already handed on by `silence_waited`
-
-    def silence_waited(self, seconds: float) -> bytes:
-        self._given += seconds
-        return bytes(int(seconds * SAMPLE_RATE) * 2)
-
-    def frame(self, frame: av.AudioFrame) -> bytes:
-        """The silence missing before `frame` (b"" when it follows the previous one)."""
-        missing = 0.0
-        if frame.pts is not None and frame.sample_rate:
-            if self._next is not None and frame.sample_rate == self._rate:
-                gap = (frame.pts - self._next) / frame.sample_rate
-                if 0 < gap < MAX_GAP_S:
-                    missing = gap - self._given
-            self._next, self._rate = frame.pts + frame.samples, frame.sample_rate
-        self._given = 0.0
-        samples = int(missing * SAMPLE_RATE)
-        return bytes(samples * 2) if samples > 0 else b""
 
 
 _OPUS_RTPMAP = re.compile(r"^a=rtpmap:(\d+) opus/", re.IGNORECASE | re.MULTILINE)
