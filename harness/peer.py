@@ -76,6 +76,8 @@ async def _until(predicate: Any, timeout: float, message: str) -> None:
 class MicTrack(SpeakerTrack):
     """The client's microphone: queued speech in 20 ms frames in real time, then silence."""
 
+    report_metrics = False
+
     def __init__(self) -> None:
         super().__init__()
         self._written = 0  # samples queued so far (the `Speech` marks count in these)

@@ -74,6 +74,8 @@ class SpeakerTrack(MediaStreamTrack):
     """An audio track fed with PCM16 by the reply pipeline (`write`) and read by aiortc."""
 
     kind = "audio"
+    # underruns and late frames go to the process's metrics (not for a test or bench client)
+    report_metrics = True
 
     def __init__(self) -> None:
         super().__init__()
@@ -174,7 +176,8 @@ class SpeakerTrack(MediaStreamTrack):
                 await asyncio.sleep(due - now)
             elif now - due > LATE_S and self._speaking():
                 self.late_frames += 1
-                metrics.audio_late_frame()
+                if self.report_metrics:
+                    metrics.audio_late_frame()
         if self.readyState != "live":
             raise MediaStreamError
 
@@ -191,7 +194,8 @@ class SpeakerTrack(MediaStreamTrack):
         else:
             if self._last_was_speech and self.expecting and not self.held:
                 self.underruns += 1  # speech, then silence in the middle of the reply
-                metrics.audio_underrun()
+                if self.report_metrics:
+                    metrics.audio_underrun()
             self._last_was_speech = False
             chunk = self._silence
         self._silent_frames = 0 if chunk is not self._silence else self._silent_frames + 1
