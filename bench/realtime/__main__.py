@@ -49,7 +49,7 @@ def counts(text: str) -> list[int]:
     return [int(c) for c in text.split(",") if c.strip()]
 
 
-async def measure(args: argparse.Namespace, url: str, web: tuple[int, int]) -> dict[str, Any]:
+async def measure(args: argparse.Namespace, url: str, web: tuple[int, int, int]) -> dict[str, Any]:
     from bench.realtime import capacity
     from bench.realtime.clients import load_pcm
     from bench.realtime.turns import MIC_RATE, media_baseline, webrtc_turns, websocket_turns
@@ -167,7 +167,9 @@ def main() -> None:
         from bench.realtime.clients import load_pcm, vad_hangover_ms
 
         hangover = vad_hangover_ms(load_pcm(fake.UTTERANCE, 16000))
-        measured = asyncio.run(asyncio.wait_for(measure(args, url, (web.pid, port)), 3600))
+        measured = asyncio.run(
+            asyncio.wait_for(measure(args, url, (web.pid, port, service.proc.pid)), 3600)
+        )
         import django
 
         django.setup()

@@ -28,6 +28,14 @@ LATE_FRAMES = 0
 OVERHEAD_P99_MS = 50.0
 
 
+def schedstat(pid: int) -> tuple[float, float]:
+    """Seconds the process's main thread (the web process's event loop) ran on a CPU and
+    waited for one (runnable, but the machine busy with other work)."""
+    with open(f"/proc/{pid}/schedstat") as handle:
+        ran, waited = handle.read().split()[:2]
+    return int(ran) / 1e9, int(waited) / 1e9
+
+
 def metric(port: int, name: str) -> float:
     """The sum of a counter's samples on the web process's /metrics."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
@@ -115,7 +123,7 @@ async def talker(
 
 async def talking(
     url: str,
-    web: tuple[int, int],
+    web: tuple[int, int, int],
     count: int,
     seconds: float,
     utterance: np.ndarray,
@@ -125,7 +133,7 @@ async def talking(
 ) -> dict[str, Any]:
     """`count` sessions talking; `before_ms`: what precedes the service's own overhead in the
     time to first audio (the providers' time and the bare media path's)."""
-    pid, port = web
+    pid, port, fake_pid = web
     pairs = await open_many(url, count, **client)
     load = Load()
     try:
@@ -139,10 +147,14 @@ async def talking(
         ]
         await asyncio.sleep(6.0)  # into the steady state
         cpu0, own0, t0 = cpu_s(pid), time.process_time(), time.monotonic()
+        fake0, (ran0, waited0) = cpu_s(fake_pid), schedstat(pid)
         await asyncio.sleep(seconds)
         elapsed = time.monotonic() - t0
         busy = (cpu_s(pid) - cpu0) / elapsed
         own = (time.process_time() - own0) / elapsed
+        fake = (cpu_s(fake_pid) - fake0) / elapsed
+        ran, waited = schedstat(pid)
+        loop_ran, loop_waited = (ran - ran0) / elapsed, (waited - waited0) / elapsed
         await asyncio.wait_for(asyncio.gather(*tasks), 120)
         late = metric(port, "echo_audio_late_frames_total") - late0
         underruns = metric(port, "echo_audio_underruns_total") - under0
@@ -154,6 +166,11 @@ async def talking(
         "cpu_pct_per_session": round(100 * (busy - base) / count, 2),
         "web_cpu_pct": round(100 * busy, 1),
         "clients_cpu_pct": round(100 * own, 1),  # this process: every client peer
+        "fake_cpu_pct": round(100 * fake, 1),  # the DashScope fake's process
+        # of the wall time, the web process's loop thread ran / was runnable but not running
+        "loop_ran_pct": round(100 * loop_ran, 1),
+        "loop_waited_for_cpu_pct": round(100 * loop_waited, 1),
+        "load_average_1min": round(os.getloadavg()[0], 2),
         "gap_ms": summary(load.gaps_ms),
         "gaps_over_60ms": sum(g > GAP_P99_MS for g in load.gaps_ms),
         "late_frames": int(late),
