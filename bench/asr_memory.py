@@ -27,9 +27,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-from bench.memory import rss_mb, settle  # noqa: E402
 
 import bench.stack as stack_module  # noqa: E402
+from bench.memory import rss_mb, settle  # noqa: E402
 from bench.stack import Stack  # noqa: E402
 from harness.audio import read_wav, speak  # noqa: E402
 

@@ -12,7 +12,7 @@ cost of one frame.
 
     for mode in none frame batched unheard; do
         valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.$mode \\
-            .venv/bin/python bench/inbound.py --mode $mode --frames 1000 2>&1 | grep refs
+            .venv/bin/python -m bench.inbound --mode $mode --frames 1000 2>&1 | grep refs
     done
 
 (the "Collected" / "refs" line of each run is its instruction count.)

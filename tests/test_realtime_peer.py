@@ -13,7 +13,8 @@ import pytest
 from aiortc import RTCPeerConnection
 
 from chat.realtime.handler import RealtimeHandler
-from chat.realtime.peer import ice_servers_from_settings
+from chat.realtime.peer import ice_servers_from_settings, offers_dtx
+from harness.peer import with_dtx
 from tests.audio import read_wav, rms, speak
 from tests.fixtures_realtime import (
     ClientPeer,
@@ -484,3 +485,19 @@ def test_the_end_of_speech_is_found_when_the_client_goes_quiet_with_dtx() -> Non
         await close_session(handler, client)
 
     run(body())
+
+
+def test_dtx_is_read_from_the_opus_fmtp_only() -> None:
+    """`usedtx=1` counts in an Opus fmtp line (the web client's and the test peer's offers add
+    it, one without an fmtp line gets one), not in another codec's."""
+    chrome = (
+        "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111 9\r\na=rtpmap:111 opus/48000/2\r\n"
+        "a=fmtp:111 minptime=10;useinbandfec=1\r\na=rtpmap:9 G722/8000\r\n"
+    )
+    assert not offers_dtx(chrome)
+    assert offers_dtx(with_dtx(chrome))
+    assert "a=fmtp:111 minptime=10;useinbandfec=1;usedtx=1\r\n" in with_dtx(chrome)
+    bare = "v=0\r\na=rtpmap:96 opus/48000/2\r\na=rtpmap:0 PCMU/8000\r\n"
+    assert "a=rtpmap:96 opus/48000/2\r\na=fmtp:96 usedtx=1\r\n" in with_dtx(bare)
+    other = "v=0\r\na=rtpmap:96 opus/48000/2\r\na=rtpmap:0 PCMU/8000\r\na=fmtp:0 usedtx=1\r\n"
+    assert not offers_dtx(other)

@@ -26,6 +26,10 @@ MIC_RATE = 48000
 GAP_P99_MS = 60.0
 LATE_FRAMES = 0
 OVERHEAD_P99_MS = 50.0
+STAGES = ("asr_result", "text_delta", "tts_start")
+# the web process's own timings (echo_stage_seconds): from the VAD's end of the utterance to
+# the final text, from the reply's start to the first LLM token and the first TTS audio
+SERVER_STAGES = ("asr", "llm_first_token", "tts_first_audio")
 
 
 def schedstat(pid: int) -> tuple[float, float]:
@@ -36,21 +40,44 @@ def schedstat(pid: int) -> tuple[float, float]:
     return int(ran) / 1e9, int(waited) / 1e9
 
 
-def metric(port: int, name: str) -> float:
-    """The sum of a counter's samples on the web process's /metrics."""
+def metric(port: int, name: str, label: str = "") -> float:
+    """The sum of a metric's samples on the web process's /metrics (those with `label` in
+    their labels, when given)."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
         text = response.read().decode()
     return sum(
         float(line.rsplit(" ", 1)[1])
         for line in text.splitlines()
-        if line.startswith(name) and not line.startswith("#")
+        if line.startswith(name) and not line.startswith("#") and label in line
     )
+
+
+def stage_totals(port: int) -> dict[str, tuple[float, float]]:
+    """(seconds, count) of each realtime turn stage the web process timed itself."""
+    return {
+        stage: (
+            metric(port, "echo_stage_seconds_sum", f'stage="{stage}"'),
+            metric(port, "echo_stage_seconds_count", f'stage="{stage}"'),
+        )
+        for stage in SERVER_STAGES
+    }
+
+
+def stage_means(before: dict[str, tuple[float, float]], after: dict[str, Any]) -> dict[str, Any]:
+    """Mean ms of each stage between two `stage_totals`."""
+    means = {}
+    for stage, (total, count) in after.items():
+        n = count - before[stage][1]
+        means[stage] = round(1000 * (total - before[stage][0]) / n, 1) if n else None
+    return means
 
 
 @dataclass
 class Load:
     first_audio_ms: list[float] = field(default_factory=list)
     gaps_ms: list[float] = field(default_factory=list)
+    # ms from the end of speech to each event, to see which stage a queue builds up in
+    stages_ms: dict[str, list[float]] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
 
 
@@ -114,6 +141,9 @@ async def talker(
             if turn:  # the first turn warms up
                 load.first_audio_ms.append((audio_at - end) * 1000)
                 load.gaps_ms.extend(gaps_ms(peer.levels, audio_at, cut))
+                for kind in STAGES:
+                    if (found := session.find(kind, end)) is not None:
+                        load.stages_ms.setdefault(kind, []).append((found[0] - end) * 1000)
             await session.send(type="interrupt")
             await asyncio.sleep(1.0)
             turn += 1
@@ -140,6 +170,7 @@ async def talking(
         await asyncio.sleep(2.0)
         late0 = metric(port, "echo_audio_late_frames_total")
         under0 = metric(port, "echo_audio_underruns_total")
+        stages0 = stage_totals(port)
         stop_at = time.monotonic() + seconds + 8.0
         tasks = [
             asyncio.create_task(talker(session, peer, utterance, stop_at, load))
@@ -158,6 +189,7 @@ async def talking(
         await asyncio.wait_for(asyncio.gather(*tasks), 120)
         late = metric(port, "echo_audio_late_frames_total") - late0
         underruns = metric(port, "echo_audio_underruns_total") - under0
+        server_stages = stage_means(stages0, stage_totals(port))
     finally:
         await close_all(pairs)
     overhead = [ms - before_ms for ms in load.first_audio_ms]
@@ -175,6 +207,10 @@ async def talking(
         "gaps_over_60ms": sum(g > GAP_P99_MS for g in load.gaps_ms),
         "late_frames": int(late),
         "underruns": int(underruns),
+        "stages_ms": {kind: summary(values) for kind, values in load.stages_ms.items()},
+        "server_stage_mean_ms": server_stages,
+        # speech frames the clients' microphones sent late (this process's own lateness)
+        "client_late_frames": sum(peer.mic.late_frames for _, peer in pairs),
         "first_audio_ms": summary(load.first_audio_ms),
         "overhead_ms": summary(overhead),
         "errors": load.errors[:3],
