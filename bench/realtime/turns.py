@@ -46,10 +46,17 @@ class BarePeer:
         self.peer = PeerSession(
             on_audio=self._on_audio,
             on_state=self._on_state,
-            speech_under_way=lambda: self.vad.speaking or self.vad.rising,
+            pause_is_silence=self._pause_is_silence,
         )
         self.speaker = self.peer.speaker
         self.speaker.report_metrics = False  # this process's, not the web process's
+
+    def _pause_is_silence(self) -> bool:
+        """As the server's handler decides it: speech under way and the last frame quiet."""
+        vad = self.vad
+        if not (vad.speaking or vad.rising):
+            return False
+        return vad.last_db < vad.threshold_db - (vad.config.hysteresis_db if vad.speaking else 0)
 
     async def _on_state(self, state: str) -> None:
         pass

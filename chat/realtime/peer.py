@@ -49,7 +49,7 @@ BATCH_FRAMES = 5
 # (The decoded frames' timestamps do not show the pause: the decoder numbers them on.) Short,
 # since the silence is handed on at the end of each wait: 100 ms made the end of speech ~40 ms
 # later than without DTX (bench.realtime's media path); a packet this late mid-speech only
-# shifts the rest of the utterance by this much silence.
+# shifts the rest of the utterance by this much silence (and only after a quiet frame).
 GAP_WAIT_S = 0.04
 _GAP_SILENCE = bytes(int(GAP_WAIT_S * SAMPLE_RATE) * 2)
 
@@ -125,8 +125,9 @@ class PeerSession:
     only then is a frame's own moment of arrival unimportant); without it every frame goes on
     alone. `wants_audio` says whether anyone listens at all: frames received while it is False
     are read (aiortc's queue stays empty) but neither resampled nor handed on.
-    `speech_under_way` says whether the end of the user's speech is awaited: then the silence
-    of a client in Opus DTX (no packets) is handed on as silence (see `GAP_WAIT_S`).
+    `pause_is_silence` says whether a pause in the client's packets now is Opus DTX silence
+    (the end of the user's speech is awaited and the last frame was quiet): then it is handed on
+    as silence (see `GAP_WAIT_S`).
 
     The answer asks the client for Opus DTX (`usedtx=1`), and the speaker uses DTX too when
     the client's offer asked for it: an idle session then moves a packet per ~400 ms each way
@@ -142,12 +143,12 @@ class PeerSession:
         timeout_s: float = 15.0,
         batch_audio: AudioPredicate | None = None,
         wants_audio: AudioPredicate | None = None,
-        speech_under_way: AudioPredicate | None = None,
+        pause_is_silence: AudioPredicate | None = None,
     ) -> None:
         self.on_audio = on_audio
         self.batch_audio = batch_audio
         self.wants_audio = wants_audio
-        self.speech_under_way = speech_under_way
+        self.pause_is_silence = pause_is_silence
         self.on_state = on_state
         self.timeout_s = timeout_s
         self.pc = RTCPeerConnection(
@@ -251,7 +252,7 @@ class PeerSession:
         waiting: asyncio.Future[Any] | None = None
         try:
             while True:
-                if self.speech_under_way is not None and self.speech_under_way():
+                if self.pause_is_silence is not None and self.pause_is_silence():
                     # a DTX pause must still read as silence: wait for a frame a while only
                     waiting = waiting or asyncio.ensure_future(track.recv())
                     done, _ = await asyncio.wait({waiting}, timeout=GAP_WAIT_S)
