@@ -15,14 +15,11 @@ import asyncio
 import json
 import os
 import statistics
-import sys
 import time
 import uuid
 from collections.abc import Callable
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from stack import Stack, percentile  # noqa: E402
+from bench.stack import Stack, percentile  # noqa: E402
 
 LIMITS = {
     "LIMIT_SESSIONS": "1000000",

@@ -22,19 +22,16 @@ import argparse
 import asyncio
 import json
 import statistics
-import sys
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import stack as stack_module  # noqa: E402
-from memory import rss_mb, settle  # noqa: E402
-from stack import Stack  # noqa: E402
-
-from tests.audio import read_wav, speak  # noqa: E402
+import bench.stack as stack_module  # noqa: E402
+from bench.memory import rss_mb, settle  # noqa: E402
+from bench.stack import Stack  # noqa: E402
+from harness.audio import read_wav, speak  # noqa: E402
 
 SENTENCE = "i would like to order a pizza"
 CHUNK_S = 0.1

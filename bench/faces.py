@@ -12,12 +12,10 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import statistics
-import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 # what requirements/base.txt and nodeps.txt add for faces, beyond the rest of the project
 PACKAGES = [

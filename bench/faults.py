@@ -21,16 +21,13 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from stack import Stack  # noqa: E402
-
-from tests.procs import RedisServer  # noqa: E402
+from bench.stack import Stack  # noqa: E402
+from harness.procs import RedisServer  # noqa: E402
 
 UTTERANCE = "what is the weather like in london today"
 

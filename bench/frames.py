@@ -14,7 +14,6 @@ import importlib.util
 import json
 import statistics
 import subprocess
-import sys
 import tempfile
 import timeit
 from collections.abc import Callable
@@ -22,7 +21,6 @@ from pathlib import Path
 from types import ModuleType
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 FRAMES = {
     "ping": json.dumps({"type": "ping", "timestamp": 1700000000000, "id": "p-1"}),

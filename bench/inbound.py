@@ -12,7 +12,7 @@ cost of one frame.
 
     for mode in none frame batched unheard; do
         valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.$mode \\
-            .venv/bin/python bench/inbound.py --mode $mode --frames 1000 2>&1 | grep refs
+            .venv/bin/python -m bench.inbound --mode $mode --frames 1000 2>&1 | grep refs
     done
 
 (the "Collected" / "refs" line of each run is its instruction count.)
@@ -22,12 +22,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
-from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def frames(count: int) -> list:

@@ -18,12 +18,9 @@ import contextlib
 import json
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from stack import Stack  # noqa: E402
-
-from tests.procs import cpu_s, rss_mb, wait_idle  # noqa: E402
+from bench.stack import Stack  # noqa: E402
+from harness.procs import cpu_s, rss_mb, wait_idle  # noqa: E402
 
 
 class Counted:

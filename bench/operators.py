@@ -15,14 +15,12 @@ import json
 import logging
 import os
 import statistics
-import sys
 import tempfile
 import time
 from datetime import timedelta
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 WORK = Path(tempfile.mkdtemp(prefix="echoproject-bench-operators-"))
 os.environ.update(
     {

@@ -26,11 +26,9 @@ import statistics
 import sys
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from stack import Stack, percentile  # noqa: E402
+from bench.stack import Stack, percentile  # noqa: E402
 
 # about 6 s of espeak-ng speech, a typical held-to-talk utterance
 UPLOAD_TEXT = (

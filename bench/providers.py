@@ -20,7 +20,6 @@ import os
 import platform
 import statistics
 import subprocess
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -29,7 +28,6 @@ from typing import TypeVar
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "echoproject.settings")
 
 import django  # noqa: E402
@@ -40,7 +38,7 @@ from chat.providers.asr.pocketsphinx import PocketSphinxASR  # noqa: E402
 from chat.providers.base import ChatTurn  # noqa: E402
 from chat.providers.llm.persona import PersonaLLM  # noqa: E402
 from chat.providers.tts.espeak import EspeakTTS  # noqa: E402
-from tests.audio import read_wav, speak, write_wav  # noqa: E402
+from harness.audio import read_wav, speak, write_wav  # noqa: E402
 
 UTTERANCE = (
     "i would like to order a pizza. what is the weather like today. "

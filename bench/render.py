@@ -31,7 +31,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "echoproject.settings")
 
 LOAD: list[str] = []  # other work on this shared machine shows in the wall-clock figures
@@ -244,7 +243,7 @@ class Server:
 
     def __init__(self, baseline: Path | None = None) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, __file__, "--serve", str(baseline or "")],
+            [sys.executable, "-m", "bench.render", "--serve", str(baseline or "")],
             cwd=ROOT,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,

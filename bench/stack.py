@@ -1,7 +1,7 @@
 """What the benchmarks share: a throw-away stack of the service's own processes.
 
 Each benchmark runs on a Redis database of its own (claimed like a test run's, see
-tests/procs.py) and a temporary SQLite database and media folder, so it never touches a running
+harness/procs.py) and a temporary SQLite database and media folder, so it never touches a running
 service's or a test run's queues or data.
 """
 
@@ -15,12 +15,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from harness.procs import claim_redis_db, free_port, port_open
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from tests.procs import claim_redis_db, free_port, port_open  # noqa: E402
 
 
 class Stack:

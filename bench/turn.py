@@ -22,12 +22,9 @@ import argparse
 import asyncio
 import json
 import statistics
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from stack import Stack, percentile  # noqa: E402
+from bench.stack import Stack, percentile  # noqa: E402
 
 UTTERANCE = "what is the weather like in london today"
 

@@ -16,12 +16,10 @@ import argparse
 import asyncio
 import os
 import statistics
-import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "echoproject.settings")
 os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
 

@@ -20,14 +20,11 @@ import argparse
 import asyncio
 import json
 import statistics
-import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from stack import Stack  # noqa: E402
+from bench.stack import Stack  # noqa: E402
 
 UTTERANCE = "what is the weather like in london today"
 MAX_DELIVERIES = 3
@@ -54,7 +51,7 @@ async def turn(
     of each kill. Kills the worker's pool process the first `kills` times `kill_when` passes."""
     import websockets
 
-    from tests.procs import kill_pool_child
+    from harness.procs import kill_pool_child
 
     async with websockets.connect(url, max_size=None) as ws:
         json.loads(await ws.recv())

@@ -83,6 +83,11 @@ AUDIO_UNDERRUNS = Counter(
     "Times the reply's speech on a WebRTC track ran dry before the reply ended (silence heard "
     "in the middle of the avatar's speech)",
 )
+AUDIO_LATE_FRAMES = Counter(
+    "echo_audio_late_frames",
+    "Reply speech frames a WebRTC track sent more than 20 ms after their real-time instant (the "
+    "web process's event loop was too busy to keep the pace)",
+)
 
 
 # --- recording ---------------------------------------------------------------------------------
@@ -126,6 +131,10 @@ def render_speed(render_s: float, video_s: float) -> None:
 
 def audio_underrun() -> None:
     AUDIO_UNDERRUNS.inc()
+
+
+def audio_late_frame() -> None:
+    AUDIO_LATE_FRAMES.inc()
 
 
 # --- export ------------------------------------------------------------------------------------

@@ -1,30 +1,24 @@
 """Fixtures of the realtime tests (registered in tests/conftest.py).
 
-The tests drive `chat.realtime` with a real aiortc client peer in the same event loop: the
-client plays espeak-ng speech on its microphone track, paced in real time, and records what the
-server's speaker track sends back. pytest-asyncio is not used: `run()` runs one async body.
+The tests drive `chat.realtime` with a real aiortc client peer in the same event loop
+(`harness.peer.ClientPeer`, shared with the benchmarks): the client plays espeak-ng speech on
+its microphone track, paced in real time, and records what the server's speaker track sends
+back. pytest-asyncio is not used: `run()` runs one async body.
 """
 
 from __future__ import annotations
 
 import asyncio
-import fractions
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
-from pathlib import Path
 from typing import Any
 
-import av
-import numpy as np
 import pytest
-from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
-from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from chat.providers.base import ASRProvider, ASRStream, Hypothesis
-from tests.audio import read_wav, resample
+from harness.peer import ClientPeer
 
-CLIENT_RATE = 48000
-CLIENT_FRAME = CLIENT_RATE // 50
+__all__ = ["ClientPeer", "EchoASR", "FakeContext", "negotiate", "run", "wait_until"]
 
 
 def run(coro: Coroutine[Any, Any, Any], timeout: float = 60.0) -> Any:
@@ -74,100 +68,6 @@ class FakeContext:
 
     def error_codes(self) -> list[str]:
         return [e["code"] for e in self.errors]
-
-
-class PcmTrack(MediaStreamTrack):
-    """The client's microphone: queued PCM played in 20 ms frames in real time, then silence."""
-
-    kind = "audio"
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._queue = np.zeros(0, dtype=np.int16)
-        self._start: float | None = None
-        self._pts = 0
-
-    def play(self, pcm: np.ndarray, rate: int) -> float:
-        """Queue speech; returns its duration in seconds."""
-        self._queue = np.concatenate([self._queue, resample(pcm, rate, CLIENT_RATE)])
-        return len(pcm) / rate
-
-    def play_wav(self, path: Path) -> float:
-        pcm, rate = read_wav(path)
-        return self.play(pcm, rate)
-
-    @property
-    def playing(self) -> bool:
-        return len(self._queue) > 0
-
-    async def recv(self) -> av.AudioFrame:
-        if self.readyState != "live":
-            raise MediaStreamError
-        if self._start is None:
-            self._start = time.monotonic()
-        else:
-            self._pts += CLIENT_FRAME
-            delay = self._start + self._pts / CLIENT_RATE - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-        chunk, self._queue = self._queue[:CLIENT_FRAME], self._queue[CLIENT_FRAME:]
-        if len(chunk) < CLIENT_FRAME:
-            chunk = np.concatenate([chunk, np.zeros(CLIENT_FRAME - len(chunk), dtype=np.int16)])
-        frame = av.AudioFrame.from_ndarray(chunk.reshape(1, -1), format="s16", layout="mono")
-        frame.sample_rate = CLIENT_RATE
-        frame.pts = self._pts
-        frame.time_base = fractions.Fraction(1, CLIENT_RATE)
-        return frame
-
-
-class ClientPeer:
-    """A browser stand-in: an aiortc peer sending `mic` and recording the server's audio."""
-
-    def __init__(self, ice_servers: list[dict[str, Any]] | None = None) -> None:
-        # ice_servers: the init frame's list, as a browser passes it to RTCPeerConnection
-        self.pc = RTCPeerConnection(
-            RTCConfiguration([RTCIceServer(**server) for server in ice_servers])
-            if ice_servers
-            else None
-        )
-        self.mic = PcmTrack()
-        self.pc.addTrack(self.mic)
-        # (arrival time, 16 kHz mono samples) of every frame the server sent.
-        self.received: list[tuple[float, np.ndarray]] = []
-        self._reader: asyncio.Task[None] | None = None
-        self.pc.on("track", self._on_track)
-
-    def _on_track(self, track: MediaStreamTrack) -> None:
-        if track.kind == "audio":
-            self._reader = asyncio.create_task(self._read(track))
-
-    async def _read(self, track: MediaStreamTrack) -> None:
-        resampler = av.AudioResampler(format="s16", layout="mono", rate=16000)
-        while True:
-            try:
-                frame = await track.recv()
-            except MediaStreamError:
-                return
-            now = time.monotonic()
-            for out in resampler.resample(frame):
-                self.received.append((now, out.to_ndarray().reshape(-1)[: out.samples].copy()))
-
-    async def offer(self) -> str:
-        await self.pc.setLocalDescription(await self.pc.createOffer())
-        return self.pc.localDescription.sdp
-
-    async def accept(self, answer_sdp: str) -> None:
-        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=answer_sdp, type="answer"))
-
-    def audio_since(self, since: float) -> np.ndarray:
-        parts = [pcm for at, pcm in self.received if at >= since]
-        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int16)
-
-    async def close(self) -> None:
-        await self.pc.close()
-        if self._reader is not None:
-            self._reader.cancel()
-            await asyncio.gather(self._reader, return_exceptions=True)
 
 
 async def negotiate(handler: Any, ctx: FakeContext, client: ClientPeer, ref: str = "o1") -> None:

@@ -13,7 +13,8 @@ import pytest
 from aiortc import RTCPeerConnection
 
 from chat.realtime.handler import RealtimeHandler
-from chat.realtime.peer import ice_servers_from_settings
+from chat.realtime.peer import ice_servers_from_settings, offers_dtx
+from harness.peer import with_dtx
 from tests.audio import read_wav, rms, speak
 from tests.fixtures_realtime import (
     ClientPeer,
@@ -37,10 +38,12 @@ def speech_ms(pcm: np.ndarray, rate: int = 16000, threshold: float = 300.0) -> f
     return (loud[-1] - loud[0] + step) / rate * 1000 if loud else 0.0
 
 
-async def open_session(asr: Any = None) -> tuple[RealtimeHandler, FakeContext, ClientPeer]:
+async def open_session(
+    asr: Any = None, *, dtx: bool = True
+) -> tuple[RealtimeHandler, FakeContext, ClientPeer]:
     ctx = FakeContext()
     handler = RealtimeHandler(ctx, asr=asr or EchoASR())
-    client = ClientPeer()
+    client = ClientPeer(dtx=dtx)
     await negotiate(handler, ctx, client)
     return handler, ctx, client
 
@@ -398,11 +401,12 @@ def test_a_quiet_microphone_reaches_the_listener_100_ms_at_a_time_and_speech_per
     """Before `asr_start` the client's frames go nowhere; then, while nothing is said and
     nothing plays, they are resampled and handed on five at a time (one pass through the
     listener per 100 ms instead of five); once speech starts they go on one by one again, and
-    the utterance is still recognised whole."""
+    the utterance is still recognised whole. (A client without Opus DTX, which sends a frame
+    every 20 ms even in silence.)"""
 
     async def body() -> None:
         asr = EchoASR()
-        handler, ctx, client = await open_session(asr)
+        handler, ctx, client = await open_session(asr, dtx=False)
         peer = handler.peer
         assert peer is not None
         sizes: list[tuple[bool, int]] = []  # (in an utterance, bytes) per delivery
@@ -430,3 +434,70 @@ def test_a_quiet_microphone_reaches_the_listener_100_ms_at_a_time_and_speech_per
         await close_session(handler, client)
 
     run(body())
+
+
+def test_opus_dtx_is_asked_for_and_used_both_ways_only_when_the_client_offers_it() -> None:
+    """The answer asks the client for Opus DTX; a client that offered it sends about a packet
+    per 400 ms in silence and the server's speaker does the same; a client that did not offer
+    it gets a packet every 20 ms, as before."""
+
+    async def body() -> None:
+        for dtx in (True, False):
+            handler, ctx, client = await open_session(dtx=dtx)
+            assert "usedtx=1" in ctx.of_type("answer")[-1]["sdp"]
+            speaker = handler.speaker()
+            assert speaker is not None and speaker.dtx is dtx and client.mic.dtx is dtx
+            await asyncio.sleep(0.5)  # past the hangover of silence frames after the start
+            mic_before, speaker_before = client.mic.frames_sent, speaker.frames_sent
+            await asyncio.sleep(2.0)
+            mic_sent = client.mic.frames_sent - mic_before
+            speaker_sent = speaker.frames_sent - speaker_before
+            if dtx:  # ~5 each in 2 s instead of ~100
+                assert mic_sent <= 15 and speaker_sent <= 15, (mic_sent, speaker_sent)
+            else:
+                assert mic_sent >= 60 and speaker_sent >= 60, (mic_sent, speaker_sent)
+            await close_session(handler, client)
+
+    run(body())
+
+
+def test_the_end_of_speech_is_found_when_the_client_goes_quiet_with_dtx() -> None:
+    """After the user's speech a DTX client sends almost nothing: that silence still ends the
+    utterance (it is not a stalled stream), and the recogniser got the whole utterance and about
+    the VAD's hangover of silence after it, with no burst of made-up audio."""
+
+    async def body() -> None:
+        asr = EchoASR()
+        handler, ctx, client = await open_session(asr)
+        assert client.mic.dtx
+        await handler.handle("asr_start", {"language": "en-US"}, "a1")
+        await asyncio.sleep(1.0)
+        sent_before = client.mic.frames_sent
+        speech = client.mic.utter(*read_wav(speak("Hello there. What is the weather like today?")))
+        await speech.ended(20)
+        await wait_until(lambda: ctx.utterances, 10, "a final")
+        heard_ms = int(ctx.utterances[0][0].split()[-2])
+        # pre-roll + speech + the VAD's end_ms of silence, whatever the packets were
+        assert speech.duration * 1000 - 300 < heard_ms < speech.duration * 1000 + 1200
+        await asyncio.sleep(1.0)
+        quiet_frames = client.mic.frames_sent - sent_before - round(speech.duration / 0.02)
+        assert quiet_frames < 40, quiet_frames  # the microphone was in DTX meanwhile
+        await close_session(handler, client)
+
+    run(body())
+
+
+def test_dtx_is_read_from_the_opus_fmtp_only() -> None:
+    """`usedtx=1` counts in an Opus fmtp line (the web client's and the test peer's offers add
+    it, one without an fmtp line gets one), not in another codec's."""
+    chrome = (
+        "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111 9\r\na=rtpmap:111 opus/48000/2\r\n"
+        "a=fmtp:111 minptime=10;useinbandfec=1\r\na=rtpmap:9 G722/8000\r\n"
+    )
+    assert not offers_dtx(chrome)
+    assert offers_dtx(with_dtx(chrome))
+    assert "a=fmtp:111 minptime=10;useinbandfec=1;usedtx=1\r\n" in with_dtx(chrome)
+    bare = "v=0\r\na=rtpmap:96 opus/48000/2\r\na=rtpmap:0 PCMU/8000\r\n"
+    assert "a=rtpmap:96 opus/48000/2\r\na=fmtp:96 usedtx=1\r\n" in with_dtx(bare)
+    other = "v=0\r\na=rtpmap:96 opus/48000/2\r\na=rtpmap:0 PCMU/8000\r\na=fmtp:0 usedtx=1\r\n"
+    assert not offers_dtx(other)

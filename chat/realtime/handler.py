@@ -212,6 +212,7 @@ class RealtimeHandler:
             on_audio=self._on_webrtc_audio,
             batch_audio=self._may_batch_audio,
             wants_audio=self._listens_over_webrtc,
+            pause_is_silence=self._pause_is_silence,
             on_state=self._on_peer_state,
             ice_servers=session_ice_servers(self.ctx.session_id),
             timeout_s=float(settings.WEBRTC_TIMEOUT_S),
@@ -412,6 +413,20 @@ class RealtimeHandler:
     def _listens_over_webrtc(self) -> bool:
         """A webrtc recognition span is open: the microphone's audio has a listener."""
         return self._span is not None and self._span.transport == "webrtc"
+
+    def _pause_is_silence(self) -> bool:
+        """An utterance (or its first speech-like frames) is being heard over WebRTC and the
+        last frame was quiet: a pause in the client's packets now is Opus DTX, silence that must
+        reach the VAD to end the utterance. (After a loud frame a pause is a late packet: DTX
+        only starts after silence.)"""
+        span = self._span
+        if span is None or span.transport != "webrtc":
+            return False
+        listener = span.listener
+        if not (listener.in_utterance or listener.vad.rising):
+            return False
+        vad = listener.vad
+        return vad.last_db < vad.threshold_db - (vad.config.hysteresis_db if vad.speaking else 0)
 
     def _may_batch_audio(self) -> bool:
         """Whether the microphone's frames may reach the listener 100 ms at a time: not while

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -42,6 +43,15 @@ AudioPredicate = Callable[[], bool]
 # 20 ms frames are resampled and handed on this many at a time: one resampler call and one
 # callback (and so one pass through the listener) per 100 ms instead of five.
 BATCH_FRAMES = 5
+# A client in Opus DTX (silence: one packet per ~400 ms) sends no frames for long stretches.
+# While speech is under way the VAD must still hear that silence to end the utterance: after
+# this long without a frame, this much silence is handed on, and again until a frame arrives.
+# (The decoded frames' timestamps do not show the pause: the decoder numbers them on.) Short,
+# since the silence is handed on at the end of each wait: 100 ms made the end of speech ~40 ms
+# later than without DTX (bench.realtime's media path); a packet this late mid-speech only
+# shifts the rest of the utterance by this much silence (and only after a quiet frame).
+GAP_WAIT_S = 0.04
+_GAP_SILENCE = bytes(int(GAP_WAIT_S * SAMPLE_RATE) * 2)
 
 
 class WebRTCError(Exception):
@@ -115,6 +125,13 @@ class PeerSession:
     only then is a frame's own moment of arrival unimportant); without it every frame goes on
     alone. `wants_audio` says whether anyone listens at all: frames received while it is False
     are read (aiortc's queue stays empty) but neither resampled nor handed on.
+    `pause_is_silence` says whether a pause in the client's packets now is Opus DTX silence
+    (the end of the user's speech is awaited and the last frame was quiet): then it is handed on
+    as silence (see `GAP_WAIT_S`).
+
+    The answer asks the client for Opus DTX (`usedtx=1`), and the speaker uses DTX too when
+    the client's offer asked for it: an idle session then moves a packet per ~400 ms each way
+    instead of one per 20 ms.
     """
 
     def __init__(
@@ -126,10 +143,12 @@ class PeerSession:
         timeout_s: float = 15.0,
         batch_audio: AudioPredicate | None = None,
         wants_audio: AudioPredicate | None = None,
+        pause_is_silence: AudioPredicate | None = None,
     ) -> None:
         self.on_audio = on_audio
         self.batch_audio = batch_audio
         self.wants_audio = wants_audio
+        self.pause_is_silence = pause_is_silence
         self.on_state = on_state
         self.timeout_s = timeout_s
         self.pc = RTCPeerConnection(
@@ -184,8 +203,10 @@ class PeerSession:
                 # used: declining it spares decoding every frame.
                 transceiver.direction = "inactive"
         self.pc.addTrack(self.speaker)
+        _ask_for_dtx(self.pc)
         answer = await self.pc.createAnswer()
         self.speaker.encode_opus = _sends_opus(self.pc, self.speaker)
+        self.speaker.dtx = self.speaker.encode_opus and offers_dtx(sdp)
         # Gathers our candidates and puts them into the answer SDP.
         await self.pc.setLocalDescription(answer)
 
@@ -228,27 +249,47 @@ class PeerSession:
         """Client microphone → 16 kHz mono PCM16 → on_audio, until the track ends."""
         resampler: av.AudioResampler | None = None
         held: list[av.AudioFrame] = []
-        while True:
+        waiting: asyncio.Future[Any] | None = None
+        try:
+            while True:
+                if self.pause_is_silence is not None and self.pause_is_silence():
+                    # a DTX pause must still read as silence: wait for a frame a while only
+                    waiting = waiting or asyncio.ensure_future(track.recv())
+                    done, _ = await asyncio.wait({waiting}, timeout=GAP_WAIT_S)
+                    if not done:
+                        await self._deliver(_GAP_SILENCE)
+                        continue
+                    receiving, waiting = waiting, None
+                    frame = receiving.result()
+                elif waiting is not None:
+                    receiving, waiting = waiting, None
+                    frame = await receiving
+                else:
+                    frame = await track.recv()
+                if self.wants_audio is not None and not self.wants_audio():
+                    held.clear()
+                    resampler = None  # the next listener's audio starts with a fresh filter
+                    continue
+                if resampler is None:
+                    resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
+                held.append(frame)
+                if len(held) < BATCH_FRAMES and self.batch_audio is not None and self.batch_audio():
+                    continue
+                frames, held = _joined(held), []
+                pcm = b"".join(frame_pcm(out) for f in frames for out in resampler.resample(f))
+                await self._deliver(pcm)
+        except MediaStreamError:
+            return
+        finally:
+            if waiting is not None:
+                waiting.cancel()
+
+    async def _deliver(self, pcm: bytes) -> None:
+        if pcm:
             try:
-                frame = await track.recv()
-            except MediaStreamError:
-                return
-            if self.wants_audio is not None and not self.wants_audio():
-                held.clear()
-                resampler = None  # the next listener's audio starts with a fresh filter
-                continue
-            if resampler is None:
-                resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
-            held.append(frame)
-            if len(held) < BATCH_FRAMES and self.batch_audio is not None and self.batch_audio():
-                continue
-            frames, held = _joined(held), []
-            pcm = b"".join(frame_pcm(out) for f in frames for out in resampler.resample(f))
-            if pcm:
-                try:
-                    await self.on_audio(pcm)
-                except Exception:
-                    logger.exception("handling incoming WebRTC audio failed")
+                await self.on_audio(pcm)
+            except Exception:
+                logger.exception("handling incoming WebRTC audio failed")
 
     async def _discard(self, track: MediaStreamTrack) -> None:
         """Read and drop a track we do not use (video), so its queue stays empty."""
@@ -318,3 +359,24 @@ def _sends_opus(pc: RTCPeerConnection, track: MediaStreamTrack) -> bool:
             codecs = getattr(transceiver, "_codecs", None) or []
             return bool(codecs) and codecs[0].mimeType.lower() == "audio/opus"
     return False
+
+
+_OPUS_RTPMAP = re.compile(r"^a=rtpmap:(\d+) opus/", re.IGNORECASE | re.MULTILINE)
+
+
+def offers_dtx(sdp: str) -> bool:
+    """Whether an SDP asks its peer to send Opus with DTX (`usedtx=1` in an Opus fmtp)."""
+    for payload_type in _OPUS_RTPMAP.findall(sdp):
+        fmtp = re.search(rf"^a=fmtp:{payload_type} (.*)$", sdp, re.MULTILINE)
+        if fmtp and re.search(r"(^|;)\s*usedtx=1\s*($|;)", fmtp.group(1).strip()):
+            return True
+    return False
+
+
+def _ask_for_dtx(pc: RTCPeerConnection) -> None:
+    """`usedtx=1` on the Opus codec of every audio transceiver: the answer asks the client to
+    send silence as Opus DTX (browsers do: a packet per ~400 ms instead of per 20 ms)."""
+    for transceiver in pc.getTransceivers():
+        for codec in getattr(transceiver, "_codecs", None) or []:
+            if codec.mimeType.lower() == "audio/opus":
+                codec.parameters["usedtx"] = 1

@@ -11,8 +11,15 @@ Most of a session's time the avatar is silent, and encoding silence was most of 
 session's cost: aiortc hands every frame to a thread pool for Opus encoding (and measures its
 level). With `encode_opus` set (the peer sets it when Opus was negotiated), the track returns
 encoded packets itself: silence is one constant Opus packet, encoded once per process, and only
-speech frames are encoded, by the track's own encoder, on the loop. The RTP timing is unchanged:
-a packet still goes out every 20 ms.
+speech frames are encoded, by the track's own encoder, on the loop.
+
+With `dtx` also set (the client's offer asked for Opus DTX, `usedtx=1`, as the web client does),
+the track does what Opus's own discontinuous transmission does: after `DTX_HANGOVER_FRAMES` of
+silence it sends one silence packet per `DTX_INTERVAL_S` instead of one per 20 ms, and wakes as
+soon as speech is written. The RTP timestamps keep to the real-time clock across the gap (the
+next frame is stamped with the slot it is sent in), so the receiver plays it at the right moment.
+The hangover flushes the receiver's jitter buffer after speech, so a reply's last frames (and a
+barge-in's silence) are not held back until the next packet 400 ms later.
 """
 
 from __future__ import annotations
@@ -36,6 +43,12 @@ TIME_BASE = fractions.Fraction(1, SAMPLE_RATE)
 # When the loop stalled for longer than this, restart the clock rather than send a burst of
 # catch-up frames that the receiver's jitter buffer would drop anyway.
 MAX_LAG_S = 0.5
+# Opus DTX: silence frames sent at the normal pace after speech, then one per interval.
+DTX_HANGOVER_FRAMES = 10
+DTX_INTERVAL_S = 0.4
+# A speech frame handed to aiortc more than this after its real-time instant is late: the
+# receiver's playout may already have had to fill the gap (the server's own lateness).
+LATE_S = FRAME_MS / 1000
 _silence_packet: bytes | None = None
 
 
@@ -61,6 +74,8 @@ class SpeakerTrack(MediaStreamTrack):
     """An audio track fed with PCM16 by the reply pipeline (`write`) and read by aiortc."""
 
     kind = "audio"
+    # underruns and late frames go to the process's metrics (not for a test or bench client)
+    report_metrics = True
 
     def __init__(self) -> None:
         super().__init__()
@@ -81,6 +96,11 @@ class SpeakerTrack(MediaStreamTrack):
         self.expecting = False
         self.underruns = 0
         self._last_was_speech = False
+        self.dtx = False
+        self._silent_frames = 0  # consecutive silence frames sent
+        self._wake: asyncio.Event | None = None  # set by write/hold/clear/stop during DTX
+        self.late_frames = 0
+        self.samples_taken = 0  # of the written audio (not of the silence or padding)
 
     @property
     def queued_ms(self) -> float:
@@ -99,6 +119,11 @@ class SpeakerTrack(MediaStreamTrack):
             self._buffer += pcm
             self._drained.clear()
             self.expecting = True
+            self._wake_up()
+
+    def _wake_up(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
 
     def end_of_speech(self) -> None:
         """The reply wrote all its audio: the queue may now run dry without a gap heard."""
@@ -107,6 +132,7 @@ class SpeakerTrack(MediaStreamTrack):
     def hold(self, held: bool) -> None:
         """Pause (True) or resume (False) the queued speech; frames are silence while held."""
         self.held = held
+        self._wake_up()
 
     def clear(self) -> None:
         """Drop everything queued (barge-in): the next frame sent is silence."""
@@ -125,15 +151,22 @@ class SpeakerTrack(MediaStreamTrack):
         """End the track; waiters of `drained` are released."""
         self.clear()
         super().stop()
+        self._wake_up()
 
     async def recv(self) -> av.AudioFrame | av.Packet:
         """The next 20 ms frame (a packet when `encode_opus`), returned at its real-time
-        instant."""
+        instant; in DTX silence, the next packet up to `DTX_INTERVAL_S` later."""
         if self.readyState != "live":
             raise MediaStreamError
         now = time.monotonic()
         if self._start is None:
             self._start = now
+        elif self.dtx and self._silent_frames >= DTX_HANGOVER_FRAMES and not self._speaking():
+            await self._dtx_wait()
+            # stamped with the slot it is sent in: the receiver plays it after the gap
+            now = time.monotonic()
+            slot = int((now - self._start) * SAMPLE_RATE) // FRAME_SAMPLES * FRAME_SAMPLES
+            self._timestamp = max(self._timestamp + FRAME_SAMPLES, slot)
         else:
             self._timestamp += FRAME_SAMPLES
             due = self._start + self._timestamp / SAMPLE_RATE
@@ -141,12 +174,17 @@ class SpeakerTrack(MediaStreamTrack):
                 self._start = now - self._timestamp / SAMPLE_RATE
             elif due > now:
                 await asyncio.sleep(due - now)
+            elif now - due > LATE_S and self._speaking():
+                self.late_frames += 1
+                if self.report_metrics:
+                    metrics.audio_late_frame()
         if self.readyState != "live":
             raise MediaStreamError
 
         if self._buffer and not self.held:
             chunk = bytes(self._buffer[:FRAME_BYTES])
             del self._buffer[:FRAME_BYTES]
+            self.samples_taken += len(chunk) // 2
             if len(chunk) < FRAME_BYTES:
                 chunk += bytes(FRAME_BYTES - len(chunk))
             self.speech_frames_sent += 1
@@ -156,9 +194,11 @@ class SpeakerTrack(MediaStreamTrack):
         else:
             if self._last_was_speech and self.expecting and not self.held:
                 self.underruns += 1  # speech, then silence in the middle of the reply
-                metrics.audio_underrun()
+                if self.report_metrics:
+                    metrics.audio_underrun()
             self._last_was_speech = False
             chunk = self._silence
+        self._silent_frames = 0 if chunk is not self._silence else self._silent_frames + 1
         self.frames_sent += 1
         if not self.encode_opus:
             return _pcm_frame(chunk, self._timestamp)
@@ -173,3 +213,20 @@ class SpeakerTrack(MediaStreamTrack):
         packet.pts = self._timestamp
         packet.time_base = TIME_BASE
         return packet
+
+    def _speaking(self) -> bool:
+        return bool(self._buffer) and not self.held
+
+    async def _dtx_wait(self) -> None:
+        """Until speech is written (or the track stops), at most `DTX_INTERVAL_S`."""
+        if self._wake is None:
+            self._wake = asyncio.Event()
+        self._wake.clear()
+        if self._speaking() or self.readyState != "live":
+            return
+        # a timer handle, not wait_for's task per wait
+        timer = asyncio.get_running_loop().call_later(DTX_INTERVAL_S, self._wake.set)
+        try:
+            await self._wake.wait()
+        finally:
+            timer.cancel()

@@ -1,0 +1,247 @@
+"""Many sessions on one web process: K connected sessions nobody talks on (CPU per idle
+session), then the same K talking turn after turn (CPU per session, the gaps between reply
+frames at the clients, the server's late frames, the overhead to first reply audio), and the
+largest K that meets the targets."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from bench.realtime.clients import Events, connect, first_loud, gaps_ms, open_session
+from bench.realtime.figures import p99, summary
+from harness.peer import ClientPeer
+from harness.procs import cpu_s
+
+MIC_RATE = 48000
+# The targets (docs/benchmarks.md): p99 gap between consecutive reply frames at the clients,
+# speech frames the server sent late, overhead to the first reply audio at p99.
+GAP_P99_MS = 60.0
+LATE_FRAMES = 0
+OVERHEAD_P99_MS = 50.0
+STAGES = ("asr_result", "text_delta", "tts_start")
+# the web process's own timings (echo_stage_seconds): from the VAD's end of the utterance to
+# the final text, from the reply's start to the first LLM token and the first TTS audio
+SERVER_STAGES = ("asr", "llm_first_token", "tts_first_audio")
+
+
+def schedstat(pid: int) -> tuple[float, float]:
+    """Seconds the process's main thread (the web process's event loop) ran on a CPU and
+    waited for one (runnable, but the machine busy with other work)."""
+    with open(f"/proc/{pid}/schedstat") as handle:
+        ran, waited = handle.read().split()[:2]
+    return int(ran) / 1e9, int(waited) / 1e9
+
+
+def metric(port: int, name: str, label: str = "") -> float:
+    """The sum of a metric's samples on the web process's /metrics (those with `label` in
+    their labels, when given)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(name) and not line.startswith("#") and label in line
+    )
+
+
+def stage_totals(port: int) -> dict[str, tuple[float, float]]:
+    """(seconds, count) of each realtime turn stage the web process timed itself."""
+    return {
+        stage: (
+            metric(port, "echo_stage_seconds_sum", f'stage="{stage}"'),
+            metric(port, "echo_stage_seconds_count", f'stage="{stage}"'),
+        )
+        for stage in SERVER_STAGES
+    }
+
+
+def stage_means(before: dict[str, tuple[float, float]], after: dict[str, Any]) -> dict[str, Any]:
+    """Mean ms of each stage between two `stage_totals`."""
+    means = {}
+    for stage, (total, count) in after.items():
+        n = count - before[stage][1]
+        means[stage] = round(1000 * (total - before[stage][0]) / n, 1) if n else None
+    return means
+
+
+@dataclass
+class Load:
+    first_audio_ms: list[float] = field(default_factory=list)
+    gaps_ms: list[float] = field(default_factory=list)
+    # ms from the end of speech to each event, to see which stage a queue builds up in
+    stages_ms: dict[str, list[float]] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+
+
+async def open_many(url: str, count: int, **client: Any) -> list[tuple[Events, ClientPeer]]:
+    """`count` connected sessions, negotiated five at a time."""
+    pairs: list[tuple[Events, ClientPeer]] = []
+
+    async def one() -> None:
+        session = await open_session(url)
+        peer = ClientPeer(keep_audio=False, **client)
+        pairs.append((session, peer))
+        await connect(peer, session)
+
+    for start in range(0, count, 5):
+        await asyncio.gather(*(one() for _ in range(start, min(count, start + 5))))
+    return pairs
+
+
+async def close_all(pairs: list[tuple[Events, ClientPeer]]) -> None:
+    for session, peer in pairs:
+        await peer.close()
+        await session.close()
+
+
+async def idle_cpu(pid: int, seconds: float) -> float:
+    """Cores the web process used over the next `seconds`."""
+    cpu0, t0 = cpu_s(pid), time.monotonic()
+    await asyncio.sleep(seconds)
+    return (cpu_s(pid) - cpu0) / (time.monotonic() - t0)
+
+
+async def idle(url: str, pid: int, count: int, seconds: float, base: float, **client: Any) -> float:
+    """% of a core per connected session nobody talks on (the empty process's `base` off)."""
+    pairs = await open_many(url, count, **client)
+    try:
+        await asyncio.sleep(2.0)
+        used = await idle_cpu(pid, seconds)
+    finally:
+        await close_all(pairs)
+    await asyncio.sleep(2.0)
+    return round(100 * (used - base) / count, 2)
+
+
+async def talker(
+    session: Events,
+    peer: ClientPeer,
+    utterance: np.ndarray,
+    stop_at: float,
+    load: Load,
+) -> None:
+    """Turn after turn until stop_at: speak, hear 2 s of the reply, interrupt, pause."""
+    try:
+        await session.send(type="asr_start", language="en-US")
+        await asyncio.sleep(1.0 + 3.0 * random.random())  # the sessions out of step
+        turn = 0
+        while time.monotonic() < stop_at:
+            end = await peer.mic.utter(utterance, MIC_RATE).ended()
+            audio_at = await first_loud(peer.levels, end, 20)
+            await asyncio.sleep(2.0)
+            cut = time.monotonic()
+            if turn:  # the first turn warms up
+                load.first_audio_ms.append((audio_at - end) * 1000)
+                load.gaps_ms.extend(gaps_ms(peer.levels, audio_at, cut))
+                for kind in STAGES:
+                    if (found := session.find(kind, end)) is not None:
+                        load.stages_ms.setdefault(kind, []).append((found[0] - end) * 1000)
+            await session.send(type="interrupt")
+            await asyncio.sleep(1.0)
+            turn += 1
+    except Exception as exc:  # counted; the others go on
+        load.errors.append(f"{type(exc).__name__}: {exc}"[:200])
+
+
+async def talking(
+    url: str,
+    web: tuple[int, int, int],
+    count: int,
+    seconds: float,
+    utterance: np.ndarray,
+    before_ms: float,
+    base: float,
+    **client: Any,
+) -> dict[str, Any]:
+    """`count` sessions talking; `before_ms`: what precedes the service's own overhead in the
+    time to first audio (the providers' time and the bare media path's)."""
+    pid, port, fake_pid = web
+    pairs = await open_many(url, count, **client)
+    load = Load()
+    try:
+        await asyncio.sleep(2.0)
+        late0 = metric(port, "echo_audio_late_frames_total")
+        under0 = metric(port, "echo_audio_underruns_total")
+        stages0 = stage_totals(port)
+        stop_at = time.monotonic() + seconds + 8.0
+        tasks = [
+            asyncio.create_task(talker(session, peer, utterance, stop_at, load))
+            for session, peer in pairs
+        ]
+        await asyncio.sleep(6.0)  # into the steady state
+        cpu0, own0, t0 = cpu_s(pid), time.process_time(), time.monotonic()
+        fake0, (ran0, waited0) = cpu_s(fake_pid), schedstat(pid)
+        await asyncio.sleep(seconds)
+        elapsed = time.monotonic() - t0
+        busy = (cpu_s(pid) - cpu0) / elapsed
+        own = (time.process_time() - own0) / elapsed
+        fake = (cpu_s(fake_pid) - fake0) / elapsed
+        ran, waited = schedstat(pid)
+        loop_ran, loop_waited = (ran - ran0) / elapsed, (waited - waited0) / elapsed
+        await asyncio.wait_for(asyncio.gather(*tasks), 120)
+        late = metric(port, "echo_audio_late_frames_total") - late0
+        underruns = metric(port, "echo_audio_underruns_total") - under0
+        server_stages = stage_means(stages0, stage_totals(port))
+    finally:
+        await close_all(pairs)
+    overhead = [ms - before_ms for ms in load.first_audio_ms]
+    row = {
+        "sessions": count,
+        "cpu_pct_per_session": round(100 * (busy - base) / count, 2),
+        "web_cpu_pct": round(100 * busy, 1),
+        "clients_cpu_pct": round(100 * own, 1),  # this process: every client peer
+        "fake_cpu_pct": round(100 * fake, 1),  # the DashScope fake's process
+        # of the wall time, the web process's loop thread ran / was runnable but not running
+        "loop_ran_pct": round(100 * loop_ran, 1),
+        "loop_waited_for_cpu_pct": round(100 * loop_waited, 1),
+        "load_average_1min": round(os.getloadavg()[0], 2),
+        "gap_ms": summary(load.gaps_ms),
+        "gaps_over_60ms": sum(g > GAP_P99_MS for g in load.gaps_ms),
+        "late_frames": int(late),
+        "underruns": int(underruns),
+        "stages_ms": {kind: summary(values) for kind, values in load.stages_ms.items()},
+        "server_stage_mean_ms": server_stages,
+        # speech frames the clients' microphones sent late (this process's own lateness)
+        "client_late_frames": sum(peer.mic.late_frames for _, peer in pairs),
+        "first_audio_ms": summary(load.first_audio_ms),
+        "overhead_ms": summary(overhead),
+        "errors": load.errors[:3],
+        "error_count": len(load.errors),
+    }
+    row["meets_targets"] = meets(row, load.gaps_ms, overhead)
+    await asyncio.sleep(3.0)
+    return row
+
+
+def meets(row: dict[str, Any], gaps: list[float], overhead: list[float]) -> bool:
+    gap, over = p99(gaps), p99(overhead)
+    return (
+        not row["error_count"]
+        and gap is not None
+        and gap < GAP_P99_MS
+        and row["late_frames"] <= LATE_FRAMES
+        and over is not None
+        and over < OVERHEAD_P99_MS
+    )
+
+
+def largest_meeting(rows: list[dict[str, Any]]) -> int:
+    """The largest session count that meets the targets, and every smaller count did too."""
+    best = 0
+    for row in sorted(rows, key=lambda r: r["sessions"]):
+        if not row["meets_targets"]:
+            break
+        best = row["sessions"]
+    return best
+
+
+def cpu_count() -> int:
+    return len(os.sched_getaffinity(0))
