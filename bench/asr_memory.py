@@ -28,10 +28,10 @@ from pathlib import Path
 
 import numpy as np
 
-import bench.stack as stack_module  # noqa: E402
-from bench.memory import rss_mb, settle  # noqa: E402
-from bench.stack import Stack  # noqa: E402
-from harness.audio import read_wav, speak  # noqa: E402
+import bench.stack as stack_module
+from bench.stack import Stack
+from harness.audio import read_wav, speak
+from harness.procs import rss_mb, wait_idle
 
 SENTENCE = "i would like to order a pizza"
 CHUNK_S = 0.1
@@ -135,7 +135,7 @@ def main() -> None:
         stack.prepare()
         server, port = stack.start_web()
         url = f"ws://127.0.0.1:{port}/ws/chat/"
-        settle(server.pid)
+        wait_idle(server.pid)
         for number in range(1, args.rounds + 1):
             before = rss_mb(server.pid)
             peak, stop = [before], threading.Event()
@@ -146,7 +146,7 @@ def main() -> None:
             asyncio.run(round_of(url, pcm, args.sessions, results))
             stop.set()
             sampler.join()
-            settle(server.pid)
+            wait_idle(server.pid)
             finals = [
                 (float(r["asr_result"]) - float(r["speech_end"])) * 1000
                 for r in results
