@@ -63,7 +63,8 @@ class ProtocolError(Exception):
 
 _NUMBER = (int, float)
 
-# type -> {field: (accepted python types, required)}; realtime messages are checked by their handler
+# type -> {field: (accepted python types, required)}; the realtime messages' fields have rules
+# of their own (CHECKS below)
 FIELDS: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
     "ping": {"timestamp": (_NUMBER + (str,), False)},
     "text_message": {"text": ((str,), True)},
@@ -121,7 +122,89 @@ def parse(text: str) -> tuple[str, dict[str, Any], str | None]:
                 raise ProtocolError(Err.BAD_MESSAGE, f"{kind}: field '{name}' is required", ref)
         elif not isinstance(value, types) or isinstance(value, bool):
             raise ProtocolError(Err.BAD_MESSAGE, f"{kind}: field '{name}' has the wrong type", ref)
+    check = CHECKS.get(kind)
+    if check is not None:
+        try:
+            check(message)
+        except ValueError as exc:
+            raise ProtocolError(Err.BAD_MESSAGE, str(exc), ref) from None
     return kind, message, ref
+
+
+# --- the realtime messages' fields (their states are the realtime handler's) -----------------
+
+MIN_SAMPLE_RATE = 8000
+MAX_SAMPLE_RATE = 48000
+DIRECTIONS = ("both", "send", "recv")
+TRANSPORTS = ("webrtc", "websocket")
+MAX_CANDIDATES = 64  # in one offer; a browser sends a handful per network interface
+MAX_CANDIDATE_CHARS = 512
+MAX_LANGUAGE_CHARS = 35
+
+
+def _check_offer(msg: dict[str, Any]) -> None:
+    sdp = msg.get("sdp")
+    candidates = msg.get("candidates", [])
+    if not isinstance(sdp, str) or not sdp.strip():
+        raise ValueError("offer needs `sdp`, a non-empty string")
+    if msg.get("sdp_type", "offer") != "offer":
+        raise ValueError('`sdp_type` must be "offer"')
+    if not isinstance(candidates, list) or not all(isinstance(c, dict) for c in candidates):
+        raise ValueError("`candidates` must be a list of ice_candidate objects")
+    if len(candidates) > MAX_CANDIDATES:
+        raise ValueError(f"an offer carries at most {MAX_CANDIDATES} candidates")
+    for candidate in candidates:
+        _check_candidate(candidate)
+
+
+def _check_candidate(msg: dict[str, Any]) -> None:
+    """The fields of an ICE candidate (whether its line describes a usable address is the
+    realtime handler's check)."""
+    candidate = msg.get("candidate")
+    sdp_mid = msg.get("sdpMid")
+    index = msg.get("sdpMLineIndex")
+    if not isinstance(candidate, str) or len(candidate) > MAX_CANDIDATE_CHARS:
+        raise ValueError(f"`candidate` must be a string of at most {MAX_CANDIDATE_CHARS} chars")
+    if sdp_mid is not None and (not isinstance(sdp_mid, str) or len(sdp_mid) > 32):
+        raise ValueError("`sdpMid` must be a string (at most 32 chars) or null")
+    if index is not None and (
+        isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < 1024
+    ):
+        raise ValueError("`sdpMLineIndex` must be an integer from 0 to 1023, or null")
+
+
+def _check_ready(msg: dict[str, Any]) -> None:
+    if msg.get("direction", "both") not in DIRECTIONS:
+        raise ValueError('`direction` must be "both", "send" or "recv"')
+
+
+def _check_asr_start(msg: dict[str, Any]) -> None:
+    language = msg.get("language")
+    rate = msg.get("sample_rate", MIN_SAMPLE_RATE)
+    if language is not None and (
+        not isinstance(language, str) or not 0 < len(language) <= MAX_LANGUAGE_CHARS
+    ):
+        raise ValueError('`language` must be a language tag such as "en-US"')
+    if msg.get("transport") not in (None, *TRANSPORTS):
+        raise ValueError('`transport` must be "webrtc" or "websocket"')
+    if msg.get("format", "pcm16") != "pcm16":
+        raise ValueError('`format` must be "pcm16"')
+    if (
+        isinstance(rate, bool)
+        or not isinstance(rate, int)
+        or not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE
+    ):
+        raise ValueError(
+            f"`sample_rate` must be an integer from {MIN_SAMPLE_RATE} to {MAX_SAMPLE_RATE}"
+        )
+
+
+CHECKS = {
+    "offer": _check_offer,
+    "ice_candidate": _check_candidate,
+    "ready": _check_ready,
+    "asr_start": _check_asr_start,
+}
 
 
 _TOO_DEEP = f"JSON nested deeper than {MAX_JSON_DEPTH} levels"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import time
 from typing import Any
 
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 from aiortc import RTCPeerConnection
 
+from chat import protocol
 from chat.realtime.handler import RealtimeHandler
 from chat.realtime.peer import ice_servers_from_settings, offers_dtx
 from harness.peer import with_dtx
@@ -286,7 +288,13 @@ def test_messages_refused_in_the_initial_state(msg_type: str, msg: dict, code: s
     async def body() -> None:
         ctx = FakeContext()
         handler = RealtimeHandler(ctx, asr=EchoASR())
-        await handler.handle(msg_type, msg, "x1")
+        # as the consumer receives a frame: its fields checked by the protocol, then the handler
+        try:
+            kind, message, ref = protocol.parse(json.dumps({"type": msg_type, "id": "x1", **msg}))
+        except protocol.ProtocolError as exc:
+            await ctx.send_error(exc.code, exc.message, ref=exc.ref)
+        else:
+            await handler.handle(kind, message, ref)
         assert ctx.errors == [
             {"code": code, "message": ctx.errors[0]["message"], "retryable": False, "ref": "x1"}
         ]

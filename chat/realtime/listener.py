@@ -20,13 +20,13 @@ from collections.abc import Awaitable, Callable
 import numpy as np
 
 from chat import observe
-from chat.providers.base import ASRError, ASRProvider, ASRStream, ProviderError
+from chat.providers.base import SPEECH_RATE, ASRError, ASRProvider, ASRStream, ProviderError
 from chat.realtime.tasks import Tasks
 from chat.realtime.vad import EnergyVAD, VADConfig, frame_db, frame_dbs
 
 logger = logging.getLogger(__name__)
 
-SAMPLE_RATE = 16000
+SAMPLE_RATE = SPEECH_RATE  # what the recognisers take
 PRE_ROLL_MS = 300
 # Languages written without spaces between words: finals of one utterance are joined directly.
 _NO_SPACE_LANGUAGES = ("zh", "ja", "ko", "th")

@@ -28,13 +28,14 @@ from aiortc.jitterbuffer import JitterBuffer
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.sdp import candidate_from_sdp
 
+from chat.providers.base import SPEECH_RATE
 from chat.realtime.pcm import frame_pcm
 from chat.realtime.speaker import SpeakerTrack
 from chat.realtime.tasks import Tasks
 
 logger = logging.getLogger(__name__)
 
-SAMPLE_RATE = 16000
+SAMPLE_RATE = SPEECH_RATE  # what the listener takes
 
 AudioCallback = Callable[[bytes], Awaitable[None]]
 StateCallback = Callable[[str], Awaitable[None]]

@@ -14,6 +14,8 @@ from typing import Literal
 
 import numpy as np
 
+from chat.providers.base import SPEECH_RATE
+
 SpeechEvent = Literal["speech_start", "speech_end"]
 
 # Level of digital silence, so that log10 never sees zero.
@@ -24,7 +26,7 @@ _MIN_DB = -100.0
 class VADConfig:
     """Tuning of the detector; the defaults suit a headset or laptop microphone."""
 
-    sample_rate: int = 16000
+    sample_rate: int = SPEECH_RATE
     frame_ms: int = 20
     # Speech must last this long before it counts as a start (short clicks do not).
     start_ms: int = 100
