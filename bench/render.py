@@ -1,10 +1,10 @@
 """Render speed of the `lite` backend: 512×512, 25 fps, a ~10 s espeak-ng utterance, H.264 +
 AAC encode included, for each of the three fixture avatars (the drawn Aria and Lin from their
 mouth points, the photograph Astra with its stored landmarks). Prints per avatar frames per
-second, the real-time factor (median of several runs) and the time to the first 2 s piece in
-this (warm) process; then the first piece of an avatar this process has never rendered, with
+second, the real-time factor (median of several runs) and the time to the first 2 s segment in
+this (warm) process; then the first segment of an avatar this process has never rendered, with
 and without preparing it first (what a render worker does at start and when an avatar is
-saved), interleaved; the first piece in a fresh process, and the cost of the final remux.
+saved), interleaved; the first segment in a fresh process, and the cost of the final remux.
 Runs on CUDA too when torch sees a GPU (RENDER_DEVICE=auto).
 
     .venv/bin/python bench/render.py [--runs 5] [--device auto|cpu|cuda] [--baseline REF]
@@ -74,8 +74,8 @@ def landmark_args(backend: object, landmarks: dict | None) -> dict:
 def render_once(
     backend: object, wav: Path, image: Path = IMAGE, landmarks: dict | None = None
 ) -> dict[str, float]:
-    """One render into a fresh directory; seconds to the first piece and in all."""
-    from rendering.pieces import concat
+    """One render into a fresh directory; seconds to the first segment and in all."""
+    from rendering.segments import concat
 
     out = Path(tempfile.mkdtemp(prefix="bench-render-"))
     first: list[float] = []
@@ -97,15 +97,17 @@ def render_once(
     )
     total = time.perf_counter() - start
     cpu = time.process_time() - cpu
-    # the final file is a remux of the pieces: time it again on its own
+    # the final file is a remux of the segments: time it again on its own
     from rendering.media import AudioTrack, load_speech
-    from rendering.pieces import Piece
+    from rendering.segments import Segment
 
-    pieces = [Piece(i, p, i * 50, 0, 25) for i, p in enumerate(sorted(out.glob("piece-*.mp4")))]
+    segments = [
+        Segment(i, p, i * 50, 0, 25) for i, p in enumerate(sorted(out.glob("segment-*.mp4")))
+    ]
     audio = AudioTrack(load_speech(wav))
     audio.span(0.0, None)  # wait until encoded
     t0 = time.perf_counter()
-    concat(pieces, audio, out / "again.mp4")
+    concat(segments, audio, out / "again.mp4")
     remux = time.perf_counter() - t0
     audio.close()
     shutil.rmtree(out, ignore_errors=True)
@@ -114,22 +116,22 @@ def render_once(
         "frames": result.frames,
         "seconds": total,
         "cpu_s": cpu,
-        "first_piece_s": first[0],
-        "first_piece_cpu_s": first[1],
+        "first_segment_s": first[0],
+        "first_segment_cpu_s": first[1],
         "remux_s": remux,
     }
 
 
 def fresh_process(wav: Path) -> dict[str, float]:
-    """A new interpreter: time from its start and from the render call to the first piece."""
+    """A new interpreter: time from its start and from the render call to the first segment."""
     code = (
         "import time; t0 = time.perf_counter();"
         "import django; django.setup();"
         "from rendering.backends import get_backend; from bench.render import render_once;"
         "from pathlib import Path; import json;"
         f"b = get_backend(); t1 = time.perf_counter(); r = render_once(b, Path({str(wav)!r}));"
-        "print(json.dumps({'first_from_start_s': t1 - t0 + r['first_piece_s'],"
-        " 'first_piece_s': r['first_piece_s']}))"
+        "print(json.dumps({'first_from_start_s': t1 - t0 + r['first_segment_s'],"
+        " 'first_segment_s': r['first_segment_s']}))"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
@@ -146,7 +148,7 @@ WORKER_MODES = {
 
 def worker_process(mode: str, slug: str, wav: Path) -> None:
     """In a fresh render process with its backend loaded (as a worker after start): prepare as
-    `mode` says, render `slug` once; prints the first piece and the preparation times."""
+    `mode` says, render `slug` once; prints the first segment and the preparation times."""
     import django
 
     django.setup()
@@ -198,8 +200,8 @@ def new_portrait(image: Path, serial: int) -> Path:
     return path
 
 
-def new_avatar_first_piece(backend: object, wav: Path, slug: str, serial: int) -> dict:
-    """First piece of two avatars this process has never rendered: one rendered at once (its
+def new_avatar_first_segment(backend: object, wav: Path, slug: str, serial: int) -> dict:
+    """First segment of two avatars this process has never rendered: one rendered at once (its
     mesh built in the render, as before avatars were prepared), one prepared first."""
     image, landmarks = fixture(slug)
     cold = new_portrait(image, 2 * serial)
@@ -212,10 +214,10 @@ def new_avatar_first_piece(backend: object, wav: Path, slug: str, serial: int) -
     for path in (cold, warm):
         path.unlink(missing_ok=True)
     return {
-        "before_s": before_run["first_piece_s"],
-        "after_s": after_run["first_piece_s"],
-        "before_cpu_s": before_run["first_piece_cpu_s"],
-        "after_cpu_s": after_run["first_piece_cpu_s"],
+        "before_s": before_run["first_segment_s"],
+        "after_s": after_run["first_segment_s"],
+        "before_cpu_s": before_run["first_segment_cpu_s"],
+        "after_cpu_s": after_run["first_segment_cpu_s"],
         "prepare_s": prepare_s,
     }
 
@@ -285,10 +287,10 @@ def compare(ref: str, runs: int, wav: Path) -> None:
             img, landmarks = fixture(slug)
             # the first reply of this avatar in these warm processes (the portrait's fields
             # are built then, and cached for the next replies)
-            new_here = current.render(wav, img, landmarks)["first_piece_s"]
-            new_there = baseline.render(wav, img, landmarks)["first_piece_s"]
+            new_here = current.render(wav, img, landmarks)["first_segment_s"]
+            new_there = baseline.render(wav, img, landmarks)["first_segment_s"]
             print(
-                f"{name:5} first piece of a new avatar in a warm process: this tree "
+                f"{name:5} first segment of a new avatar in a warm process: this tree "
                 f"{new_here * 1000:.0f} ms, baseline {new_there * 1000:.0f} ms"
             )
             mine, theirs = [], []
@@ -297,20 +299,21 @@ def compare(ref: str, runs: int, wav: Path) -> None:
                 theirs.append(baseline.render(wav, img, landmarks))
             for label, rows in (("this tree", mine), (f"baseline {ref}", theirs)):
                 secs = statistics.median(r["seconds"] for r in rows)
-                first = statistics.median(r["first_piece_s"] for r in rows)
+                first = statistics.median(r["first_segment_s"] for r in rows)
                 cpu = statistics.median(r["cpu_s"] for r in rows)
                 print(
                     f"{name:5} {label:18} render+encode median {secs:.3f} s "
-                    f"({rows[0]['audio_s'] / secs:.1f}x real time), first piece "
+                    f"({rows[0]['audio_s'] / secs:.1f}x real time), first segment "
                     f"{first * 1000:.0f} ms, cpu {cpu:.2f} s"
                 )
             pairs = [m["seconds"] / t["seconds"] for m, t in zip(mine, theirs, strict=True)]
             firsts = [
-                m["first_piece_s"] / t["first_piece_s"] for m, t in zip(mine, theirs, strict=True)
+                m["first_segment_s"] / t["first_segment_s"]
+                for m, t in zip(mine, theirs, strict=True)
             ]
             print(
                 f"{name:5} ratio this/baseline, median of {runs} pairs: whole render "
-                f"{statistics.median(pairs):.2f}, first piece {statistics.median(firsts):.2f}"
+                f"{statistics.median(pairs):.2f}, first segment {statistics.median(firsts):.2f}"
             )
     finally:
         current.close()
@@ -404,24 +407,25 @@ def main() -> None:
         audio_s, frames = runs[0]["audio_s"], runs[0]["frames"]
         median = statistics.median(seconds)
         cpu = statistics.median(r["cpu_s"] for r in runs)
-        first = statistics.median(r["first_piece_s"] for r in runs)
-        first_cpu = statistics.median(r["first_piece_cpu_s"] for r in runs)
+        first = statistics.median(r["first_segment_s"] for r in runs)
+        first_cpu = statistics.median(r["first_segment_cpu_s"] for r in runs)
         print(
             f"{slug:6} {audio_s:.2f} s, {frames} frames at 25 fps, 512x512: render+encode median "
             f"{median:.3f} s over {len(runs)} runs (min {min(seconds):.3f}, max "
             f"{max(seconds):.3f}), {frames / median:.0f} frames/s, real-time factor "
             f"{audio_s / median:.1f}x; cpu {cpu:.2f} s ({audio_s / max(cpu / 2, 1e-9):.1f}x on "
-            f"2 idle cores); first piece (warm process, known avatar) median {first * 1000:.0f} ms "
+            f"2 idle cores); first segment (warm process, known avatar) median {first * 1000:.0f} ms "
             f"(cpu {first_cpu * 1000:.0f} ms)"
         )
     # avatars this process has never rendered, rendered at once vs prepared first, interleaved
     for slug in FIXTURES:
         pairs = [
-            new_avatar_first_piece(backend, wav, slug, serial) for serial in range(NEW_AVATAR_PAIRS)
+            new_avatar_first_segment(backend, wav, slug, serial)
+            for serial in range(NEW_AVATAR_PAIRS)
         ]
         med = {k: statistics.median(p[k] for p in pairs) * 1000 for k in pairs[0]}
         print(
-            f"{slug:6} first piece of a new avatar in a warm process, median of "
+            f"{slug:6} first segment of a new avatar in a warm process, median of "
             f"{NEW_AVATAR_PAIRS}: rendered at once {med['before_s']:.0f} ms "
             f"(cpu {med['before_cpu_s']:.0f} ms), prepared first {med['after_s']:.0f} ms "
             f"(cpu {med['after_cpu_s']:.0f} ms); preparing took {med['prepare_s']:.0f} ms"
@@ -437,11 +441,11 @@ def main() -> None:
                 idle_s += result["idle_s"]
         figures = ", ".join(
             f"{WORKER_MODES[mode]}: "
-            f"{statistics.median(r['first_piece_s'] for r in rows) * 1000:.0f} ms "
-            f"(cpu {statistics.median(r['first_piece_cpu_s'] for r in rows) * 1000:.0f} ms)"
+            f"{statistics.median(r['first_segment_s'] for r in rows) * 1000:.0f} ms "
+            f"(cpu {statistics.median(r['first_segment_cpu_s'] for r in rows) * 1000:.0f} ms)"
             for mode, rows in firsts.items()
         )
-        print(f"{slug:6} first piece, fresh worker, median of {args.workers}: {figures}")
+        print(f"{slug:6} first segment, fresh worker, median of {args.workers}: {figures}")
     if idle_s:
         print(
             f"idle loop ({IDLE_LOOP_S:.0f} s at 25 fps, 512x512, encoded): median "
@@ -449,11 +453,11 @@ def main() -> None:
         )
     print(f"load average before/after: {LOAD[0]} / {os.getloadavg()[0]:.2f}")
     print(
-        f"first piece (fresh process): {fresh['first_piece_s'] * 1000:.0f} ms after the render "
+        f"first segment (fresh process): {fresh['first_segment_s'] * 1000:.0f} ms after the render "
         f"call, {fresh['first_from_start_s']:.2f} s after interpreter start (imports, model)"
     )
     print(
-        f"final remux of the pieces: median "
+        f"final remux of the segments: median "
         f"{statistics.median(r['remux_s'] for r in all_runs) * 1000:.0f} ms"
     )
     if args.baseline:

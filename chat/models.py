@@ -92,7 +92,10 @@ class Message(models.Model):
     audio_url = models.CharField(max_length=2000, blank=True)
     video = models.CharField(max_length=500, blank=True)
     duration_ms = models.PositiveIntegerField(null=True, blank=True)
-    task_id = models.CharField(max_length=64, blank=True)
+    # the Celery task of the upload turn that made a user row, and of the render of an
+    # assistant row's video
+    turn_task_id = models.CharField(max_length=64, blank=True)
+    render_task_id = models.CharField(max_length=64, blank=True)
     # milliseconds per stage: asr, llm, tts, render, queue, ...
     timings = models.JSONField(default=dict, blank=True)
     error_code = models.CharField(max_length=32, blank=True)

@@ -29,8 +29,8 @@ def cancel_renders(task_ids: list[str]) -> None:
 def unfinished_renders(session_id: uuid.UUID | str) -> list[str]:
     return list(
         Message.objects.filter(session_id=session_id, role=Role.ASSISTANT, video="", error_code="")
-        .exclude(task_id="")
-        .values_list("task_id", flat=True)
+        .exclude(render_task_id="")
+        .values_list("render_task_id", flat=True)
     )
 
 

@@ -358,7 +358,7 @@ class UploadTurn:
             raise TurnOver(record=False)
         reply = Reply(self._request(speak=True), self.publisher.send, None)
         if message.audio:
-            if self.user.session.mode == "video" and not message.task_id:
+            if self.user.session.mode == "video" and not message.render_task_id:
                 reply.message = message
                 self._run(reply.render())
             self.record = False  # the lost run recorded the turn

@@ -130,8 +130,8 @@ def accept_upload(session_id: uuid.UUID | str, pcm: bytes, ref: str | None) -> M
     message.audio, message.audio_url = name, public_url(name)
     message.duration_ms = len(pcm) * 1000 // (2 * TARGET_RATE)
     task_id = uuid.uuid4().hex
-    message.task_id = task_id
-    message.save(update_fields=["audio", "audio_url", "duration_ms", "task_id"])
+    message.turn_task_id = task_id
+    message.save(update_fields=["audio", "audio_url", "duration_ms", "turn_task_id"])
     stopping.stop_turn(session_id)  # a new utterance supersedes the turn in flight
     inflight.set_turn(session_id, [task_id])
     upload_turn.apply_async(

@@ -149,6 +149,6 @@ def upload_audio(request: HttpRequest, session_id: str) -> JsonResponse:
         response["Retry-After"] = str(exc.retry_after)
         return response
     return JsonResponse(
-        {"message_id": message.id, "task_id": message.task_id, "audio_url": message.audio_url},
+        {"message_id": message.id, "task_id": message.turn_task_id, "audio_url": message.audio_url},
         status=202,
     )

@@ -23,7 +23,7 @@ from celery.signals import worker_ready, worker_shutdown
 from django.conf import settings
 
 from celery_app import RENDER_QUEUE, app, worker_queue
-from rendering import store
+from rendering import coordination
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +46,8 @@ class Heartbeat:
         self._stop.set()
         self._thread.join(timeout=5)
         try:
-            store.client().delete(store.worker_key(self.nodename))
-            move_queue(store.client(), worker_queue(self.nodename))
+            coordination.client().delete(coordination.worker_key(self.nodename))
+            move_queue(coordination.client(), worker_queue(self.nodename))
         except redis.RedisError:
             log.warning("could not deregister render worker %s", self.nodename)
 
@@ -64,9 +64,9 @@ class Heartbeat:
 
         active = [r.id for r in list(state.active_requests)]
         reserved = [r.id for r in list(state.reserved_requests) if r.id not in active]
-        r = store.client()
-        warm = [int(a) for a in r.zrevrange(store.warm_key(self.nodename), 0, -1)]
-        info = json.loads(r.get(store.device_key(self.nodename)) or "{}")
+        r = coordination.client()
+        warm = [int(a) for a in r.zrevrange(coordination.warm_key(self.nodename), 0, -1)]
+        info = json.loads(r.get(coordination.device_key(self.nodename)) or "{}")
         return {
             "nodename": self.nodename,
             "host": socket.gethostname(),
@@ -84,13 +84,13 @@ class Heartbeat:
 
     def beat(self) -> None:
         beat = self.snapshot()
-        ttl_ms = int(store.stale_after_s() * 1000)
+        ttl_ms = int(coordination.stale_after_s() * 1000)
         keep_s = int(settings.CELERY_VISIBILITY_TIMEOUT_S + FORGET_AFTER_S)
-        pipe = store.client().pipeline()
-        pipe.set(store.worker_key(self.nodename), json.dumps(beat), px=ttl_ms)
-        pipe.set(store.last_key(self.nodename), json.dumps(beat), ex=keep_s)
-        pipe.zadd(store.WORKERS, {self.nodename: beat["ts"]})
-        pipe.zremrangebyscore(store.claims_key(self.nodename), 0, beat["ts"] - ttl_ms / 1000)
+        pipe = coordination.client().pipeline()
+        pipe.set(coordination.worker_key(self.nodename), json.dumps(beat), px=ttl_ms)
+        pipe.set(coordination.last_key(self.nodename), json.dumps(beat), ex=keep_s)
+        pipe.zadd(coordination.WORKERS, {self.nodename: beat["ts"]})
+        pipe.zremrangebyscore(coordination.claims_key(self.nodename), 0, beat["ts"] - ttl_ms / 1000)
         pipe.execute()
 
 
@@ -154,26 +154,26 @@ def restore_unacked(r: redis.Redis, queue: str, task_ids: set[str], died_after: 
 
 
 def rescue_dead_workers() -> None:
-    r = store.client()
+    r = coordination.client()
     forget = settings.CELERY_VISIBILITY_TIMEOUT_S + FORGET_AFTER_S
-    for beat in store.read_workers(include_stale=True):
+    for beat in coordination.read_workers(include_stale=True):
         if beat["alive"]:
             continue
         node = beat["nodename"]
         queue = worker_queue(node)
         tasks = set(beat.get("tasks") or [])
-        seen_dead_at = float(beat.get("ts", 0.0)) + store.stale_after_s()
+        seen_dead_at = float(beat.get("ts", 0.0)) + coordination.stale_after_s()
         restored = restore_unacked(r, queue, tasks, seen_dead_at)
         moved = move_queue(r, queue)
         if restored or moved:
             log.warning("render worker %s is gone: %d tasks requeued", node, restored + moved)
         if beat["age_s"] > forget:
-            r.zrem(store.WORKERS, node)
+            r.zrem(coordination.WORKERS, node)
             r.delete(
-                store.claims_key(node),
-                store.warm_key(node),
-                store.device_key(node),
-                store.last_key(node),
+                coordination.claims_key(node),
+                coordination.warm_key(node),
+                coordination.device_key(node),
+                coordination.last_key(node),
             )
 
 

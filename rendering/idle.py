@@ -28,7 +28,7 @@ from kombu.exceptions import OperationalError
 
 from celery_app import worker_queue
 from chat.storage import public_url
-from rendering import store
+from rendering import coordination
 
 log = logging.getLogger(__name__)
 
@@ -79,10 +79,10 @@ def request_prepare(avatar: Any) -> int:
     from rendering.tasks import prepare_avatar  # the task module imports this one
 
     try:
-        key = f"{store.PREFIX}prepare:{avatar.pk}:{digest(avatar)}"
-        if not store.client().set(key, "1", nx=True, ex=ASK_AGAIN_S):
+        key = f"{coordination.PREFIX}prepare:{avatar.pk}:{digest(avatar)}"
+        if not coordination.client().set(key, "1", nx=True, ex=ASK_AGAIN_S):
             return 0
-        nodes = [beat["nodename"] for beat in store.read_workers()]
+        nodes = [beat["nodename"] for beat in coordination.read_workers()]
         for node in nodes:
             prepare_avatar.apply_async((avatar.pk,), queue=worker_queue(node), expires=600)
     except (redis.RedisError, OperationalError) as exc:

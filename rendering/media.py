@@ -1,8 +1,8 @@
-"""Audio in, MP4 pieces out: decoding speech, its loudness per video frame, and PyAV muxing.
+"""Audio in, MP4 segments out: decoding speech, its loudness per video frame, and PyAV muxing.
 
-The reply audio is encoded to AAC once (a span per piece); every piece takes the packets
-of its time span and the whole video reuses all of them, so pieces and the whole share one
-audio encode and the whole has no seams. Each piece has its own H.264 encoder, so it starts with a keyframe and
+The reply audio is encoded to AAC once (a span per segment); every segment takes the packets
+of its time span and the whole video reuses all of them, so segments and the whole share one
+audio encode and the whole has no seams. Each segment has its own H.264 encoder, so it starts with a keyframe and
 plays on its own.
 """
 
@@ -91,9 +91,9 @@ class AudioPacket:
 
 
 class AudioTrack:
-    """The reply audio as AAC packets, encoded on demand, one piece's span at a time.
+    """The reply audio as AAC packets, encoded on demand, one segment's span at a time.
 
-    The first piece then pays only for its own ~2 s of audio (the whole reply's AAC encode
+    The first segment then pays only for its own ~2 s of audio (the whole reply's AAC encode
     costs ~15 ms per second of speech), and nothing runs beside the frames to compete for
     the GIL. Pieces and the whole video mux these same packets into streams with identical
     encoder settings.

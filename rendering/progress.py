@@ -7,7 +7,7 @@ import uuid
 
 from chat import protocol
 from chat.events import publish_sync
-from rendering import store
+from rendering import coordination
 
 STAGES = ("started", "rendering", "encoding", "done")  # and "redelivered" (see below)
 MIN_INTERVAL_S = 0.2  # at most ~5 events a second while rendering
@@ -30,7 +30,7 @@ class ProgressReporter:
             return
         if stage == self._stage and now - self._last_at < MIN_INTERVAL_S and value < 100:
             return  # every stage is published at least once, repeats at most 5 a second
-        if not store.raise_progress(self.task_id, value):
+        if not coordination.raise_progress(self.task_id, value):
             return
         self._last, self._last_at, self._stage = value, now, stage
         publish_sync(
@@ -43,7 +43,7 @@ class ProgressReporter:
     def redelivered(self, attempt: int) -> None:
         """Tell the client that the render starts again after its worker was lost: the
         progress it has seen so far, stage `redelivered`, and which delivery this is."""
-        seen = store.client().get(f"{store.PREFIX}progress:{self.task_id}")
+        seen = coordination.client().get(f"{coordination.PREFIX}progress:{self.task_id}")
         publish_sync(
             self.session_id,
             protocol.event(

@@ -24,7 +24,7 @@ from chat import protocol
 from chat.events import publish_sync
 from chat.models import Message
 from chat.video import RenderBusy
-from rendering import store
+from rendering import coordination
 from rendering.tasks import render_video
 
 log = logging.getLogger(__name__)
@@ -55,14 +55,14 @@ class WorkerLoad:
 
 def worker_loads(avatar_id: int | None) -> list[WorkerLoad]:
     """Live workers and how much each has to do, from heartbeats and the queues."""
-    r = store.client()
-    workers = store.read_workers()
+    r = coordination.client()
+    workers = coordination.read_workers()
     if not workers:
         return []
     pipe = r.pipeline()
     for beat in workers:
         pipe.llen(worker_queue(beat["nodename"]))
-        pipe.zcount(store.claims_key(beat["nodename"]), f"({beat['ts']}", "+inf")
+        pipe.zcount(coordination.claims_key(beat["nodename"]), f"({beat['ts']}", "+inf")
     counts = pipe.execute()
     loads = []
     for i, beat in enumerate(workers):
@@ -116,7 +116,7 @@ def submit_render(message_id: int, ref: str | None = None) -> RenderTicket:
     """Send the render of an assistant message to the best worker and tell the client;
     `ref` (the turn's) comes back on the render's error."""
     message = Message.objects.select_related("session").get(pk=message_id)
-    r = store.client()
+    r = coordination.client()
     loads = worker_loads(message.session.avatar_id)
     queue, position = choose(loads, r.llen(RENDER_QUEUE))
     soft, hard = time_limits(audio_seconds(message))
@@ -124,10 +124,10 @@ def submit_render(message_id: int, ref: str | None = None) -> RenderTicket:
     if queue != RENDER_QUEUE:
         node = queue[len(RENDER_QUEUE) + 1 :]
         pipe = r.pipeline()
-        pipe.zadd(store.claims_key(node), {task_id: time.time()})
-        pipe.expire(store.claims_key(node), 3600)
+        pipe.zadd(coordination.claims_key(node), {task_id: time.time()})
+        pipe.expire(coordination.claims_key(node), 3600)
         pipe.execute()
-    Message.objects.filter(pk=message_id).update(task_id=task_id)
+    Message.objects.filter(pk=message_id).update(render_task_id=task_id)
     event = protocol.event(
         "video_queued", None, task_id=task_id, message_id=message_id, position=position
     )

@@ -2,7 +2,7 @@
 
 render_video is acknowledged late and requeued when its worker dies, so it may run twice:
 its files have fixed names (a second run overwrites them), progress never goes back, each
-piece is announced once and `video_ready` is published once per message. A render whose
+segment is announced once and `video_ready` is published once per message. A render whose
 worker was lost CELERY_TASK_MAX_DELIVERIES times (one that kills its worker every time) fails
 with ERR_RENDER_FAILED instead of being redelivered again (chat.deliveries).
 """
@@ -36,7 +36,7 @@ from chat.providers.text import split_sentences
 from chat.providers.tts.espeak import espeak_voice
 from chat.storage import public_url, save_for_session
 from echoproject import logs, metrics
-from rendering import heartbeat, idle, store
+from rendering import coordination, heartbeat, idle
 from rendering.backends import get_backend
 from rendering.backends.base import RenderCancelled, RenderError
 from rendering.backends.phonemes import Phone, espeak_alignment
@@ -84,7 +84,7 @@ def _load_backend(nodename: str) -> None:
     except Exception:
         log.exception("render backend failed to load")
         return
-    store.note_device(nodename, backend.device, backend.name)
+    coordination.note_device(nodename, backend.device, backend.name)
     try:
         avatars = list(Avatar.objects.enabled().exclude(image="").order_by("-updated_at"))
     except DatabaseError as exc:  # the avatars are prepared on their first reply instead
@@ -125,12 +125,14 @@ def _prepare(avatar: Avatar, nodename: str) -> str:
         "face": getattr(avatar, "face", None) or None,
     }
     name = idle.idle_name(avatar)
-    lock = f"{store.PREFIX}idle-making:{name}"
+    lock = f"{coordination.PREFIX}idle-making:{name}"
     with tempfile.TemporaryDirectory(prefix=f"prepare-{avatar.pk}-") as tmp:
         image = _copy_from_storage(avatar.image.name, Path(tmp), "the avatar image")
         if backend.prepare(image, **kwargs):
-            store.note_warm(nodename, avatar.pk)
-        if default_storage.exists(name) or not store.client().set(lock, "1", nx=True, ex=120):
+            coordination.note_warm(nodename, avatar.pk)
+        if default_storage.exists(name) or not coordination.client().set(
+            lock, "1", nx=True, ex=120
+        ):
             return "prepared"  # the clip is there, or another worker is making it
         try:
             started = time.perf_counter()
@@ -147,7 +149,7 @@ def _prepare(avatar: Avatar, nodename: str) -> str:
                 stored,
             )
         finally:
-            store.client().delete(lock)
+            coordination.client().delete(lock)
     return "made"
 
 
@@ -175,10 +177,10 @@ def render_video(
         return {"status": "missing"}
     session = message.session
     logs.bind(session.id, message.reply_to_id or message.id)
-    if session.ended_at is not None or store.is_cancelled(task_id):
+    if session.ended_at is not None or coordination.is_cancelled(task_id):
         delete_outputs(session.id, message_id)
         return {"status": "cancelled"}
-    if store.done_before(f"ready:{message_id}"):
+    if coordination.done_before(f"ready:{message_id}"):
         return {"status": "done"}  # a redelivery after the video was already announced
     number = deliveries.delivery(self.request)
     if deliveries.exhausted(number):
@@ -196,7 +198,7 @@ def render_video(
         delete_outputs(session.id, message_id)
         return {"status": "cancelled"}
     except SoftTimeLimitExceeded:
-        if store.is_cancelled(task_id) or _session_ended(message):
+        if coordination.is_cancelled(task_id) or _session_ended(message):
             delete_outputs(session.id, message_id)
             return {"status": "cancelled"}
         return _fail(message, task_id, "the video took too long to render", True, ref)
@@ -236,7 +238,7 @@ def render_video(
         extra={"stages": {"render_ms": round(elapsed_ms, 1), "duration_ms": duration_ms}},
     )
     report(100, "done")
-    if store.once(f"ready:{message_id}", task_id):
+    if coordination.once(f"ready:{message_id}", task_id):
         limits.add_for_session(limits.VIDEO, session.id, duration_ms / 1000)  # counted once
         publish_sync(
             session.id,
@@ -259,7 +261,7 @@ def _session_ended(message: Message) -> bool:
 def _render(
     task: Task, message: Message, task_id: str, workdir: Path, report: ProgressReporter
 ) -> tuple[str, int] | None:
-    """Run the backend; store pieces and the whole. None when the session ended meanwhile."""
+    """Run the backend; store segments and the whole. None when the session ended meanwhile."""
     session, avatar = message.session, message.session.avatar
     if avatar is None or not avatar.image:
         raise RenderError("the session's avatar has no reference image")
@@ -267,19 +269,21 @@ def _render(
     audio = _copy_from_storage(message.audio, workdir, "the reply audio")
     backend = get_backend()
     nodename = task.request.hostname or "local"
-    store.note_device(nodename, backend.device, backend.name)
-    store.note_warm(nodename, avatar.pk)
+    coordination.note_device(nodename, backend.device, backend.name)
+    coordination.note_warm(nodename, avatar.pk)
 
     def cancelled() -> bool:
-        return store.is_cancelled(task_id)
+        return coordination.is_cancelled(task_id)
 
     def on_segment(path: Path, index: int, start_ms: int, duration_ms: int) -> None:
         with path.open("rb") as handle:
             name = save_for_session(session.id, segment_name(message.pk, index), File(handle))
         if name is None or cancelled():
             raise RenderCancelled()
-        if store.client().sadd(f"{store.PREFIX}segments:{message.pk}", index):
-            store.client().expire(f"{store.PREFIX}segments:{message.pk}", store.DONE_TTL_S)
+        if coordination.client().sadd(f"{coordination.PREFIX}segments:{message.pk}", index):
+            coordination.client().expire(
+                f"{coordination.PREFIX}segments:{message.pk}", coordination.DONE_TTL_S
+            )
             publish_sync(
                 session.id,
                 protocol.event(

@@ -141,10 +141,10 @@ EPHEMERAL = ["progress:*", "once:*", "segments:*", "cancel:*", "claims:*", "test
 @pytest.fixture
 def render_redis() -> Iterator[Any]:
     """The test run's Redis; afterwards the state tests leave behind is removed."""
-    from rendering import store
+    from rendering import coordination
 
-    r = store.client()
+    r = coordination.client()
     yield r
-    for pattern in [store.PREFIX + p for p in EPHEMERAL] + ["render.*@gpu", "render"]:
+    for pattern in [coordination.PREFIX + p for p in EPHEMERAL] + ["render.*@gpu", "render"]:
         for key in r.scan_iter(pattern):
             r.delete(key)

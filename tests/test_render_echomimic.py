@@ -1,5 +1,5 @@
 """The `echomimic` backend: its own work around the upstream pipeline (chunks, per-step progress,
-cancellation, pieces) with a minimal pipeline, and its loading and call path against a stand-in
+cancellation, segments) with a minimal pipeline, and its loading and call path against a stand-in
 of the upstream clone (tests/fakes/echomimic: upstream's module paths and signatures, tiny
 weights made here), so that an import path, signature or weight layout that does not match
 upstream fails here, on a CPU."""
@@ -70,19 +70,19 @@ def test_renders_in_chunks_with_per_step_progress_and_pieces(tmp_path: Path) -> 
     wav = speak("One chunk after another, while the rest still renders.")
     pcm, rate = read_wav(wav)
     progress: list[tuple[float, str]] = []
-    pieces: list[int] = []
+    segments: list[int] = []
     renderer = backend()
     result = renderer.render(
         FIXTURE,
         wav,
         tmp_path,
         lambda p, s: progress.append((p, s)),
-        lambda path, index, *rest: pieces.append(index),
+        lambda path, index, *rest: segments.append(index),
         lambda: False,
     )
     chunks = -(-result.frames // 50)
     assert [length for _, length in renderer.pipe.calls][:-1] == [50] * (chunks - 1)
-    assert pieces == list(range(chunks))
+    assert segments == list(range(chunks))
     rendering = [p for p, s in progress if s == "rendering"]
     assert len(rendering) == chunks * STEPS and rendering == sorted(rendering)
     assert rendering[-1] == pytest.approx(90) and progress[-1] == (95.0, "encoding")
@@ -225,19 +225,19 @@ def test_renders_the_photo_as_its_face_crop_with_a_mask_from_the_landmarks(
     wav = speak("Bob bought a big map, and a bat.")
     pcm, rate = read_wav(wav)
     renderer.pipe.calls.clear()
-    pieces: list[int] = []
+    segments: list[int] = []
     result = renderer.render(
         ASTRA,
         wav,
         tmp_path,
         lambda p, s: None,
-        lambda path, index, *rest: pieces.append(index),
+        lambda path, index, *rest: segments.append(index),
         lambda: False,
         mouth=(astra["mouth_x"], astra["mouth_y"]),
         face=astra["face"],
     )
     calls = renderer.pipe.calls
-    assert len(calls) == len(pieces) == -(-result.frames // 50)
+    assert len(calls) == len(segments) == -(-result.frames // 50)
     for call in calls:
         # the pipeline passed eta and generator on to the real DDIM step
         assert set(call["extra_step_kwargs"]) == {"eta", "generator"}

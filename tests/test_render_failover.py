@@ -14,7 +14,7 @@ from django.core.files.storage import default_storage
 
 from celery_app import worker_queue
 from chat.models import Message
-from rendering import store
+from rendering import coordination
 from rendering.tasks import render_video
 from tests.audio import speak
 from tests.fixtures_rendering import EventListener, make_reply, start_render_worker
@@ -52,7 +52,7 @@ def test_sigkill_mid_render_is_redone_by_another_worker_with_one_video_ready(
     doomed, _survivor = two_workers  # or any other render worker of the test run
     message = make_reply(video_session, speak(LONG))
     task_id = f"failover-{message.pk}"
-    Message.objects.filter(pk=message.pk).update(task_id=task_id)
+    Message.objects.filter(pk=message.pk).update(render_task_id=task_id)
     render_video.apply_async((message.pk,), task_id=task_id, queue=worker_queue(doomed.nodename))
 
     listener.until("video_segment", timeout=60)
@@ -65,9 +65,9 @@ def test_sigkill_mid_render_is_redone_by_another_worker_with_one_video_ready(
     values = [e["progress"] for e in listener.of("video_progress")]
     assert values == sorted(values) and values[-1] == 100
     indices = [e["index"] for e in listener.of("video_segment")]
-    assert sorted(indices) == list(range(len(indices))), "each piece announced once"
+    assert sorted(indices) == list(range(len(indices))), "each segment announced once"
     assert doomed.popen.returncode == -signal.SIGKILL
-    dead = [w for w in store.read_workers(include_stale=True) if not w["alive"]]
+    dead = [w for w in coordination.read_workers(include_stale=True) if not w["alive"]]
     assert doomed.nodename in {w["nodename"] for w in dead}
     message.refresh_from_db()
     assert default_storage.exists(message.video) and not message.error_code

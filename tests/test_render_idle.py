@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from django.core.files.storage import default_storage
 
-from rendering import store
+from rendering import coordination
 from rendering.backends.lite import IDLE_LOOP_S, LiteBackend
 from rendering.idle import IDLE_DIR, idle_name
 from tests.fixtures_rendering import start_render_worker
@@ -88,7 +88,7 @@ def wait_for(check: Any, timeout: float, what: str) -> Any:
 
 def warm_avatars(worker: str) -> list[int]:
     """The avatars the render worker named `worker@…` says it has prepared."""
-    beats = [b for b in store.read_workers() if b["nodename"].startswith(worker + "@")]
+    beats = [b for b in coordination.read_workers() if b["nodename"].startswith(worker + "@")]
     return beats[0]["warm_avatars"] if beats else []
 
 

@@ -93,7 +93,7 @@ def test_mouth_opens_on_loud_syllables_and_closes_in_silence(rendered: dict) -> 
 def test_pieces_are_independently_playable_and_cover_the_video(rendered: dict) -> None:
     segments = rendered["segments"]
     total = rendered["result"].frames
-    assert len(segments) == -(-total // 50)  # ~2 s pieces
+    assert len(segments) == -(-total // 50)  # ~2 s segments
     start = 0
     for index, (path, seg_index, start_ms, duration_ms) in enumerate(segments):
         assert seg_index == index and start_ms == start * 40
@@ -115,7 +115,7 @@ def test_progress_never_decreases_and_ends_encoding(rendered: dict) -> None:
     assert {s for _, s in rendered["progress"]} <= {"rendering", "encoding"}
 
 
-def test_cancel_stops_within_one_piece(tmp_path: Path) -> None:
+def test_cancel_stops_within_one_segment(tmp_path: Path) -> None:
     segments: list[int] = []
     with pytest.raises(RenderCancelled):
         LiteBackend().render(

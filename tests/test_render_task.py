@@ -12,7 +12,7 @@ from django.core.files.storage import default_storage
 from celery_app import worker_queue
 from chat.models import Message
 from chat.storage import list_session_files, session_path
-from rendering import store
+from rendering import coordination
 from rendering.control import cancel_render
 from rendering.scheduler import submit_render
 from rendering.tasks import render_video
@@ -65,7 +65,7 @@ def test_render_worker_delivers_queued_progress_segments_and_one_ready(
     assert listener.types().index("video_segment") < listener.types().index("video_ready")
     assert len(listener.of("video_ready")) == 1 and ready["task_id"] == ticket.task_id
     message.refresh_from_db()
-    assert message.task_id == ticket.task_id
+    assert message.render_task_id == ticket.task_id
     # unguessable names, served through signed URLs (chat.storage, echoproject.media)
     assert re.fullmatch(rf".*/video/{message.pk}/video-[0-9a-f]{{20}}\.mp4", message.video)
     assert ready["video_url"].split("?")[0].endswith(message.video)
@@ -87,15 +87,17 @@ def test_running_a_render_twice_overwrites_and_announces_once(
     listener.until("video_ready", timeout=60)
     first.get(timeout=30)
     files = sorted(video_files(video_session, message))
-    store.client().delete(f"{store.PREFIX}progress:twice-2")
+    coordination.client().delete(f"{coordination.PREFIX}progress:twice-2")
     render_video.apply_async((message.pk,), task_id="twice-2").get(timeout=60)
-    store.client().delete(f"{store.PREFIX}once:ready:{message.pk}")  # a genuine re-run
+    coordination.client().delete(
+        f"{coordination.PREFIX}once:ready:{message.pk}"
+    )  # a genuine re-run
     render_video.apply_async((message.pk,), task_id="twice-3").get(timeout=60)
     listener.drain(1.0)
     assert sorted(video_files(video_session, message)) == files
     assert len(listener.of("video_ready")) == 2  # the guard held for the redelivery (twice-2)
     assert {e["index"] for e in listener.of("video_segment")} == set(range(len(files) - 1))
-    assert len(listener.of("video_segment")) == len(files) - 1  # each piece announced once
+    assert len(listener.of("video_segment")) == len(files) - 1  # each segment announced once
 
 
 def test_cancel_stops_the_render_and_deletes_its_files(
@@ -109,7 +111,7 @@ def test_cancel_stops_the_render_and_deletes_its_files(
     listener.drain(3.0)
     assert not listener.of("video_ready")
     after = [e for e in listener.seen if e["type"] == "video_segment"]
-    assert len(after) <= 2, "the loop stops within one piece"
+    assert len(after) <= 2, "the loop stops within one segment"
     deadline = cancelled_at + 10
     while video_files(video_session, message) and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -125,11 +127,13 @@ def test_worker_heartbeat_shows_its_state_while_rendering(
     render_worker: Proc, video_session: Any, listener: EventListener, render_redis: Any
 ) -> None:
     def me() -> dict[str, Any]:
-        (beat,) = [w for w in store.read_workers() if w["nodename"] == render_worker.nodename]
+        (beat,) = [
+            w for w in coordination.read_workers() if w["nodename"] == render_worker.nodename
+        ]
         return beat
 
     deadline = time.monotonic() + 10
-    while not store.read_workers() and time.monotonic() < deadline:
+    while not coordination.read_workers() and time.monotonic() < deadline:
         time.sleep(0.1)
     # idle once it has prepared the avatars just saved (their idle loops, rendering.idle)
     own = worker_queue(render_worker.nodename)

@@ -13,7 +13,7 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 
 from celery_app import RENDER_QUEUE, worker_queue
-from rendering import heartbeat, store
+from rendering import coordination, heartbeat
 from rendering.scheduler import RenderBusy, choose, submit_render, worker_loads
 from tests.audio import speak
 from tests.fixtures_rendering import EventListener, make_reply
@@ -31,7 +31,7 @@ def fake_registry(spare_redis_url: str, monkeypatch: pytest.MonkeyPatch) -> Iter
     """A Redis database of its own for the registry and the queues, so that the live workers of
     other tests neither take part nor take the fake workers' tasks."""
     r = redis.Redis.from_url(spare_redis_url)
-    monkeypatch.setattr(store, "client", lambda: r)
+    monkeypatch.setattr(coordination, "client", lambda: r)
     yield r
     r.flushdb()
 
@@ -59,9 +59,9 @@ def beat(
         "device": "cuda",
         "ts": time.time() - age,
     }
-    r.set(store.worker_key(node), json.dumps(data), ex=60)
-    r.set(store.last_key(node), json.dumps(data), ex=60)
-    r.zadd(store.WORKERS, {node: data["ts"]})
+    r.set(coordination.worker_key(node), json.dumps(data), ex=60)
+    r.set(coordination.last_key(node), json.dumps(data), ex=60)
+    r.zadd(coordination.WORKERS, {node: data["ts"]})
     return node
 
 
@@ -96,7 +96,7 @@ def test_every_worker_busy_falls_back_to_the_shared_queue_with_its_position(
 
 def test_tasks_sent_since_the_last_heartbeat_count_as_load(fake_registry: Any) -> None:
     node = beat(fake_registry, "only")
-    fake_registry.zadd(store.claims_key(node), {"t1": time.time() + 1})
+    fake_registry.zadd(coordination.claims_key(node), {"t1": time.time() + 1})
     assert choose(worker_loads(None), 0) == (RENDER_QUEUE, 1)
 
 
@@ -152,16 +152,20 @@ def test_time_limits_grow_with_the_audio() -> None:
 def test_heartbeat_publishes_state_with_a_ttl(fake_registry: Any) -> None:
     hb = heartbeat.Heartbeat("hb@test", concurrency=2)
     hb.beat()
-    (worker,) = store.read_workers()
+    (worker,) = coordination.read_workers()
     assert worker["nodename"] == "hb@test" and worker["state"] == "idle"
     assert worker["backlog"] == 0 and worker["concurrency"] == 2 and worker["alive"]
     assert {"host", "current_task", "warm_avatars", "device"} <= set(worker)
-    assert 0 < fake_registry.pttl(store.worker_key("hb@test")) <= store.stale_after_s() * 1000
+    assert (
+        0
+        < fake_registry.pttl(coordination.worker_key("hb@test"))
+        <= coordination.stale_after_s() * 1000
+    )
 
 
 def test_tasks_of_a_dead_worker_move_to_the_shared_queue(fake_registry: Any) -> None:
     dead = beat(fake_registry, "dead", age=60, tasks=["t-running"])
-    fake_registry.delete(store.worker_key(dead))
+    fake_registry.delete(coordination.worker_key(dead))
     own = worker_queue(dead)
     payload = {"body": "", "headers": {"id": "t-waiting"}, "properties": {}}
     fake_registry.lpush(own, json.dumps(payload))

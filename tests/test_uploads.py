@@ -258,7 +258,7 @@ def test_video_mode_turn_ends_with_a_playable_mp4(connect, media_root: Path) -> 
             status, client.mp4 = await asyncio.to_thread(http, ready["video_url"])
             assert status == 200
             segment = client.of("video_segment")[0]
-            status, client.piece = await asyncio.to_thread(http, segment["url"])
+            status, client.segment = await asyncio.to_thread(http, segment["url"])
             assert status == 200
             return client
 
@@ -277,7 +277,7 @@ def test_video_mode_turn_ends_with_a_playable_mp4(connect, media_root: Path) -> 
         < types.index("video_segment")
         < types.index("video_ready")
     )
-    for data in (client.mp4, client.piece):
+    for data in (client.mp4, client.segment):
         with av.open(io.BytesIO(data)) as container:
             assert container.streams.video and container.streams.audio
     reply = Message.objects.get(pk=queued["message_id"])

@@ -273,9 +273,9 @@ def test_render_whose_worker_dies_is_redelivered_with_one_video_ready(
     values = [e["progress"] for e in client.of("video_progress")]
     assert values == sorted(values) and values[-1] == 100
     indices = [e["index"] for e in client.of("video_segment")]
-    assert sorted(indices) == list(range(len(indices))), "each piece announced once"
+    assert sorted(indices) == list(range(len(indices))), "each segment announced once"
     reply = Message.objects.get(pk=queued["message_id"])
-    assert reply.task_id == ready["task_id"] and not reply.error_code
+    assert reply.render_task_id == ready["task_id"] and not reply.error_code
     assert reply.video in client.files and ready["duration_ms"] > 0
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 # progress(percent 0-100, stage): stage is "rendering" or "encoding"
 ProgressFn = Callable[[float, str], None]
-# on_segment(path, index, start_ms, duration_ms): a piece is complete and playable
+# on_segment(path, index, start_ms, duration_ms): a segment is complete and playable
 SegmentFn = Callable[[Path, int, int, int], None]
 CancelFn = Callable[[], bool]
 RENDERING_SHARE = 90.0  # progress while frames are made; "encoding" (the final file) is 95
@@ -63,7 +63,7 @@ class RenderBackend(ABC):
         mouth: tuple[float, float] = DEFAULT_MOUTH,
         face: dict | None = None,
     ) -> RenderResult:
-        """Render into out_dir, calling on_segment per piece; RenderCancelled when told to.
+        """Render into out_dir, calling on_segment per segment; RenderCancelled when told to.
 
         `mouth` is the avatar's mouth centre (fractions), for backends that need a hint;
         `face` its landmarks (the Avatar.face JSON), None when it has none."""

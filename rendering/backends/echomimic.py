@@ -3,7 +3,7 @@
 The upstream code is imported from ECHOMIMIC_DIR and its weights read from
 ECHOMIMIC_WEIGHTS_DIR once, when the worker process starts (never per task). The pipeline
 is several times slower than real time even on large GPUs, so the audio is rendered in
-chunks of about RENDER_SEGMENT_S: each chunk becomes a playable piece while the next one
+chunks of about RENDER_SEGMENT_S: each chunk becomes a playable segment while the next one
 renders. The pipeline never calls its own progress callback, so progress and cancellation
 hook the scheduler's step, which runs once per denoising step.
 
@@ -39,7 +39,7 @@ from rendering.backends.base import (
 )
 from rendering.backends.echomimic_imports import missing_requirements
 from rendering.media import AudioTrack, Speech, load_speech
-from rendering.pieces import PieceWriter
+from rendering.segments import SegmentWriter
 
 PIPELINE_MODULE = "src/pipelines/pipeline_echo_mimic_acc.py"
 INFERENCE_CONFIG = "configs/inference/inference_v2.yaml"
@@ -302,7 +302,7 @@ class EchoMimicBackend(RenderBackend):
             if should_cancel():
                 raise RenderCancelled()
 
-        writer = PieceWriter(
+        writer = SegmentWriter(
             out_dir,
             self.size,
             self.size,
@@ -351,6 +351,6 @@ class EchoMimicBackend(RenderBackend):
             frames=frames,
             width=self.size,
             height=self.size,
-            segments=[p.path for p in writer.pieces],
+            segments=[p.path for p in writer.segments],
             timings={"total_ms": round((time.perf_counter() - started) * 1000, 1)},
         )

@@ -49,7 +49,7 @@ from rendering.backends.phonemes import Phone
 from rendering.backends.visemes import mouth_shapes
 from rendering.backends.warp import BASES, Layout, Mesh
 from rendering.media import AudioTrack, load_speech
-from rendering.pieces import Piece, PieceWriter, write_clip
+from rendering.segments import Segment, SegmentWriter, write_clip
 
 BATCH = 8
 IDLE_LOOP_S = 8.0  # whole cycles of every idle motion (two breaths), and two blinks
@@ -244,12 +244,12 @@ class LiteBackend(RenderBackend):
         warper = self.warper(rgb, layout)
         prepared = time.perf_counter()
 
-        def piece_done(piece: Piece) -> None:
-            on_segment(piece.path, piece.index, piece.start_ms, piece.duration_ms)
+        def segment_done(segment: Segment) -> None:
+            on_segment(segment.path, segment.index, segment.start_ms, segment.duration_ms)
 
         audio = AudioTrack(speech)  # encodes beside the frames
-        writer = PieceWriter(
-            out_dir, width, height, self.fps, round(self.segment_s * self.fps), audio, piece_done
+        writer = SegmentWriter(
+            out_dir, width, height, self.fps, round(self.segment_s * self.fps), audio, segment_done
         )
         producer = BatchProducer(warper, motion, frames)
         producer.start()
@@ -275,7 +275,7 @@ class LiteBackend(RenderBackend):
             frames=frames,
             width=width,
             height=height,
-            segments=[p.path for p in writer.pieces],
+            segments=[p.path for p in writer.segments],
             timings={
                 "prepare_ms": round((prepared - started) * 1000, 1),
                 "frames_ms": round((done - prepared) * 1000, 1),

@@ -1,5 +1,5 @@
-// Video mode's player: the pieces of a render (`video_segment`) play in order on one <video>
-// as they arrive; the whole video (`video_ready`) continues where the pieces stop. Between
+// Video mode's player: the segments of a render (`video_segment`) play in order on one <video>
+// as they arrive; the whole video (`video_ready`) continues where the segments stop. Between
 // replies the avatar's idle loop (`init.avatar.idle_video_url`: it breathes and blinks) plays
 // muted and looped on a second <video> under the first; the reply's layer is shown only once it
 // plays (a frame is there) and hidden again when the reply ends, so neither switch flashes the
@@ -89,7 +89,7 @@ export class VideoStage {
     this.taskId = taskId;
     this.segments = new Map();
     this.nextIndex = 0;
-    this.playedUntil = 0; // ms of the render already shown by pieces
+    this.playedUntil = 0; // ms of the render already shown by segments
     this.whole = null;
     this.source = null; // what the player holds: "segment" or "whole"
     this.waiting = taskId !== null; // nothing on the player yet: start with the first arrival
@@ -105,18 +105,18 @@ export class VideoStage {
       this.onIdle();
       return;
     }
-    const piece = this.segments.get(this.nextIndex);
-    if (piece) {
+    const segment = this.segments.get(this.nextIndex);
+    if (segment) {
       this.nextIndex += 1;
-      this.playedUntil = piece.end;
+      this.playedUntil = segment.end;
       this.video.dataset.segments = String(this.nextIndex);
-      this.#play(piece.url, "segment", 0);
+      this.#play(segment.url, "segment", 0);
     } else if (this.whole && this.whole.duration - this.playedUntil > 150) {
       this.#play(this.whole.url, "whole", this.playedUntil / 1000);
     } else if (this.whole) {
-      this.#park(this.whole.url); // the pieces showed it all: keep the whole for replay
+      this.#park(this.whole.url); // the segments showed it all: keep the whole for replay
     } else {
-      this.waiting = true; // the next piece is still being rendered
+      this.waiting = true; // the next segment is still being rendered
     }
   }
 

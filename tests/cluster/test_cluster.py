@@ -61,7 +61,7 @@ def test_1_and_6_forty_sessions_through_the_edge_on_both_web_hosts(cluster: Clus
 
     # 6: every media URL a client got works from echo-client, under the public origin only
     urls = report["urls"]
-    assert len(urls) > 40  # the avatar image, 40 replies' audio, video pieces and videos
+    assert len(urls) > 40  # the avatar image, 40 replies' audio, video segments and videos
     for url in urls:
         assert url["edge"] and url["url"].startswith("https://"), url["url"]
         assert not INTERNAL.search(url["url"]), url["url"]
@@ -135,7 +135,7 @@ def test_3_a_gpu_host_killed_mid_render_the_turn_finishes_on_the_other(
     assert survivor != victim
     print(f"kill of {victim} → video_ready: {done['video_ready_at'] - killed_at:.1f} s")
     ended = run.phase("ended", timeout=60)
-    assert ended["files_deleted"] >= 3  # the upload, the reply's audio, the video (+ pieces)
+    assert ended["files_deleted"] >= 3  # the upload, the reply's audio, the video (+ segments)
     session = rendering["session"]
     deadline = time.monotonic() + 20
     while [k for k in cluster.s3_keys(f"sessions/{session}/")]:

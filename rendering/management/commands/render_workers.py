@@ -7,7 +7,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
 
-from rendering import store
+from rendering import coordination
 
 
 class Command(BaseCommand):
@@ -18,7 +18,7 @@ class Command(BaseCommand):
         parser.add_argument("--json", action="store_true", help="print JSON")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        workers = store.read_workers(include_stale=options["all"])
+        workers = coordination.read_workers(include_stale=options["all"])
         if options["json"]:
             self.stdout.write(json.dumps(workers, indent=2))
             return

@@ -1,8 +1,8 @@
-"""Writes rendered frames as independently playable MP4 pieces, then the whole video.
+"""Writes rendered frames as independently playable MP4 segments, then the whole video.
 
 Pieces are ~RENDER_SEGMENT_S long and each has its own H.264 encoder (so it opens on a
 keyframe) and its slice of the pre-encoded AAC audio. The whole video is a remux of the
-pieces' packets with the full audio track: no second encode.
+segments' packets with the full audio track: no second encode.
 """
 
 from __future__ import annotations
@@ -17,14 +17,14 @@ import numpy as np
 
 from rendering.media import AudioTrack, mux_audio
 
-# No B-frames (pieces concatenate with monotonic timestamps) but a short lookahead: as fast
+# No B-frames (segments concatenate with monotonic timestamps) but a short lookahead: as fast
 # as `tune=zerolatency` on this content and half the bytes (bench/render.py, docs).
 X264_OPTIONS = {"preset": "veryfast", "crf": "23", "bf": "0", "rc-lookahead": "5", "threads": "2"}
 MP4_OPTIONS = {"movflags": "+faststart"}
 
 
 @dataclass(frozen=True)
-class Piece:
+class Segment:
     index: int
     path: Path
     start_frame: int
@@ -40,8 +40,8 @@ class Piece:
         return round(self.frames * 1000 / self.fps)
 
 
-class PieceWriter:
-    """Accepts I420 frames in order; closes a piece every `piece_frames` frames."""
+class SegmentWriter:
+    """Accepts I420 frames in order; closes a segment every `segment_frames` frames."""
 
     def __init__(
         self,
@@ -49,31 +49,31 @@ class PieceWriter:
         width: int,
         height: int,
         fps: int,
-        piece_frames: int,
+        segment_frames: int,
         audio: AudioTrack,
-        on_piece: Callable[[Piece], None],
+        on_segment: Callable[[Segment], None],
         x264_options: dict[str, str] | None = None,
     ) -> None:
         self.out_dir, self.width, self.height, self.fps = out_dir, width, height, fps
-        self.piece_frames = max(1, piece_frames)
+        self.segment_frames = max(1, segment_frames)
         self.audio = audio
-        self.on_piece = on_piece
+        self.on_segment = on_segment
         self.options = dict(x264_options or X264_OPTIONS)
-        self.pieces: list[Piece] = []
+        self.segments: list[Segment] = []
         self._frame = 0
         self._container: av.container.OutputContainer | None = None
         self._stream: av.video.stream.VideoStream | None = None
-        self._piece_start = 0
+        self._segment_start = 0
 
     def _open(self) -> None:
-        path = self.out_dir / f"piece-{len(self.pieces):03d}.mp4"
+        path = self.out_dir / f"segment-{len(self.segments):03d}.mp4"
         self._container = av.open(str(path), "w", options=MP4_OPTIONS)
         stream = self._container.add_stream("libx264", rate=self.fps)
         stream.width, stream.height, stream.pix_fmt = self.width, self.height, "yuv420p"
         stream.codec_context.options = self.options
         self._stream = stream
         self._audio_stream = self.audio.add_stream(self._container)
-        self._piece_start = self._frame
+        self._segment_start = self._frame
 
     def write(self, i420: np.ndarray) -> None:
         """One frame as a (height * 3 / 2, width) uint8 I420 array."""
@@ -81,18 +81,18 @@ class PieceWriter:
             self._open()
         assert self._stream is not None and self._container is not None
         frame = av.VideoFrame.from_numpy_buffer(i420, format="yuv420p")
-        frame.pts = self._frame - self._piece_start
+        frame.pts = self._frame - self._segment_start
         for packet in self._stream.encode(frame):
             self._container.mux(packet)
         self._frame += 1
-        if self._frame - self._piece_start >= self.piece_frames:
-            self._close_piece(final=False)
+        if self._frame - self._segment_start >= self.segment_frames:
+            self._close_segment(final=False)
 
-    def _close_piece(self, final: bool) -> None:
+    def _close_segment(self, final: bool) -> None:
         assert self._stream is not None and self._container is not None
         for packet in self._stream.encode(None):
             self._container.mux(packet)
-        start_s = self._piece_start / self.fps
+        start_s = self._segment_start / self.fps
         end_s = None if final else self._frame / self.fps
         offset = round(start_s / self.audio.time_base)
         mux_audio(
@@ -103,24 +103,24 @@ class PieceWriter:
             self.audio.time_base,
         )
         self._container.close()
-        piece = Piece(
-            len(self.pieces),
+        segment = Segment(
+            len(self.segments),
             Path(self._container.name),
-            self._piece_start,
-            self._frame - self._piece_start,
+            self._segment_start,
+            self._frame - self._segment_start,
             self.fps,
         )
         self._container = self._stream = None
-        self.pieces.append(piece)
-        self.on_piece(piece)
+        self.segments.append(segment)
+        self.on_segment(segment)
 
     def finish(self, path: Path) -> Path:
-        """Close the last piece and remux every piece and the whole audio into `path`."""
+        """Close the last segment and remux every segment and the whole audio into `path`."""
         if self._container is not None:
-            self._close_piece(final=True)
-        if not self.pieces:
+            self._close_segment(final=True)
+        if not self.segments:
             raise ValueError("no frames were written")
-        concat(self.pieces, self.audio, path)
+        concat(self.segments, self.audio, path)
         return path
 
     def abort(self) -> None:
@@ -133,18 +133,18 @@ class PieceWriter:
         return self._frame
 
 
-def concat(pieces: list[Piece], audio: AudioTrack, path: Path) -> None:
-    """The whole video from the pieces' H.264 packets (time-shifted) and all audio packets."""
-    inputs = [av.open(str(piece.path)) for piece in pieces]
+def concat(segments: list[Segment], audio: AudioTrack, path: Path) -> None:
+    """The whole video from the segments' H.264 packets (time-shifted) and all audio packets."""
+    inputs = [av.open(str(segment.path)) for segment in segments]
     try:
         with av.open(str(path), "w", options=MP4_OPTIONS) as out:
             video = out.add_stream_from_template(inputs[0].streams.video[0])
             sound = audio.add_stream(out)
             timed: list[tuple[float, int, av.Packet]] = []
-            for piece, container in zip(pieces, inputs, strict=True):
+            for segment, container in zip(segments, inputs, strict=True):
                 src = container.streams.video[0]
                 tb: fractions.Fraction = src.time_base
-                shift = round(fractions.Fraction(piece.start_frame, piece.fps) / tb)
+                shift = round(fractions.Fraction(segment.start_frame, segment.fps) / tb)
                 for packet in container.demux(src):
                     if packet.pts is None:
                         continue
