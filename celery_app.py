@@ -25,6 +25,7 @@ app.autodiscover_tasks()
 
 SPEECH_QUEUE = "speech"
 RENDER_QUEUE = "render"
+PREPARE_TASK = "rendering.tasks.prepare_avatar"  # on render queues, but not a video waiting
 
 
 def worker_queue(nodename: str) -> str:

@@ -266,6 +266,8 @@ RENDER_FPS = 25
 RENDER_MAX_SIZE = env_int("RENDER_MAX_SIZE", 512, minimum=64, maximum=2048)
 RENDER_SEGMENT_S = env_float("RENDER_SEGMENT_S", 2.0, minimum=0.5)
 RENDER_MAX_BACKLOG = env_int("RENDER_MAX_BACKLOG", 8, minimum=1)
+# render workers prepare avatars (face mesh, idle loop) when they are saved and at start
+RENDER_PREPARE_AVATARS = env_bool("RENDER_PREPARE_AVATARS", True)
 RENDER_HEARTBEAT_S = env_float("RENDER_HEARTBEAT_S", 2.0, minimum=0.1)
 ECHOMIMIC_DIR = env_str("ECHOMIMIC_DIR")
 ECHOMIMIC_WEIGHTS_DIR = env_str("ECHOMIMIC_WEIGHTS_DIR")

@@ -3,6 +3,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.apps import AppConfig
+from django.conf import settings
 from django.db import transaction
 from django.db.models.signals import post_delete, post_save
 
@@ -29,7 +30,7 @@ class RenderingConfig(AppConfig):
 
 def avatar_saved(sender: Any, instance: Any, raw: bool = False, **kwargs: Any) -> None:
     """A new or changed avatar: every live render worker prepares it once the save commits."""
-    if raw or not instance.image:
+    if raw or not instance.image or not settings.RENDER_PREPARE_AVATARS:
         return
     from rendering.idle import request_prepare
 

@@ -22,7 +22,7 @@ import redis
 from celery.signals import worker_ready, worker_shutdown
 from django.conf import settings
 
-from celery_app import RENDER_QUEUE, app, worker_queue
+from celery_app import PREPARE_TASK, RENDER_QUEUE, app, worker_queue
 from rendering import coordination
 
 log = logging.getLogger(__name__)
@@ -62,8 +62,12 @@ class Heartbeat:
     def snapshot(self) -> dict[str, Any]:
         from celery.worker import state
 
-        active = [r.id for r in list(state.active_requests)]
-        reserved = [r.id for r in list(state.reserved_requests) if r.id not in active]
+        active_requests = list(state.active_requests)
+        active = [r.id for r in active_requests]
+        reserved_requests = [r for r in list(state.reserved_requests) if r.id not in active]
+        reserved = [r.id for r in reserved_requests]
+        # the scheduler's load counts videos: an avatar being prepared is not one
+        renders = sum(1 for r in active_requests + reserved_requests if r.name != PREPARE_TASK)
         r = coordination.client()
         warm = [int(a) for a in r.zrevrange(coordination.warm_key(self.nodename), 0, -1)]
         info = json.loads(r.get(coordination.device_key(self.nodename)) or "{}")
@@ -74,7 +78,7 @@ class Heartbeat:
             "state": "busy" if active else "idle",
             "current_task": active[0] if active else None,
             "tasks": active + reserved,
-            "backlog": len(active) + len(reserved),
+            "backlog": renders,
             "concurrency": self.concurrency,
             "warm_avatars": warm,
             "device": info.get("device") or settings.RENDER_DEVICE,

@@ -67,7 +67,8 @@ def idle_url(avatar: Any) -> str | None:
     except Exception:  # storage unreachable: the poster shows instead
         log.warning("idle clip %s: storage lookup failed", name, exc_info=True)
         return None
-    request_prepare(avatar)
+    if settings.RENDER_PREPARE_AVATARS:
+        request_prepare(avatar)
     return None
 
 

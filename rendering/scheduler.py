@@ -9,6 +9,7 @@ is refused with RenderBusy (the caller's ERR_BUSY) rather than left waiting for 
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import time
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from django.conf import settings
 from django.core.files.storage import default_storage
 
-from celery_app import RENDER_QUEUE, worker_queue
+from celery_app import PREPARE_TASK, RENDER_QUEUE, worker_queue
 from chat import protocol
 from chat.events import publish_sync
 from chat.models import Message
@@ -61,12 +62,12 @@ def worker_loads(avatar_id: int | None) -> list[WorkerLoad]:
         return []
     pipe = r.pipeline()
     for beat in workers:
-        pipe.llen(worker_queue(beat["nodename"]))
+        pipe.lrange(worker_queue(beat["nodename"]), 0, -1)
         pipe.zcount(coordination.claims_key(beat["nodename"]), f"({beat['ts']}", "+inf")
     counts = pipe.execute()
     loads = []
     for i, beat in enumerate(workers):
-        waiting, claimed = counts[2 * i], counts[2 * i + 1]
+        waiting, claimed = renders_in(counts[2 * i]), counts[2 * i + 1]
         loads.append(
             WorkerLoad(
                 nodename=beat["nodename"],
@@ -76,6 +77,19 @@ def worker_loads(avatar_id: int | None) -> list[WorkerLoad]:
             )
         )
     return loads
+
+
+def renders_in(messages: list[bytes]) -> int:
+    """How many of a worker queue's messages are renders (the queue also carries the
+    preparation of avatars, which is not a video waiting)."""
+    count = 0
+    for raw in messages:
+        try:
+            task = json.loads(raw).get("headers", {}).get("task")
+        except (ValueError, AttributeError):
+            task = None
+        count += task != PREPARE_TASK  # an unreadable message counts, as before
+    return count
 
 
 def choose(loads: list[WorkerLoad], shared_waiting: int) -> tuple[str, int]:

@@ -85,6 +85,8 @@ def _load_backend(nodename: str) -> None:
         log.exception("render backend failed to load")
         return
     coordination.note_device(nodename, backend.device, backend.name)
+    if not settings.RENDER_PREPARE_AVATARS:
+        return
     try:
         avatars = list(Avatar.objects.enabled().exclude(image="").order_by("-updated_at"))
     except DatabaseError as exc:  # the avatars are prepared on their first reply instead

@@ -6,6 +6,7 @@ import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from django.conf import settings
@@ -57,3 +58,10 @@ def avatars(db: None, media_root: Path) -> list:
 
     call_command("load_avatars", verbosity=0)
     return list(Avatar.objects.order_by("slug"))
+
+
+@pytest.fixture
+def preparing_avatars(settings: Any) -> None:
+    """Saving an avatar asks the render workers to prepare it, as in production (off in the
+    other tests, see tests/isolation.py). List it before `live_avatars`."""
+    settings.RENDER_PREPARE_AVATARS = True

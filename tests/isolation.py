@@ -48,6 +48,9 @@ def _isolate() -> None:
             "VAR_DIR": f"{work}/var",
             "MEDIA_ROOT": f"{work}/media",
             "TEST_SQLITE_PATH": f"{work}/test.sqlite3",
+            # preparing avatars (1-2 s of a render worker's CPU per avatar saved) only where a
+            # test asks for it: the `preparing_avatars` fixture, tests/test_render_idle.py
+            "RENDER_PREPARE_AVATARS": "false",
             "NO_PROXY": "127.0.0.1,localhost",
             "no_proxy": "127.0.0.1,localhost",
         }

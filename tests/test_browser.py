@@ -256,7 +256,9 @@ SAMPLE_STAGE = """() => {
 }"""
 
 
-def test_video_mode_plays_the_idle_loop_between_replies(browser, live_avatars) -> None:
+def test_video_mode_plays_the_idle_loop_between_replies(
+    preparing_avatars, browser, live_avatars
+) -> None:
     from django.core.files.storage import default_storage
 
     from rendering.idle import idle_name

@@ -70,7 +70,7 @@ def test_sigkill_mid_render_is_redone_by_another_worker_with_one_video_ready(
     dead = [w for w in coordination.read_workers(include_stale=True) if not w["alive"]]
     assert doomed.nodename in {w["nodename"] for w in dead}
     message.refresh_from_db()
-    assert default_storage.exists(message.video) and not message.error_code
+    assert default_storage.exists(message.video) and not message.error_code, message.error_message
     with default_storage.open(message.video) as handle, av.open(handle) as container:
         assert container.streams.video and container.streams.audio
         frames = sum(1 for _ in container.decode(video=0))

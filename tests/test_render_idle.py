@@ -94,7 +94,7 @@ def warm_avatars(worker: str) -> list[int]:
 
 @pytest.mark.django_db(transaction=True)
 def test_a_saved_avatar_is_prepared_and_a_video_session_gets_its_idle_loop(
-    render_worker: Proc, live_avatars: list, connect: Any
+    render_worker: Proc, preparing_avatars: None, live_avatars: list, connect: Any
 ) -> None:
     astra = next(a for a in live_avatars if a.slug == "astra")
     name = idle_name(astra)
@@ -132,7 +132,7 @@ def test_a_render_worker_prepares_the_known_avatars_when_it_starts(
     live_avatars: list, log_dir: Path
 ) -> None:
     """Avatars saved before the worker started (no save reaches it): it prepares them itself."""
-    proc = start_render_worker(log_dir, "render-start")
+    proc = start_render_worker(log_dir, "render-start", RENDER_PREPARE_AVATARS="true")
     try:
         known = {avatar.pk for avatar in live_avatars}
         wait_for(lambda: known <= set(warm_avatars("render-start")), 90, "every avatar warm")

@@ -136,7 +136,7 @@ def test_submit_render_sends_to_the_chosen_queue_and_announces_it(
     assert sent[0]["queue"] == worker_queue(node) and sent[0]["task_id"] == ticket.task_id
     assert 0 < sent[0]["soft_time_limit"] < sent[0]["time_limit"]
     message.refresh_from_db()
-    assert message.task_id == ticket.task_id
+    assert message.render_task_id == ticket.task_id
     # the next one sees the claim before the worker's next heartbeat
     assert submit_render(make_reply(video_session, speak("Next.")).pk).queue == RENDER_QUEUE
     assert sent[1]["queue"] == RENDER_QUEUE
@@ -220,3 +220,29 @@ def test_echomimic_backend_refuses_to_start_without_its_install(settings: Any) -
     with pytest.raises(RenderError) as info:
         EchoMimicBackend()
     assert "ECHOMIMIC_DIR is not set" in info.value.message
+
+
+def test_avatars_being_prepared_are_not_counted_as_videos_waiting(
+    fake_registry: Any, settings: Any
+) -> None:
+    """Saving avatars sends each render worker one preparation per avatar on its own queue:
+    however many there are, a reply's video is not refused as busy because of them."""
+    from celery_app import app
+    from rendering.tasks import prepare_avatar, render_video
+
+    node = beat(fake_registry, "preparing")
+    own = worker_queue(node)
+    broker = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    for avatar_id in range(settings.RENDER_MAX_BACKLOG + 2):  # real messages, as sent
+        prepare_avatar.apply_async((avatar_id,), queue=own)
+    render_video.apply_async((1,), queue=own)
+    with app.connection_for_write() as conn:
+        conn.ensure_connection()
+    sent = broker.lrange(own, 0, -1)
+    broker.delete(own)  # nobody consumes it there; the fake registry holds the copies
+    assert len(sent) == settings.RENDER_MAX_BACKLOG + 3
+    fake_registry.rpush(own, *sent)
+
+    (load,) = worker_loads(avatar_id=1)
+    assert load.load == 1  # the one render, not the preparations
+    assert choose([load], 0) == (RENDER_QUEUE, 1)  # waits for the worker; not ERR_BUSY
