@@ -63,8 +63,14 @@ def cancel_key(task_id: str) -> str:
 MIN_STALE_S = 5.0
 
 
-def stale_after_s() -> float:
-    """A heartbeat older than three intervals (and than MIN_STALE_S) means the worker is gone."""
+def stale_after_s(beat: dict[str, Any] | None = None) -> float:
+    """A heartbeat older than three intervals (and than MIN_STALE_S) means the worker is gone.
+
+    Of a `beat`, by the interval its worker announced: every process then agrees on when a
+    worker died, whatever its own RENDER_HEARTBEAT_S (with two answers, a rescuer with the
+    longer one took the survivor's new delivery of a rescued render for the dead worker's)."""
+    if beat is not None and beat.get("stale_after_s"):
+        return float(beat["stale_after_s"])
     return max(3 * settings.RENDER_HEARTBEAT_S, MIN_STALE_S)
 
 
@@ -85,7 +91,7 @@ def read_workers(include_stale: bool = False) -> list[dict[str, Any]]:
         else:
             beat = {"nodename": name, "ts": seen.get(name) or 0.0}
         beat["age_s"] = round(now - float(beat.get("ts", 0.0)), 2)
-        beat["alive"] = raw is not None and beat["age_s"] <= stale_after_s()
+        beat["alive"] = raw is not None and beat["age_s"] <= stale_after_s(beat)
         if beat["alive"] or include_stale:
             workers.append(beat)
     return workers

@@ -83,6 +83,7 @@ class Heartbeat:
             "warm_avatars": warm,
             "device": info.get("device") or settings.RENDER_DEVICE,
             "backend": info.get("backend") or settings.RENDER_BACKEND,
+            "stale_after_s": coordination.stale_after_s(),
             "ts": time.time(),
         }
 
@@ -166,7 +167,7 @@ def rescue_dead_workers() -> None:
         node = beat["nodename"]
         queue = worker_queue(node)
         tasks = set(beat.get("tasks") or [])
-        seen_dead_at = float(beat.get("ts", 0.0)) + coordination.stale_after_s()
+        seen_dead_at = float(beat.get("ts", 0.0)) + coordination.stale_after_s(beat)
         restored = restore_unacked(r, queue, tasks, seen_dead_at)
         moved = move_queue(r, queue)
         if restored or moved:

@@ -246,3 +246,27 @@ def test_avatars_being_prepared_are_not_counted_as_videos_waiting(
     (load,) = worker_loads(avatar_id=1)
     assert load.load == 1  # the one render, not the preparations
     assert choose([load], 0) == (RENDER_QUEUE, 1)  # waits for the worker; not ERR_BUSY
+
+
+def test_processes_with_other_heartbeat_intervals_agree_on_when_a_worker_died(
+    fake_registry: Any, settings: Any
+) -> None:
+    """The dead worker beat every 0.5 s (dead after 5 s); its render was rescued and the new
+    delivery went to a live worker 6 s after its last beat. A rescuer whose own interval is
+    10 s must not take that delivery for the dead worker's too and hand it out again."""
+    settings.RENDER_HEARTBEAT_S = 0.5
+    node = beat(fake_registry, "gone", age=8.0, tasks=["render-1"])
+    fake_registry.delete(coordination.worker_key(node))  # its key expired with its last beat
+    last = json.loads(fake_registry.get(coordination.last_key(node)))
+    last["stale_after_s"] = 5.0  # as its heartbeat announced
+    fake_registry.set(coordination.last_key(node), json.dumps(last))
+    payload = {"headers": {"id": "render-1"}, "properties": {"delivery_info": {}}}
+    fake_registry.hset(heartbeat.UNACKED, "tag-live", json.dumps([payload, "render", "render"]))
+    fake_registry.zadd(heartbeat.UNACKED_INDEX, {"tag-live": last["ts"] + 6.0})
+
+    settings.RENDER_HEARTBEAT_S = 10.0  # the rescuer's own: dead after 30 s
+    heartbeat.rescue_dead_workers()
+    assert fake_registry.hexists(heartbeat.UNACKED, "tag-live")  # the live delivery stays
+    assert not fake_registry.llen(RENDER_QUEUE)
+    (dead,) = coordination.read_workers(include_stale=True)
+    assert not dead["alive"]
