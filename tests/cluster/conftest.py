@@ -223,6 +223,22 @@ class Cluster:
         """The GPU host whose render worker holds the task now."""
         return self._worker_host(task_id, {"RECEIVED", "STARTED"}, timeout)["host"]
 
+    def warm_on(self, slug: str) -> set[str]:
+        """The GPU hosts whose render worker's heartbeat holds the avatar warm now."""
+        ((avatar_id,),) = self.sql(f"select id from avatars_avatar where slug = '{slug}'")
+        return set(
+            self.on_data(
+                "import json, os, redis\n"
+                "r = redis.Redis.from_url(os.environ['REDIS_URL'])\n"
+                "hosts = []\n"
+                "for node in r.zrange('render:workers', 0, -1):\n"
+                "    raw = r.get(b'render:worker:' + node)\n"
+                f"    if raw and {int(avatar_id)} in json.loads(raw).get('warm_avatars', []):\n"
+                "        hosts.append(node.decode().split('@', 1)[1])\n"
+                "print(json.dumps(hosts))\n"
+            )
+        )
+
     def pids(self, host: str) -> set[int]:
         out = subprocess.run(
             ["ip", "netns", "pids", f"echo-{host}"], capture_output=True, text=True, timeout=10
