@@ -178,7 +178,7 @@ def worker_process(mode: str, slug: str, wav: Path) -> None:
 
 def fresh_worker(mode: str, slug: str, wav: Path) -> dict:
     out = subprocess.run(
-        [sys.executable, __file__, "--worker", f"{mode}:{slug}:{wav}"],
+        [sys.executable, "-m", "bench.render", "--worker", f"{mode}:{slug}:{wav}"],
         cwd=ROOT,
         capture_output=True,
         text=True,
