@@ -21,6 +21,7 @@ from bench.realtime.clients import (
     open_session,
     silent_after,
 )
+from chat.providers.base import SPEECH_RATE
 from harness.peer import ClientPeer, MicTrack
 
 TRACE = bool(os.environ.get("BENCH_TRACE"))
@@ -139,49 +140,70 @@ def turn_marks(session: Events, end: float, audio_at: float) -> dict[str, float]
     return marks
 
 
+async def measure_turns(
+    session: Events,
+    mic: Any,
+    rate: int,
+    levels: Any,
+    turns: int,
+    utterance: np.ndarray,
+    barge: np.ndarray,
+    traced: bool = False,
+) -> Any:
+    """Speak `turns` utterances (after a warm-up one) on `mic` at `rate`, time each reply from
+    the events and the reply audio's `levels`, and stop every reply, alternately by `interrupt`
+    and by speech, timing how long its audio goes on."""
+    results: list[dict[str, float]] = []
+    barge_ms: dict[str, list[float]] = {"interrupt": [], "speech": []}
+    await asyncio.sleep(1.0)  # the VAD's noise floor settles on the microphone's silence
+    for n in range(turns + 1):  # the first turn warms up
+        speech = mic.utter(utterance, rate)
+        end = await speech.ended()
+        await session.first("text_response", end)
+        audio_at = await first_loud(levels, end, 20)
+        await session.first("tts_start", end)
+        marks = turn_marks(session, end, audio_at)
+        await asyncio.sleep(max(0.0, audio_at + 1.0 - time.monotonic()))
+        if n % 2 == 0:
+            kind, since = "interrupt", time.monotonic()
+            await session.send(type="interrupt")
+        else:
+            kind = "speech"
+            again = mic.utter(barge, rate)
+            since = await again.started()
+        await asyncio.sleep(1.0)
+        # Over the websocket the reply audio is not paced: what matters there is how long
+        # frames keep coming after the barge-in (the client drops what it has queued itself).
+        stop_ms = round(silent_after(levels, since, since + 1.0), 1)
+        if traced:
+            trace(session, levels, since, kind, stop_ms)
+        if kind == "speech":  # its own reply comes: stop it
+            await session.first("tts_start", await again.ended())
+            await session.send(type="interrupt")
+            await asyncio.sleep(0.5)
+        if n:
+            results.append(marks)
+            barge_ms[kind].append(stop_ms)
+        await asyncio.sleep(0.3)
+    return results, barge_ms
+
+
 async def webrtc_turns(
     url: str, turns: int, utterance: np.ndarray, barge: np.ndarray, **client: Any
 ) -> Any:
     session = await open_session(url)
     peer = ClientPeer(keep_audio=False, **client)
-    results: list[dict[str, float]] = []
-    barge_ms: dict[str, list[float]] = {"interrupt": [], "speech": []}
     try:
         await connect(peer, session)
         await session.send(type="asr_start", language="en-US")
-        await asyncio.sleep(1.0)  # the VAD's noise floor settles on the microphone's silence
-        for n in range(turns + 1):  # the first turn warms up
-            speech = peer.mic.utter(utterance, MIC_RATE)
-            end = await speech.ended()
-            await session.first("text_response", end)
-            audio_at = await first_loud(peer.levels, end, 20)
-            await session.first("tts_start", end)
-            marks = turn_marks(session, end, audio_at)
-            await asyncio.sleep(max(0.0, audio_at + 1.0 - time.monotonic()))
-            if n % 2 == 0:
-                kind, since = "interrupt", time.monotonic()
-                await session.send(type="interrupt")
-            else:
-                kind = "speech"
-                again = peer.mic.utter(barge, MIC_RATE)
-                since = await again.started()
-            await asyncio.sleep(1.0)
-            stop_ms = round(silent_after(peer.levels, since, since + 1.0), 1)
-            if TRACE:
-                trace(session, peer.levels, since, kind, stop_ms)
-            if kind == "speech":  # its own reply comes: stop it
-                await session.first("tts_start", await again.ended())
-                await session.send(type="interrupt")
-                await asyncio.sleep(0.5)
-            if n:
-                results.append(marks)
-                barge_ms[kind].append(stop_ms)
-            await asyncio.sleep(0.3)
+        measured = await measure_turns(
+            session, peer.mic, MIC_RATE, peer.levels, turns, utterance, barge, TRACE
+        )
         await session.send(type="asr_stop")
+        return measured
     finally:
         await peer.close()
         await session.close()
-    return results, barge_ms
 
 
 async def websocket_turns(url: str, turns: int, utterance: np.ndarray, barge: np.ndarray) -> Any:
@@ -190,49 +212,23 @@ async def websocket_turns(url: str, turns: int, utterance: np.ndarray, barge: np
 
     session = await open_session(url)
     mic = MicTrack()
-    results: list[dict[str, float]] = []
-    barge_ms: dict[str, list[float]] = {"interrupt": [], "speech": []}
 
     async def stream() -> None:  # 20 ms PCM16 frames at their real-time instants
-        to16k = PcmResampler(MIC_RATE, 16000)
+        to16k = PcmResampler(MIC_RATE, SPEECH_RATE)
         while True:
             frame = await mic.recv()
             await session.ws.send(to16k(frame_pcm(frame)))
 
-    await session.send(type="asr_start", transport="websocket", format="pcm16", sample_rate=16000)
+    await session.send(
+        type="asr_start", transport="websocket", format="pcm16", sample_rate=SPEECH_RATE
+    )
     sender = asyncio.create_task(stream())
     try:
-        await asyncio.sleep(1.0)
-        for n in range(turns + 1):
-            speech = mic.utter(utterance, 16000)
-            end = await speech.ended()
-            await session.first("text_response", end)
-            audio_at = await first_loud(session.binary, end, 20)
-            await session.first("tts_start", end)
-            marks = turn_marks(session, end, audio_at)
-            await asyncio.sleep(max(0.0, audio_at + 1.0 - time.monotonic()))
-            if n % 2 == 0:
-                kind, since = "interrupt", time.monotonic()
-                await session.send(type="interrupt")
-            else:
-                kind = "speech"
-                again = mic.utter(barge, 16000)
-                since = await again.started()
-            await asyncio.sleep(1.0)
-            # Over the websocket the reply audio is not paced: what matters is how long frames
-            # keep coming after the barge-in (the client drops what it has queued itself).
-            stop_ms = round(silent_after(session.binary, since, since + 1.0), 1)
-            if kind == "speech":
-                await session.first("tts_start", await again.ended())
-                await session.send(type="interrupt")
-                await asyncio.sleep(0.5)
-            if n:
-                results.append(marks)
-                barge_ms[kind].append(stop_ms)
-            await asyncio.sleep(0.3)
+        return await measure_turns(
+            session, mic, SPEECH_RATE, session.binary, turns, utterance, barge
+        )
     finally:
         sender.cancel()
         await asyncio.gather(sender, return_exceptions=True)
         mic.stop()
         await session.close()
-    return results, barge_ms
