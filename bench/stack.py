@@ -15,10 +15,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from harness.procs import claim_redis_db, free_port, port_open
+from harness.procs import celery_worker_args, claim_redis_db, free_port, port_open
 
 ROOT = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
 
 
 class Stack:
@@ -87,22 +86,7 @@ class Stack:
 
     def start_worker(self, queues: str, name: str, concurrency: int = 1) -> None:
         """A Celery worker on `queues`, once it answers pings."""
-        self.start(
-            [
-                str(BIN / "celery"),
-                "-A",
-                "celery_app",
-                "worker",
-                "-Q",
-                queues,
-                "-c",
-                str(concurrency),
-                "-n",
-                f"{name}@%h",
-                "--loglevel",
-                "warning",
-            ]
-        )
+        self.start(celery_worker_args(queues, f"{name}@%h", concurrency, "warning"))
         from celery_app import app
 
         deadline = time.monotonic() + 60

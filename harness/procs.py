@@ -117,6 +117,28 @@ def child_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def celery_worker_args(
+    queues: str, nodename: str, concurrency: int, loglevel: str = "info"
+) -> list[str]:
+    """The command line of a Celery worker of the project on `queues`."""
+    return [
+        str(BIN / "celery"),
+        "-A",
+        "celery_app",
+        "worker",
+        "-Q",
+        queues,
+        "-n",
+        nodename,
+        "--concurrency",
+        str(concurrency),
+        "--loglevel",
+        loglevel,
+        "--without-gossip",
+        "--without-mingle",
+    ]
+
+
 def start_celery_worker(
     log_dir: Path,
     queues: str,
@@ -139,25 +161,7 @@ def start_celery_worker(
 
     nodename = f"{name}@{socket.gethostname()}"
     proc = Proc(
-        name,
-        [
-            str(BIN / "celery"),
-            "-A",
-            "celery_app",
-            "worker",
-            "-Q",
-            queues,
-            "-n",
-            nodename,
-            "--concurrency",
-            str(concurrency),
-            "--loglevel",
-            "info",
-            "--without-gossip",
-            "--without-mingle",
-        ],
-        env or child_env(),
-        log_dir,
+        name, celery_worker_args(queues, nodename, concurrency), env or child_env(), log_dir
     )
     proc.nodename = nodename  # type: ignore[attr-defined]
     proc.wait_until(
