@@ -25,6 +25,16 @@ def connected(page: Any, timeout: float = 20_000) -> str:
     return page.get_attribute("#app", "data-session")
 
 
+def open_in_video_mode(session: Any) -> Any:
+    """The page, switched to video mode, with its video session connected."""
+    page = session.open()
+    connected(page)
+    page.click("#mode-switch button[data-mode='video']")
+    page.wait_for_selector("#app[data-mode='video']")
+    connected(page)
+    return page
+
+
 def reply_bubble(page: Any, timeout: float = 60_000) -> Any:
     """The last reply of the avatar once its text is final."""
     page.wait_for_selector("li.msg.avatar[data-message-id][data-final='true']", timeout=timeout)
@@ -189,11 +199,7 @@ def remote_audio(page: Any) -> dict[str, bool]:
 
 def test_video_mode_shows_render_progress_and_plays_the_video(browser) -> None:
     session = browser()
-    page = session.open()
-    connected(page)
-    page.click("#mode-switch button[data-mode='video']")
-    page.wait_for_selector("#app[data-mode='video']")
-    connected(page)
+    page = open_in_video_mode(session)
     poster = page.get_attribute("#stage-video", "poster")
     assert poster and poster.endswith(".png")
     page.fill("#text-input", "hello, tell me a story")
@@ -268,11 +274,7 @@ def test_video_mode_plays_the_idle_loop_between_replies(
     while not default_storage.exists(idle_name(aria)) and time.monotonic() < deadline:
         time.sleep(0.5)
     session = browser()
-    page = session.open()
-    connected(page)
-    page.click("#mode-switch button[data-mode='video']")
-    page.wait_for_selector("#app[data-mode='video']")
-    connected(page)
+    page = open_in_video_mode(session)
     page.evaluate(SAMPLE_STAGE)
     # between replies: the idle loop plays in front, muted, looped
     page.wait_for_function(
