@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -170,6 +171,63 @@ def test_asr_stream_sends_the_audio_and_parameters(dashscope: DashScopeServer) -
     assert task.payload["parameters"]["format"] == "pcm"
     assert task.payload["parameters"]["language_hints"] == ["en"]
     assert task.actions[0] == "run-task" and task.actions[-1] == "finish-task"
+
+
+def test_asr_stream_sends_20ms_frames_in_100ms_chunks(dashscope: DashScopeServer) -> None:
+    """The realtime path feeds 20 ms frames; the service gets the same audio in 100 ms
+    chunks (one websocket message each), the odd rest at the end."""
+
+    async def run() -> list[Hypothesis]:
+        stream = get_asr().stream("en-US", 16000)
+        reader = asyncio.create_task(_collect(stream.results()))
+        frame = SILENCE_100MS[: len(SILENCE_100MS) // 5]
+        for _ in range(23):
+            await stream.feed(frame)
+            await asyncio.sleep(0.005)
+        await stream.finish()
+        try:
+            return await reader
+        finally:
+            await stream.close()
+
+    results = asyncio.run(run())
+    assert results[-1].final and results[-1].text == "hello world how are you"
+    (task,) = dashscope.of("asr")
+    assert task.audio_bytes == 23 * len(SILENCE_100MS) // 5
+    assert task.audio_frames == 5  # 4 × 100 ms + the last 60 ms
+
+
+def test_asr_stream_results_arrive_while_the_speaker_pauses(dashscope: DashScopeServer) -> None:
+    """An interim result the service sends is delivered even when no audio follows it (the
+    SDK's own sender reads nothing while its queue is empty)."""
+
+    async def run() -> tuple[list[Hypothesis], float]:
+        stream = get_asr().stream("en-US", 16000)
+        results: list[Hypothesis] = []
+        first = asyncio.Event()
+
+        async def read() -> None:
+            async for hypothesis in stream.results():
+                results.append(hypothesis)
+                first.set()
+
+        reader = asyncio.create_task(read())
+        try:
+            for _ in range(3):  # 300 ms: the fake answers an interim per 200 ms of audio
+                await stream.feed(SILENCE_100MS)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(first.wait(), 3.0)
+            heard = [h for h in results if not h.final]
+            await stream.finish()
+            await reader
+            return heard, len(results)
+        finally:
+            reader.cancel()
+            await stream.close()
+
+    heard, total = asyncio.run(run())
+    assert heard and not heard[0].final, "no interim result while no audio was sent"
+    assert total > len(heard)  # the final came after finish()
 
 
 @pytest.mark.parametrize(

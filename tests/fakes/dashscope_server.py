@@ -86,6 +86,7 @@ class Received:
     headers: dict[str, str]
     payload: dict[str, Any] = field(default_factory=dict)
     audio_bytes: int = 0
+    audio_frames: int = 0  # binary websocket messages (ASR)
     texts: list[str] = field(default_factory=list)
     actions: list[str] = field(default_factory=list)
     opened_at: float = field(default_factory=time.monotonic)  # request or handshake
@@ -638,6 +639,7 @@ class DashScopeServer(LoopbackServer):
         async for msg in ws:
             if msg.type == WSMsgType.BINARY:
                 item.audio_bytes += len(msg.data)
+                item.audio_frames += 1
                 if fault and fault.kind == "drop":
                     self.drop(request)
                     return

@@ -9,8 +9,11 @@ the file's public URL: the service cannot reach local paths or private hosts.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import queue
 import threading
+import time
 from collections.abc import AsyncIterator
 from http import HTTPStatus
 from typing import Any
@@ -28,10 +31,70 @@ logger = logging.getLogger(__name__)
 WHAT = "DashScope ASR"
 # The SDK's websocket session has only a total timeout: the longest stream we allow.
 MAX_STREAM_S = 600.0
+# Audio goes to the SDK in chunks of at least this many ms (the realtime path hands 20 ms
+# frames): fewer queue hand-overs and websocket frames per second of speech; what is left is
+# sent at the end of the stream, so the final text comes no later.
+CHUNK_MS = 100
+# How long the SDK's sender waits for audio before it lets the SDK's own loop read results.
+_WAIT_S = 0.05
+# How often, at most, the SDK's 23 s silence timer is restarted while audio flows.
+_SILENCE_RESET_S = 1.0
 
 
 def _language_code(language: str) -> str:
     return language.split("-")[0].lower() or "en"
+
+
+class _Recognition(Recognition):
+    """The SDK's recogniser, with a sender that waits for audio instead of polling for it.
+
+    The SDK's own sender (`_input_stream_cycle`, a generator its websocket loop iterates) polls
+    its queue every 10 ms while it is empty and, for every chunk, cancels its 23 s silence timer
+    and starts a new one: a thread woken a hundred times a second and a new thread per chunk, for
+    every stream open at once. This one blocks on the queue, hands the SDK's loop an empty item
+    (which it skips, reading results meanwhile) when no audio came for `_WAIT_S`, and restarts
+    the silence timer at most once per `_SILENCE_RESET_S`. `stop()` wakes it at once.
+    """
+
+    _wake = object()
+    _stopping = False
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._stream_data.put(self._wake)
+        super().stop()
+
+    def _input_stream_cycle(self):  # type: ignore[no-untyped-def]  # the SDK's generator
+        reset_at = time.monotonic()
+        while self._running and not self._stopping:
+            try:
+                frame = self._stream_data.get(timeout=_WAIT_S)
+            except queue.Empty:
+                yield b""  # the SDK skips it and reads what the service sent meanwhile
+                continue
+            if frame is self._wake:
+                break
+            if time.monotonic() - reset_at >= _SILENCE_RESET_S:
+                reset_at = time.monotonic()
+                self._restart_silence_timer()
+            yield frame if isinstance(frame, dict) else bytes(frame)
+        while True:  # what was queued before stop()
+            try:
+                frame = self._stream_data.get_nowait()
+            except queue.Empty:
+                return
+            if frame is not self._wake:
+                yield frame if isinstance(frame, dict) else bytes(frame)
+
+    def _restart_silence_timer(self) -> None:
+        timer = self._silence_timer
+        if timer is not None and timer.is_alive():
+            timer.cancel()
+            self._silence_timer = threading.Timer(
+                Recognition.SILENCE_TIMEOUT_S, self._silence_stop_timer
+            )
+            self._silence_timer.daemon = True
+            self._silence_timer.start()
 
 
 class _Callback(RecognitionCallback):
@@ -73,7 +136,9 @@ class _DashScopeStream(ASRStream):
         self.error: ASRError | None = None
         self._finished = False
         self._started = False
-        self._recognition = Recognition(
+        self._chunk_bytes = sample_rate * 2 * CHUNK_MS // 1000
+        self._held = bytearray()
+        self._recognition = _Recognition(
             model=provider.model,
             callback=_Callback(self._bridge, self._key, self),
             format="pcm",
@@ -95,8 +160,16 @@ class _DashScopeStream(ASRStream):
         if self._finished:
             raise ASRError("audio fed after finish()")
         self._start()
+        self._held += pcm
+        if len(self._held) >= self._chunk_bytes:
+            self._send_held()
+
+    def _send_held(self) -> None:
+        if not self._held:
+            return
+        chunk, self._held = bytes(self._held), bytearray()
         try:
-            self._recognition.send_audio_frame(bytes(pcm))  # only queues the frame
+            self._recognition.send_audio_frame(chunk)  # only queues the chunk
         except Exception as exc:  # noqa: BLE001 - the task ended (error, silence timeout)
             raise self.error or failure(ASRError, WHAT, exc=exc, secrets=(self._key,)) from None
 
@@ -114,6 +187,8 @@ class _DashScopeStream(ASRStream):
             return
         self._finished = True
         self._start()
+        with contextlib.suppress(ASRError):  # the task ended: its error reaches results()
+            self._send_held()
         self._bridge.deadline(self._timeout_s, lambda: timed_out(ASRError, WHAT, self._timeout_s))
         threading.Thread(target=self._stop, name="dashscope-asr-stop", daemon=True).start()
 
