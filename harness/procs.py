@@ -21,12 +21,13 @@ ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
 
-_locks: list[IO[str]] = []
+_locks: dict[int, IO[str]] = {}
 
 
 def claim_redis_db() -> int:
     """Lock one of Redis's databases 1–15 for this process (0 is left to the running service),
-    so that test runs and benchmarks on one machine never share queues or groups."""
+    so that test runs and benchmarks on one machine never share queues or groups. The lock
+    holds until `release_redis_db` or the process's end."""
     for number in range(1, 16):
         handle = open(f"{tempfile.gettempdir()}/echoproject-test-redis-{number}.lock", "w")  # noqa: SIM115
         try:
@@ -34,9 +35,16 @@ def claim_redis_db() -> int:
         except BlockingIOError:
             handle.close()
             continue
-        _locks.append(handle)
+        _locks[number] = handle
         return number
     raise RuntimeError("every Redis database 1-15 is in use by test runs or benchmarks")
+
+
+def release_redis_db(number: int) -> None:
+    """Give a claimed database back (its lock; emptying it is the claimer's business)."""
+    handle = _locks.pop(number, None)
+    if handle is not None:
+        handle.close()
 
 
 def free_port() -> int:

@@ -15,7 +15,7 @@ from tests.audio import speak
 from tests.fakes.dashscope_server import DashScopeServer
 from tests.fixtures_rendering import RENDER_ENV
 from tests.fixtures_sessions import Client
-from tests.isolation import claim_redis_url
+from tests.isolation import separate_redis
 from tests.procs import Proc, child_env, free_port, start_celery_worker, start_daphne
 
 UTTERANCE = "what is the weather like in london today"
@@ -37,38 +37,39 @@ class Stack:
 def operator_stack(
     log_dir: Path, name: str, dashscope: DashScopeServer, **extra: str
 ) -> Iterator[Stack]:
-    env = child_env(
-        REDIS_URL=claim_redis_url(),
-        METRICS_DIR=str(log_dir / f"metrics-{name}"),
-        ASR_BACKEND="dashscope",
-        LLM_BACKEND="dashscope",
-        TTS_BACKEND="dashscope",
-        DASHSCOPE_API_KEY=dashscope.api_key,
-        DASHSCOPE_HTTP_BASE_URL=dashscope.http_base_url,
-        DASHSCOPE_WEBSOCKET_BASE_URL=dashscope.websocket_url,
-        DASHSCOPE_TTS_PRECONNECT="0",
-        PUBLIC_BASE_URL="http://127.0.0.1:9",  # file ASR needs a URL; the fake never fetches it
-        RENDER_MAX_SIZE="128",
-        **RENDER_ENV,
-        **extra,
-    )
-    worker_port = free_port()
-    worker = start_celery_worker(
-        log_dir,
-        "speech,render",
-        f"{name}-worker",
-        env={**env, "WORKER_METRICS_ADDR": f"127.0.0.1:{worker_port}"},
-        concurrency=2,
-        app_env=env,
-    )
-    try:
-        web, port = start_daphne(log_dir, env, name=f"daphne-{name}")
+    with separate_redis() as redis_url:
+        env = child_env(
+            REDIS_URL=redis_url,
+            METRICS_DIR=str(log_dir / f"metrics-{name}"),
+            ASR_BACKEND="dashscope",
+            LLM_BACKEND="dashscope",
+            TTS_BACKEND="dashscope",
+            DASHSCOPE_API_KEY=dashscope.api_key,
+            DASHSCOPE_HTTP_BASE_URL=dashscope.http_base_url,
+            DASHSCOPE_WEBSOCKET_BASE_URL=dashscope.websocket_url,
+            DASHSCOPE_TTS_PRECONNECT="0",
+            PUBLIC_BASE_URL="http://127.0.0.1:9",  # file ASR needs a URL; the fake never fetches it
+            RENDER_MAX_SIZE="128",
+            **RENDER_ENV,
+            **extra,
+        )
+        worker_port = free_port()
+        worker = start_celery_worker(
+            log_dir,
+            "speech,render",
+            f"{name}-worker",
+            env={**env, "WORKER_METRICS_ADDR": f"127.0.0.1:{worker_port}"},
+            concurrency=2,
+            app_env=env,
+        )
         try:
-            yield Stack(env, web, port, worker, worker_port, log_dir)
+            web, port = start_daphne(log_dir, env, name=f"daphne-{name}")
+            try:
+                yield Stack(env, web, port, worker, worker_port, log_dir)
+            finally:
+                web.stop()
         finally:
-            web.stop()
-    finally:
-        worker.stop()
+            worker.stop()
 
 
 # --- turns over a real WebSocket ---------------------------------------------------------------

@@ -114,18 +114,20 @@ def live_avatars(transactional_db: None, media_root: Path) -> list:
 def separate_stack(log_dir: Path, name: str, **settings: str) -> Iterator[str]:
     """A web process and a speech worker of their own, on another Redis database, with
     `settings` in their environment; yields the chat WebSocket URL."""
-    from tests.isolation import claim_redis_url
-    from tests.procs import start_celery_worker
+    from tests.isolation import separate_redis
 
-    env = child_env(REDIS_URL=claim_redis_url(), **settings)
-    worker = start_celery_worker(
-        log_dir, "speech", f"{name}-worker", env=env, concurrency=1, app_env=env
-    )
-    try:
-        web, port = start_daphne(log_dir, env, name=f"daphne-{name}")
+    with separate_redis() as redis_url:
+        from tests.procs import start_celery_worker
+
+        env = child_env(REDIS_URL=redis_url, **settings)
+        worker = start_celery_worker(
+            log_dir, "speech", f"{name}-worker", env=env, concurrency=1, app_env=env
+        )
         try:
-            yield f"ws://127.0.0.1:{port}/ws/chat/"
+            web, port = start_daphne(log_dir, env, name=f"daphne-{name}")
+            try:
+                yield f"ws://127.0.0.1:{port}/ws/chat/"
+            finally:
+                web.stop()
         finally:
-            web.stop()
-    finally:
-        worker.stop()
+            worker.stop()

@@ -11,19 +11,38 @@ import atexit
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import redis
 
-from tests.procs import claim_redis_db
+from tests.procs import claim_redis_db, release_redis_db
 
 REDIS_BASE = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379").rstrip("/")
 
 
 def claim_redis_url() -> str:
-    """Another Redis database of this run's own, for a second, separate stack of processes."""
+    """A Redis database of this run's own, emptied, held until the run ends."""
     url = f"{REDIS_BASE}/{claim_redis_db()}"
     redis.Redis.from_url(url).flushdb()
     return url
+
+
+@contextmanager
+def separate_redis() -> Iterator[str]:
+    """Another Redis database of this run's own, for a second, separate stack of processes;
+    emptied and given back afterwards, so that a run holds only the databases it uses (there
+    are 15 for every run and benchmark on the machine)."""
+    number = claim_redis_db()
+    url = f"{REDIS_BASE}/{number}"
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    try:
+        yield url
+    finally:
+        client.flushdb()
+        client.close()
+        release_redis_db(number)
 
 
 def _isolate() -> None:

@@ -155,15 +155,15 @@ def test_down_when_redis_is_unreachable(client: Client) -> None:
 @pytest.fixture
 def speech_only_stack(log_dir: Path) -> Iterator[tuple[str, Proc]]:
     """A Redis database of its own with one worker, on the speech queue only."""
-    from tests.isolation import claim_redis_url
+    from tests.isolation import separate_redis
 
-    url = claim_redis_url()
-    env = child_env(REDIS_URL=url)
-    worker = start_celery_worker(
-        log_dir, "speech", "health-speech-only", env=env, concurrency=1, app_env=env
-    )
-    yield url, worker
-    worker.stop()
+    with separate_redis() as url:
+        env = child_env(REDIS_URL=url)
+        worker = start_celery_worker(
+            log_dir, "speech", "health-speech-only", env=env, concurrency=1, app_env=env
+        )
+        yield url, worker
+        worker.stop()
 
 
 def test_a_queue_without_a_worker_is_down_and_a_killed_worker_leaves(

@@ -20,7 +20,7 @@ from django.conf import settings
 
 from chat.models import ChatSession
 from tests.fixtures_sessions import Client, run
-from tests.isolation import claim_redis_url
+from tests.isolation import separate_redis
 from tests.procs import BIN, ROOT, Proc, child_env, free_port
 
 
@@ -43,49 +43,50 @@ def children_of(pid: int) -> list[int]:
 
 @pytest.mark.django_db(transaction=True)
 def test_procfile_runs_every_process_and_ctrl_c_stops_them(log_dir, tmp_path) -> None:
-    port, flower_port = free_port(), free_port()
-    # a Redis database of its own: its workers must not take the tasks of other tests
-    env = child_env(
-        PORT=str(port),
-        FLOWER_PORT=str(flower_port),
-        VAR_DIR=str(tmp_path),
-        REDIS_URL=claim_redis_url(),
-    )
-    # the README's run command itself (set-up is a no-op here: the test run just did it)
-    honcho = Proc(
-        "run", ["bash", "scripts/run.sh"], {**env, "ADMIN_PASSWORD": "pw-run-story"}, log_dir
-    )
-    try:
-
-        def healthy() -> bool:
-            status, body = get(f"http://127.0.0.1:{port}/healthz")
-            return status == 200 and json.loads(body)["status"] == "ok"
-
-        honcho.wait_until(healthy, timeout=90, what="healthy")
-        status, body = get(f"http://127.0.0.1:{port}/api/avatars")
-        assert status == 200 and len(json.loads(body)["avatars"]) == 3
-        honcho.wait_until(
-            lambda: get(f"http://127.0.0.1:{flower_port}/")[0] == 200,
-            timeout=60,
-            what="serving flower",
+    with separate_redis() as redis_url:
+        port, flower_port = free_port(), free_port()
+        # a Redis database of its own: its workers must not take the tasks of other tests
+        env = child_env(
+            PORT=str(port),
+            FLOWER_PORT=str(flower_port),
+            VAR_DIR=str(tmp_path),
+            REDIS_URL=redis_url,
         )
-        log = honcho.log_tail(20000)
-        assert f"app:    http://127.0.0.1:{port}/" in log and f"127.0.0.1:{flower_port}/" in log
-        for process in ("web.1", "speech.1", "render.1", "beat.1", "flower.1"):
-            assert process in log
-        processes = children_of(honcho.popen.pid)
-        assert len(processes) == 5
-        honcho.signal(signal.SIGINT)
-        honcho.popen.wait(30)
-        time.sleep(0.5)
-        alive = [
-            pid
-            for pid in processes
-            if subprocess.run(["kill", "-0", str(pid)], capture_output=True).returncode == 0
-        ]
-        assert alive == []
-    finally:
-        honcho.stop()
+        # the README's run command itself (set-up is a no-op here: the test run just did it)
+        honcho = Proc(
+            "run", ["bash", "scripts/run.sh"], {**env, "ADMIN_PASSWORD": "pw-run-story"}, log_dir
+        )
+        try:
+
+            def healthy() -> bool:
+                status, body = get(f"http://127.0.0.1:{port}/healthz")
+                return status == 200 and json.loads(body)["status"] == "ok"
+
+            honcho.wait_until(healthy, timeout=90, what="healthy")
+            status, body = get(f"http://127.0.0.1:{port}/api/avatars")
+            assert status == 200 and len(json.loads(body)["avatars"]) == 3
+            honcho.wait_until(
+                lambda: get(f"http://127.0.0.1:{flower_port}/")[0] == 200,
+                timeout=60,
+                what="serving flower",
+            )
+            log = honcho.log_tail(20000)
+            assert f"app:    http://127.0.0.1:{port}/" in log and f"127.0.0.1:{flower_port}/" in log
+            for process in ("web.1", "speech.1", "render.1", "beat.1", "flower.1"):
+                assert process in log
+            processes = children_of(honcho.popen.pid)
+            assert len(processes) == 5
+            honcho.signal(signal.SIGINT)
+            honcho.popen.wait(30)
+            time.sleep(0.5)
+            alive = [
+                pid
+                for pid in processes
+                if subprocess.run(["kill", "-0", str(pid)], capture_output=True).returncode == 0
+            ]
+            assert alive == []
+        finally:
+            honcho.stop()
 
 
 def process_tree(root: int) -> dict[int, str]:
@@ -130,61 +131,68 @@ async def session_then_kill(url: str, pid: int) -> str:
 def test_a_killed_web_process_is_started_again_and_the_others_keep_running(
     log_dir, tmp_path
 ) -> None:
-    port, flower_port = free_port(), free_port()
-    env = child_env(
-        PORT=str(port),
-        FLOWER_PORT=str(flower_port),
-        VAR_DIR=str(tmp_path),
-        REDIS_URL=claim_redis_url(),
-        WEB_PRESENCE_TTL_S="2",  # beat's cleanup ends the killed process's session soon
-        CLEANUP_INTERVAL_S="2",
-    )
-    honcho = Proc(
-        "run-respawn",
-        ["bash", "scripts/run.sh"],
-        {**env, "ADMIN_PASSWORD": "pw-run-story"},
-        log_dir,
-    )
-    try:
-
-        def healthy() -> bool:
-            status, body = get(f"http://127.0.0.1:{port}/healthz")
-            return status == 200 and json.loads(body)["status"] == "ok"
-
-        honcho.wait_until(healthy, timeout=90, what="healthy")
-        before = process_tree(honcho.popen.pid)
-        killed = web_process(before)
-        others = [pid for pid in before if pid != killed]
-        session_id = run(session_then_kill(f"ws://127.0.0.1:{port}/ws/chat/?mode=voice", killed))
-        honcho.wait_until(
-            lambda: "respawn: web killed by SIGKILL; starting it again" in honcho.log_tail(20000),
-            timeout=30,
-            what="restarting web",
+    with separate_redis() as redis_url:
+        port, flower_port = free_port(), free_port()
+        env = child_env(
+            PORT=str(port),
+            FLOWER_PORT=str(flower_port),
+            VAR_DIR=str(tmp_path),
+            REDIS_URL=redis_url,
+            WEB_PRESENCE_TTL_S="2",  # beat's cleanup ends the killed process's session soon
+            CLEANUP_INTERVAL_S="2",
         )
-        honcho.wait_until(healthy, timeout=90, what="healthy again")
-        after = process_tree(honcho.popen.pid)
-        assert web_process(after) != killed and not alive(killed)
-        assert [pid for pid in others if not alive(pid)] == []  # nothing else was restarted
-        assert "stopped (rc=" not in honcho.log_tail(20000)  # honcho stopped no process
-
-        def ended() -> bool:
-            return ChatSession.objects.filter(pk=session_id, end_reason="server_lost").exists()
-
-        honcho.wait_until(ended, timeout=60, what="ending the killed process's session")
-        files = Path(settings.MEDIA_ROOT) / "sessions" / session_id
-        # the cleanup marks the session ended first, then deletes its files
-        honcho.wait_until(
-            lambda: not list(files.rglob("*.*")), timeout=30, what="deleting the session's files"
+        honcho = Proc(
+            "run-respawn",
+            ["bash", "scripts/run.sh"],
+            {**env, "ADMIN_PASSWORD": "pw-run-story"},
+            log_dir,
         )
-        everything = process_tree(honcho.popen.pid)
-        honcho.signal(signal.SIGINT)
-        honcho.popen.wait(30)
-        deadline = time.monotonic() + 15  # pool children exit just after their worker
-        while any(alive(pid) for pid in everything) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert {pid: args for pid, args in everything.items() if alive(pid)} == {}
-    finally:
-        honcho.stop()
+        try:
+
+            def healthy() -> bool:
+                status, body = get(f"http://127.0.0.1:{port}/healthz")
+                return status == 200 and json.loads(body)["status"] == "ok"
+
+            honcho.wait_until(healthy, timeout=90, what="healthy")
+            before = process_tree(honcho.popen.pid)
+            killed = web_process(before)
+            others = [pid for pid in before if pid != killed]
+            session_id = run(
+                session_then_kill(f"ws://127.0.0.1:{port}/ws/chat/?mode=voice", killed)
+            )
+            honcho.wait_until(
+                lambda: (
+                    "respawn: web killed by SIGKILL; starting it again" in honcho.log_tail(20000)
+                ),
+                timeout=30,
+                what="restarting web",
+            )
+            honcho.wait_until(healthy, timeout=90, what="healthy again")
+            after = process_tree(honcho.popen.pid)
+            assert web_process(after) != killed and not alive(killed)
+            assert [pid for pid in others if not alive(pid)] == []  # nothing else was restarted
+            assert "stopped (rc=" not in honcho.log_tail(20000)  # honcho stopped no process
+
+            def ended() -> bool:
+                return ChatSession.objects.filter(pk=session_id, end_reason="server_lost").exists()
+
+            honcho.wait_until(ended, timeout=60, what="ending the killed process's session")
+            files = Path(settings.MEDIA_ROOT) / "sessions" / session_id
+            # the cleanup marks the session ended first, then deletes its files
+            honcho.wait_until(
+                lambda: not list(files.rglob("*.*")),
+                timeout=30,
+                what="deleting the session's files",
+            )
+            everything = process_tree(honcho.popen.pid)
+            honcho.signal(signal.SIGINT)
+            honcho.popen.wait(30)
+            deadline = time.monotonic() + 15  # pool children exit just after their worker
+            while any(alive(pid) for pid in everything) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert {pid: args for pid, args in everything.items() if alive(pid)} == {}
+        finally:
+            honcho.stop()
 
 
 def test_a_process_that_keeps_dying_stops_the_stack_with_one_line_naming_it(

@@ -20,10 +20,11 @@ from tests.fixtures_rendering import EventListener, make_reply
 
 
 @pytest.fixture(scope="module")
-def spare_redis_url() -> str:
-    from tests.isolation import claim_redis_url
+def spare_redis_url() -> Iterator[str]:
+    from tests.isolation import separate_redis
 
-    return claim_redis_url()
+    with separate_redis() as redis_url:
+        yield redis_url
 
 
 @pytest.fixture

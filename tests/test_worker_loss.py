@@ -27,7 +27,7 @@ from tests.audio import speak
 from tests.fakes.dashscope_server import DashScopeServer, Fault
 from tests.fixtures_rendering import RENDER_ENV
 from tests.fixtures_sessions import Client, run
-from tests.isolation import claim_redis_url
+from tests.isolation import separate_redis
 from tests.procs import Proc, child_env, kill_pool_child, start_celery_worker, start_daphne
 
 pytestmark = pytest.mark.usefixtures("live_avatars")
@@ -49,34 +49,35 @@ class Stack:
 def stack(
     django_db_setup: None, log_dir: Path, dashscope_server: DashScopeServer
 ) -> Iterator[Stack]:
-    env = child_env(
-        REDIS_URL=claim_redis_url(),
-        ASR_BACKEND="dashscope",
-        LLM_BACKEND="dashscope",
-        TTS_BACKEND="dashscope",
-        DASHSCOPE_API_KEY=dashscope_server.api_key,
-        DASHSCOPE_HTTP_BASE_URL=dashscope_server.http_base_url,
-        DASHSCOPE_WEBSOCKET_BASE_URL=dashscope_server.websocket_url,
-        DASHSCOPE_TTS_PRECONNECT="0",
-        PUBLIC_BASE_URL="http://127.0.0.1:9",  # file ASR needs a URL; the fake never fetches it
-        PROVIDER_TIMEOUT_S="60",  # a hanging provider call lasts until the test kills it
-        CELERY_TASK_MAX_DELIVERIES=str(MAX_DELIVERIES),
-        **RENDER_ENV,
-    )
-    procs: list[Proc] = []
-    try:
-        for queue in ("speech", "render"):
-            procs.append(
-                start_celery_worker(
-                    log_dir, queue, f"loss-{queue}", env=env, concurrency=1, app_env=env
+    with separate_redis() as redis_url:
+        env = child_env(
+            REDIS_URL=redis_url,
+            ASR_BACKEND="dashscope",
+            LLM_BACKEND="dashscope",
+            TTS_BACKEND="dashscope",
+            DASHSCOPE_API_KEY=dashscope_server.api_key,
+            DASHSCOPE_HTTP_BASE_URL=dashscope_server.http_base_url,
+            DASHSCOPE_WEBSOCKET_BASE_URL=dashscope_server.websocket_url,
+            DASHSCOPE_TTS_PRECONNECT="0",
+            PUBLIC_BASE_URL="http://127.0.0.1:9",  # file ASR needs a URL; the fake never fetches it
+            PROVIDER_TIMEOUT_S="60",  # a hanging provider call lasts until the test kills it
+            CELERY_TASK_MAX_DELIVERIES=str(MAX_DELIVERIES),
+            **RENDER_ENV,
+        )
+        procs: list[Proc] = []
+        try:
+            for queue in ("speech", "render"):
+                procs.append(
+                    start_celery_worker(
+                        log_dir, queue, f"loss-{queue}", env=env, concurrency=1, app_env=env
+                    )
                 )
-            )
-        web, port = start_daphne(log_dir, env, name="daphne-loss")
-        procs.append(web)
-        yield Stack(f"ws://127.0.0.1:{port}/ws/chat/", f"http://127.0.0.1:{port}", *procs[:2])
-    finally:
-        for proc in reversed(procs):
-            proc.stop()
+            web, port = start_daphne(log_dir, env, name="daphne-loss")
+            procs.append(web)
+            yield Stack(f"ws://127.0.0.1:{port}/ws/chat/", f"http://127.0.0.1:{port}", *procs[:2])
+        finally:
+            for proc in reversed(procs):
+                proc.stop()
 
 
 @pytest.fixture
