@@ -1,16 +1,18 @@
 """Instructions the web process spends per received microphone frame, counted by callgrind.
 
 Wall and CPU time are too noisy on a shared machine to see a change of a few microseconds per
-frame; instruction counts are not. This script feeds `--frames` 20 ms frames of a quiet
-microphone (48 kHz stereo s16, as aiortc's Opus decoder gives them) through the server's own
-inbound path: `PeerSession._read_audio` (resampling to 16 kHz) into a `Listener` (its VAD),
-either frame by frame (`--mode frame`: no batching predicate), as the handler runs it while
-nothing is said and nothing plays (`--mode batched`), or as it runs while no recognition span is
-open (`--mode unheard`: the frames are read and dropped). `--mode none` builds the same frames and
-reads none: the difference between a mode's count and that one, divided by `--frames`, is the
-cost of one frame.
+frame; instruction counts are not. This script feeds `--frames` 20 ms Opus packets of a quiet
+microphone (as aiortc's receiver hands them on once complete) through the server's own inbound
+path: `InlineDecoding` (libopus to 16 kHz mono, on the loop) and `PeerSession._read_audio` into a
+`Listener` (its VAD), either frame by frame (`--mode frame`: no batching predicate), as the
+handler runs it while nothing is said and nothing plays (`--mode batched`), or as it runs while
+no recognition span is open (`--mode unheard`: the packets are dropped undecoded). `--mode
+aiortc` is the path before: aiortc's own decoder (PyAV, 48 kHz stereo) and a resampler to
+16 kHz, frame by frame (without the hand-overs to and from aiortc's decoder thread, which cost
+more still). `--mode none` builds the same packets and reads none: the difference between a
+mode's count and that one, divided by `--frames`, is the cost of one frame.
 
-    for mode in none frame batched unheard; do
+    for mode in none frame batched unheard aiortc; do
         valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.$mode \\
             .venv/bin/python -m bench.inbound --mode $mode --frames 1000 2>&1 | grep refs
     done
@@ -22,38 +24,45 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import tempfile
 
 import numpy as np
 
 
-def frames(count: int) -> list:
-    import av
+def packets(count: int) -> list[bytes]:
+    from aiortc.codecs.opus import OpusEncoder
+
+    from chat.realtime.speaker import _pcm_frame
 
     rng = np.random.default_rng(1)
+    encoder = OpusEncoder()
     out = []
     for n in range(count):
-        samples = (rng.normal(0, 30, 960 * 2)).astype(np.int16).reshape(1, -1)
-        frame = av.AudioFrame.from_ndarray(samples, format="s16", layout="stereo")
-        frame.sample_rate, frame.pts = 48000, n * 960
-        out.append(frame)
+        samples = rng.normal(0, 30, 960).astype(np.int16)
+        payloads, _ = encoder.encode(_pcm_frame(samples.tobytes(), n * 960))
+        out.extend(payloads)
     return out
 
 
 async def main(mode: str, count: int) -> None:
-    from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "echoproject.settings")
+    os.environ.setdefault("METRICS_DIR", tempfile.mkdtemp(prefix="bench-inbound-"))
+    import django
+
+    django.setup()
+    import av
+    from aiortc.codecs.opus import OpusDecoder
+    from aiortc.jitterbuffer import JitterFrame
+    from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
     from chat.realtime.listener import Listener
-    from chat.realtime.peer import PeerSession
+    from chat.realtime.pcm import frame_pcm
+    from chat.realtime.peer import InlineDecoding, PeerSession
 
-    queued = frames(count)
-
-    class Microphone(MediaStreamTrack):
-        kind = "audio"
-
-        async def recv(self) -> object:
-            if not queued or mode == "none":
-                raise MediaStreamError
-            return queued.pop(0)
+    queued = packets(count)
+    if mode == "none":
+        return
 
     async def nothing(*_args: object) -> None:
         return None
@@ -66,6 +75,15 @@ async def main(mode: str, count: int) -> None:
         on_final=nothing,
         on_error=nothing,
     )
+    if mode == "aiortc":
+        decoder = OpusDecoder()
+        resampler = av.AudioResampler(format="s16", layout="mono", rate=16000)
+        for n, data in enumerate(queued):
+            for frame in decoder.decode(JitterFrame(data, n * 960)):
+                for out in resampler.resample(frame):
+                    await listener.feed(frame_pcm(out))
+        assert not listener.in_utterance
+        return
 
     def quiet() -> bool:
         return not listener.in_utterance and not listener.vad.rising
@@ -76,7 +94,14 @@ async def main(mode: str, count: int) -> None:
         batch_audio=quiet if mode == "batched" else None,
         wants_audio=(lambda: False) if mode == "unheard" else None,
     )
-    await peer._read_audio(Microphone())
+    opus = RTCRtpCodecParameters(mimeType="audio/opus", clockRate=48000, channels=2)
+    decoding = InlineDecoding(peer._inbound, peer.wants_audio)
+    reader = asyncio.create_task(peer._read_audio())
+    for n, data in enumerate(queued):
+        decoding.put((opus, JitterFrame(data, n * 960)))
+        await asyncio.sleep(0)  # the reader runs as the packets come
+    decoding.put(None)
+    await reader
     assert not listener.in_utterance
     await peer.close()
 
@@ -85,7 +110,9 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--mode", choices=["none", "frame", "batched", "unheard"], required=True)
+    parser.add_argument(
+        "--mode", choices=["none", "frame", "batched", "unheard", "aiortc"], required=True
+    )
     parser.add_argument("--frames", type=int, default=1000)
     args = parser.parse_args()
     asyncio.run(main(args.mode, args.frames))

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from aiortc import RTCPeerConnection
+from aiortc import RTCPeerConnection, RTCRtpSender
 
 from chat import protocol
 from chat.realtime.handler import RealtimeHandler
@@ -175,6 +175,40 @@ def test_speech_on_the_client_track_gives_interims_and_a_final() -> None:
         await handler.handle("asr_stop", {}, "a2")
         await handler.wait_idle()
         assert len(ctx.utterances) == 1 and not ctx.errors
+        await close_session(handler, client)
+
+    run(body())
+
+
+def test_a_client_sending_pcmu_instead_of_opus_is_heard_and_answered() -> None:
+    """The microphone is decoded as packets arrive whatever the codec: a client that offers
+    only G.711 (PCMU, 8 kHz) is recognised like an Opus one and hears the reply."""
+
+    async def body() -> None:
+        ctx = FakeContext()
+        asr = EchoASR()
+        handler = RealtimeHandler(ctx, asr=asr)
+        client = ClientPeer(dtx=False)
+        (transceiver,) = client.pc.getTransceivers()
+        capabilities = RTCRtpSender.getCapabilities("audio")
+        transceiver.setCodecPreferences(
+            [c for c in capabilities.codecs if c.mimeType.lower() == "audio/pcmu"]
+        )
+        await negotiate(handler, ctx, client)
+        answer = ctx.of_type("answer")[-1]["sdp"]
+        assert "PCMU/8000" in answer and "opus" not in answer.lower()
+        await handler.handle("asr_start", {"language": "en-US"}, "a1")
+        duration = client.mic.play_wav(speak("Hello there. What is the weather like today?"))
+        await wait_until(lambda: ctx.utterances, duration + 10, "a final")
+        heard_ms = int(ctx.utterances[0][0].split()[-2])
+        assert duration * 1000 - 300 < heard_ms < duration * 1000 + 1200
+        since = time.monotonic()
+        await handler.speaker().write(  # type: ignore[union-attr]
+            (np.sin(np.arange(16000) / 16000 * 2 * np.pi * 440) * 8000).astype(np.int16).tobytes(),
+            16000,
+        )
+        await asyncio.sleep(1.5)
+        assert speech_ms(client.audio_since(since)) > 800
         await close_session(handler, client)
 
     run(body())

@@ -13,22 +13,26 @@ import asyncio
 import contextlib
 import logging
 import re
+import threading
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import av
-import numpy as np
 from aiortc import (
     RTCConfiguration,
     RTCIceServer,
     RTCPeerConnection,
     RTCSessionDescription,
 )
-from aiortc.jitterbuffer import JitterBuffer
+from aiortc.codecs import get_decoder
+from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.sdp import candidate_from_sdp
 
 from chat.providers.base import SPEECH_RATE
+from chat.realtime.opus import OpusDecoder
 from chat.realtime.pcm import frame_pcm
 from chat.realtime.speaker import SpeakerTrack
 from chat.realtime.tasks import Tasks
@@ -114,6 +118,101 @@ def low_latency_audio_in(pc: RTCPeerConnection) -> None:
             setattr(receiver, name, JitterBuffer(capacity=16, prefetch=AUDIO_IN_PREFETCH))
 
 
+class Inbound:
+    """Received audio (16 kHz mono PCM16 chunks) not yet read, filled on the loop."""
+
+    def __init__(self) -> None:
+        self.chunks: deque[bytes] = deque()
+        self.ended = False
+        self._waiter: asyncio.Future[bool] | None = None
+
+    def push(self, pcm: bytes) -> None:
+        self.chunks.append(pcm)
+        self._wake(True)
+
+    def end(self) -> None:
+        self.ended = True
+        self._wake(True)
+
+    def _wake(self, value: bool) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(value)
+
+    async def wait(self, timeout: float | None = None) -> bool:
+        """Until a chunk is there or the audio ended (True), or `timeout` passed (False)."""
+        if self.chunks or self.ended:
+            return True
+        loop = asyncio.get_running_loop()
+        self._waiter = waiter = loop.create_future()
+        timer = loop.call_later(timeout, self._wake, False) if timeout is not None else None
+        try:
+            return await waiter
+        finally:
+            self._waiter = None
+            if timer is not None:
+                timer.cancel()
+
+
+class InlineDecoding:
+    """Takes the place of an aiortc audio receiver's decoder queue: each complete encoded
+    frame the receiver would hand its decoder thread is decoded here, on the loop, to 16 kHz
+    mono PCM16 and pushed to `inbound` (Opus by libopus at that rate; any other codec by
+    aiortc's own decoder and a resampler). The receiver's decoder thread waits in `get()`
+    until the receiver stops. `wanted()` says whether anyone listens: while nobody does,
+    frames are dropped undecoded (and the decoder starts afresh after).
+    """
+
+    def __init__(self, inbound: Inbound, wanted: Callable[[], bool] | None = None) -> None:
+        self.inbound = inbound
+        self.wanted = wanted
+        self._stopped = threading.Event()
+        self._opus: OpusDecoder | None = None
+        self._skipped = False
+        self._other: tuple[str, Any, av.AudioResampler] | None = None
+
+    def install(self, receiver: Any) -> None:
+        """Before the receiver starts (aiortc 1.16's private name; requirements pin it)."""
+        receiver._RTCRtpReceiver__decoder_queue = self
+
+    def put(self, item: tuple[RTCRtpCodecParameters, JitterFrame] | None) -> None:
+        if item is None:  # the receiver stops
+            self._stopped.set()
+            if self._opus is not None:
+                self._opus.close()
+            self.inbound.end()
+            return
+        codec, frame = item
+        if self.wanted is not None and not self.wanted():
+            self._skipped = True
+            return
+        if codec.name.lower() == "opus":
+            if self._opus is None:
+                self._opus = OpusDecoder(SAMPLE_RATE)
+            elif self._skipped:
+                self._opus.reset()
+            pcm = self._opus.decode(frame.data)
+        else:
+            pcm = self._decode_other(codec, frame)
+        self._skipped = False
+        if pcm:
+            self.inbound.push(pcm)
+
+    def _decode_other(self, codec: RTCRtpCodecParameters, frame: JitterFrame) -> bytes:
+        if self._other is None or self._other[0] != codec.name or self._skipped:
+            resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
+            self._other = (codec.name, get_decoder(codec), resampler)
+        _, decoder, resampler = self._other
+        return b"".join(
+            frame_pcm(out)
+            for decoded in decoder.decode(frame)
+            for out in resampler.resample(decoded)
+        )
+
+    def get(self) -> None:
+        """aiortc's decoder thread: nothing to do but wait for the receiver to stop."""
+        self._stopped.wait()
+
+
 class PeerSession:
     """The server side of one WebRTC connection.
 
@@ -163,6 +262,7 @@ class PeerSession:
         self._closed = False
         self._final_state_sent = False
         self._audio_in = False
+        self._inbound = Inbound()
         self._remote_set = False
         self._pending_candidates: list[Any] = []
         self.pc.on("track", self._on_track)
@@ -239,51 +339,40 @@ class PeerSession:
 
     def _on_track(self, track: MediaStreamTrack) -> None:
         self._tracks.append(track)
-        if track.kind == "audio" and not self._audio_in:
-            # One microphone: further audio tracks are read and dropped.
+        receiver = next(
+            (t.receiver for t in self.pc.getTransceivers() if t.receiver.track is track), None
+        )
+        if track.kind == "audio" and not self._audio_in and receiver is not None:
+            # One microphone, decoded as it arrives (`InlineDecoding`); its track gets no
+            # frames and only ends. Further audio tracks are read and dropped.
             self._audio_in = True
-            self._tasks.spawn(self._read_audio(track), "webrtc-audio-in")
-        else:
-            self._tasks.spawn(self._discard(track), "webrtc-discard-in")
+            InlineDecoding(self._inbound, self.wants_audio).install(receiver)
+            self._tasks.spawn(self._read_audio(), "webrtc-audio-in")
+        self._tasks.spawn(self._discard(track), "webrtc-discard-in")
 
-    async def _read_audio(self, track: MediaStreamTrack) -> None:
-        """Client microphone → 16 kHz mono PCM16 → on_audio, until the track ends."""
-        resampler: av.AudioResampler | None = None
-        held: list[av.AudioFrame] = []
-        waiting: asyncio.Future[Any] | None = None
-        try:
-            while True:
-                if self.pause_is_silence is not None and self.pause_is_silence():
-                    # a DTX pause must still read as silence: wait for a frame a while only
-                    waiting = waiting or asyncio.ensure_future(track.recv())
-                    done, _ = await asyncio.wait({waiting}, timeout=GAP_WAIT_S)
-                    if not done:
-                        await self._deliver(_GAP_SILENCE)
-                        continue
-                    receiving, waiting = waiting, None
-                    frame = receiving.result()
-                elif waiting is not None:
-                    receiving, waiting = waiting, None
-                    frame = await receiving
-                else:
-                    frame = await track.recv()
-                if self.wants_audio is not None and not self.wants_audio():
-                    held.clear()
-                    resampler = None  # the next listener's audio starts with a fresh filter
+    async def _read_audio(self) -> None:
+        """The microphone's 16 kHz mono PCM16 → on_audio, until it ends."""
+        inbound = self._inbound
+        held: list[bytes] = []
+        while True:
+            if self.pause_is_silence is not None and self.pause_is_silence():
+                # a DTX pause must still read as silence: wait for a frame a while only
+                if not await inbound.wait(GAP_WAIT_S):
+                    await self._deliver(_GAP_SILENCE)
                     continue
-                if resampler is None:
-                    resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
-                held.append(frame)
-                if len(held) < BATCH_FRAMES and self.batch_audio is not None and self.batch_audio():
-                    continue
-                frames, held = _joined(held), []
-                pcm = b"".join(frame_pcm(out) for f in frames for out in resampler.resample(f))
-                await self._deliver(pcm)
-        except MediaStreamError:
-            return
-        finally:
-            if waiting is not None:
-                waiting.cancel()
+            else:
+                await inbound.wait()
+            if not inbound.chunks:
+                return  # ended
+            pcm = inbound.chunks.popleft()
+            if self.wants_audio is not None and not self.wants_audio():
+                held.clear()
+                continue
+            held.append(pcm)
+            if len(held) < BATCH_FRAMES and self.batch_audio is not None and self.batch_audio():
+                continue
+            await self._deliver(b"".join(held))
+            held = []
 
     async def _deliver(self, pcm: bytes) -> None:
         if pcm:
@@ -331,26 +420,6 @@ class PeerSession:
             track.stop()
         await self._tasks.cancel()
         self._tracks.clear()
-
-
-def _joined(frames: list[av.AudioFrame]) -> list[av.AudioFrame]:
-    """Consecutive packed frames of one format as one frame (one resampler call for all);
-    frames that differ (a renegotiated codec) are left as they are."""
-    first = frames[0]
-    kind = (first.format.name, first.layout.name, first.sample_rate)
-    if len(frames) == 1 or first.format.is_planar:
-        return frames
-    if any((f.format.name, f.layout.name, f.sample_rate) != kind for f in frames[1:]):
-        return frames
-    joined = av.AudioFrame.from_ndarray(
-        np.concatenate([f.to_ndarray() for f in frames], axis=1),
-        format=kind[0],
-        layout=kind[1],
-    )
-    joined.sample_rate = kind[2]
-    if first.time_base is not None:  # the resampler follows the frames' timestamps
-        joined.pts, joined.time_base = first.pts, first.time_base
-    return [joined]
 
 
 def _sends_opus(pc: RTCPeerConnection, track: MediaStreamTrack) -> bool:
