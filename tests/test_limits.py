@@ -15,6 +15,7 @@ import httpx
 import pytest
 import websockets
 from django.core.management import call_command
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.audio import speak
 from tests.fixtures_sessions import Client, daphne_with, run
@@ -28,6 +29,17 @@ def counters(subject: str = HERE) -> dict[str, dict[str, Any]]:
     out = io.StringIO()
     call_command("limits", "--json", "--subject", subject, stdout=out)
     return {row["limit"]: row for row in json.loads(out.getvalue())}
+
+
+def refusals(ws_url: str, limit: str) -> float:
+    """echo_limit_refusals_total{limit} as the web process at `ws_url` exports it."""
+    base = ws_url.replace("ws://", "http://").split("/ws/")[0]
+    text = httpx.get(f"{base}/metrics", timeout=15).text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "echo_limit_refusals_total" and sample.labels == {"limit": limit}:
+                return sample.value
+    return 0.0
 
 
 @pytest.fixture(autouse=True)
@@ -79,6 +91,8 @@ async def refused_by_limit(url: str) -> tuple[dict[str, Any], int | None]:
 
 
 def test_concurrent_sessions_are_limited_across_web_processes(twin: list[str]) -> None:
+    refused_before = refusals(twin[0], "sessions")
+
     async def body() -> None:
         first, init1 = await opened(twin[0] + "?mode=voice")
         second, init2 = await opened(twin[1] + "?mode=voice")
@@ -98,6 +112,8 @@ def test_concurrent_sessions_are_limited_across_web_processes(twin: list[str]) -
         await third.close()
 
     run(body(), timeout=60)
+    # operators see the refusals in the metrics of either process (the machine's sum)
+    assert refusals(twin[1], "sessions") - refused_before == 2
 
 
 def test_each_logged_in_user_has_limits_of_their_own(twin: list[str]) -> None:
@@ -134,6 +150,7 @@ def test_each_logged_in_user_has_limits_of_their_own(twin: list[str]) -> None:
 
 def test_turns_per_minute_are_limited_until_reset(twin: list[str]) -> None:
     away_from_window_edge(60)
+    refused_before = refusals(twin[0], "turns_per_minute")
 
     async def turn(client: Client, i: int) -> dict[str, Any]:
         await client.send(type="text_message", text=f"hello number {i}", id=f"t{i}")
@@ -169,6 +186,7 @@ def test_turns_per_minute_are_limited_until_reset(twin: list[str]) -> None:
     refusal = results[3]
     assert refusal["code"] == "ERR_RATE_LIMITED" and refusal["ref"] == "t4"
     assert refusal["limit"] == "turns_per_minute" and 1 <= refusal["retry_after"] <= 60
+    assert refusals(twin[0], "turns_per_minute") - refused_before == 1
 
 
 def test_reply_characters_per_day_stop_further_turns(spend: str) -> None:
