@@ -152,15 +152,6 @@ def test_turns_per_minute_are_limited_until_reset(twin: list[str]) -> None:
     away_from_window_edge(60)
     refused_before = refusals(twin[0], "turns_per_minute")
 
-    async def turn(client: Client, i: int) -> dict[str, Any]:
-        await client.send(type="text_message", text=f"hello number {i}", id=f"t{i}")
-        while True:
-            event = await client.recv(timeout=30)
-            if event["type"] == "error" or (
-                event["type"] == "text_response" and event.get("ref") == f"t{i}"
-            ):
-                return event
-
     async def body() -> list[dict[str, Any]]:
         ws, _ = await opened(twin[0] + "?mode=voice")
         other, _ = await opened(twin[1] + "?mode=voice")
@@ -187,6 +178,49 @@ def test_turns_per_minute_are_limited_until_reset(twin: list[str]) -> None:
     assert refusal["code"] == "ERR_RATE_LIMITED" and refusal["ref"] == "t4"
     assert refusal["limit"] == "turns_per_minute" and 1 <= refusal["retry_after"] <= 60
     assert refusals(twin[0], "turns_per_minute") - refused_before == 1
+
+
+async def turn(client: Client, i: int) -> dict[str, Any]:
+    """A text turn: its reply, or the error that refused it."""
+    await client.send(type="text_message", text=f"hello number {i}", id=f"t{i}")
+    while True:
+        event = await client.recv(timeout=30)
+        if event["type"] == "error" or (
+            event["type"] == "text_response" and event.get("ref") == f"t{i}"
+        ):
+            return event
+
+
+def test_a_logged_in_users_turns_count_against_the_user_not_the_address(
+    twin: list[str],
+) -> None:
+    from django.contrib.auth import get_user_model
+
+    away_from_window_edge(60)
+    user = get_user_model().objects.create_user("turner", password="pw-12345678")
+    call_command("limits", "--reset", f"user:{user.pk}", stdout=io.StringIO())
+    base = twin[0].replace("ws://", "http://").removesuffix("/ws/chat/")
+    browser = login(base, user.username, "pw-12345678")
+    ticket = browser.post("/api/tickets", json={}).json()["ticket"]
+    browser.close()
+
+    async def body() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        mine, _ = await opened(f"{twin[0]}?ticket={ticket}")
+        anonymous, _ = await opened(twin[1] + "?mode=voice")  # the same address, no user
+        user_client, anonymous_client = Client(mine), Client(anonymous)
+        users = [await turn(user_client, i) for i in range(4)]
+        anonymous_turns = [await turn(anonymous_client, i) for i in range(10, 13)]
+        await mine.close()
+        await anonymous.close()
+        return users, anonymous_turns
+
+    users, anonymous_turns = run(body(), timeout=90)
+    assert [e["type"] for e in users] == ["text_response"] * 3 + ["error"]
+    assert users[3]["code"] == "ERR_RATE_LIMITED" and users[3]["limit"] == "turns_per_minute"
+    # the user's limit used up did not touch the address's, nor the other way round
+    assert [e["type"] for e in anonymous_turns] == ["text_response"] * 3
+    assert counters(f"user:{user.pk}")["turns_per_minute"]["used"] == 3
+    assert counters()["turns_per_minute"]["used"] == 3
 
 
 def test_reply_characters_per_day_stop_further_turns(spend: str) -> None:
