@@ -245,6 +245,34 @@ def test_reply_characters_per_day_stop_further_turns(spend: str) -> None:
     assert counters()["reply_chars_per_day"]["used"] == len(reply["text"])
 
 
+def test_a_logged_in_users_reply_characters_count_against_the_user(spend: str) -> None:
+    """Reply characters are counted where the reply ends, from the session's row: its user."""
+    from django.contrib.auth import get_user_model
+
+    away_from_window_edge(86400)
+    user = get_user_model().objects.create_user("talker", password="pw-12345678")
+    call_command("limits", "--reset", f"user:{user.pk}", stdout=io.StringIO())
+    browser = login(f"http://{spend}", user.username, "pw-12345678")
+    ticket = browser.post("/api/tickets", json={}).json()["ticket"]
+    browser.close()
+
+    async def body() -> tuple[dict[str, Any], dict[str, Any]]:
+        ws, _ = await opened(f"ws://{spend}/ws/chat/?ticket={ticket}")
+        client = Client(ws)
+        await client.send(type="text_message", text="tell me about the weather", id="a")
+        reply = await client.until("text_response", fail_on_error=True)
+        await client.until("tts_complete", fail_on_error=True)
+        await client.send(type="text_message", text="and tomorrow?", id="b")
+        refusal = await client.until("error")
+        await ws.close()
+        return reply, refusal
+
+    reply, refusal = run(body(), timeout=60)
+    assert refusal["code"] == "ERR_RATE_LIMITED" and refusal["limit"] == "reply_chars_per_day"
+    assert counters(f"user:{user.pk}")["reply_chars_per_day"]["used"] == len(reply["text"])
+    assert "reply_chars_per_day" not in counters()  # nothing on the address
+
+
 @pytest.mark.usefixtures("celery_worker")
 def test_audio_seconds_per_day_refuse_uploads_with_retry_after(spend: str) -> None:
     away_from_window_edge(86400)
