@@ -5,7 +5,8 @@ the client's address (`ip:<address>`). Concurrent sessions are a sorted set of t
 sessions (renewed while they live, so a crashed process's sessions fall out by themselves); the
 others are fixed windows, a minute or a UTC day, whose key expires after the window. A limit of
 0 is no limit. Reaching one is `ERR_RATE_LIMITED` with `limit` (which) and `retry_after` (seconds
-until the window that refused opens again).
+until the window that refused opens again); operators see the counters (`manage.py limits`) and
+the refusals (the metric `echo_limit_refusals` by limit, and one log line each).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import redis
 from django.conf import settings
 
 from chat.layers import shared_client
+from echoproject import metrics
 
 log = logging.getLogger(__name__)
 PREFIX = "echo:limit:"
@@ -55,6 +57,13 @@ class Limited(Exception):
     def fields(self) -> dict[str, Any]:
         """The extra fields of the `error` event and of the HTTP error body."""
         return {"limit": self.limit.name, "retry_after": self.retry_after}
+
+
+def _refused(limit: Limit, who: str, allowed: float, retry_after: int) -> Limited:
+    """The refusal to raise, counted for operators (echo_limit_refusals) and logged once."""
+    metrics.limit_refused(limit.name)
+    log.info("limits: %s refused for %s (%g %s)", limit.name, who, allowed, limit.unit)
+    return Limited(limit, allowed, retry_after)
 
 
 def allowed(limit: Limit) -> float:
@@ -124,7 +133,7 @@ def open_session(who: str, session_id: str) -> None:
         math.ceil(stale),
     )
     if not ok:
-        raise Limited(SESSIONS, allowed(SESSIONS), min(60, math.ceil(stale)))
+        raise _refused(SESSIONS, who, allowed(SESSIONS), min(60, math.ceil(stale)))
 
 
 def renew_session(who: str, session_id: str) -> None:
@@ -157,7 +166,7 @@ def take_turn(who: str) -> None:
         count, _ = pipe.incr(key).expire(key, 2 * TURNS.window_s).execute()
     if count > cap:
         client.decr(key)
-        raise Limited(TURNS, cap, left)
+        raise _refused(TURNS, who, cap, left)
 
 
 def check(limit: Limit, who: str) -> None:
@@ -168,7 +177,7 @@ def check(limit: Limit, who: str) -> None:
     window, left = _window(limit, time.time())
     used = shared_client().get(_key(limit, who, window))
     if used is not None and float(used) >= cap:
-        raise Limited(limit, cap, left)
+        raise _refused(limit, who, cap, left)
 
 
 def add(limit: Limit, who: str, amount: float) -> None:

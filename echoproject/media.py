@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import mimetypes
+import os
 import re
 from pathlib import Path, PurePosixPath
 
@@ -61,8 +62,11 @@ def serve_media(request: HttpRequest, path: str) -> HttpResponse:
             request.META.get("REMOTE_ADDR", "?"),
         )
         return HttpResponseBadRequest("Bad Request (400)", content_type="text/plain")
-    if path.startswith("sessions/") and not media_signature_ok(
-        path, request.GET.get("e", ""), request.GET.get("s", "")
+    # the name the path resolves to, not the path as sent: `avatars/../sessions/…` or
+    # `./sessions/…` name a session's file too, and need its signature as much
+    name = PurePosixPath(os.path.relpath(full, os.path.abspath(settings.MEDIA_ROOT))).as_posix()
+    if name.startswith("sessions/") and not media_signature_ok(
+        name, request.GET.get("e", ""), request.GET.get("s", "")
     ):
         return HttpResponseForbidden("Forbidden (403)", content_type="text/plain")
     try:

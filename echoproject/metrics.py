@@ -78,6 +78,12 @@ RENDER_RTF = Histogram(
 PROVIDER_ERRORS = Counter(
     "echo_provider_errors", "Failures of the ASR, LLM and TTS providers, by error code", ["code"]
 )
+LIMIT_REFUSALS = Counter(
+    "echo_limit_refusals",
+    "Sessions and turns refused because a user or client address reached a limit (chat.limits), "
+    "by limit",
+    ["limit"],
+)
 AUDIO_UNDERRUNS = Counter(
     "echo_audio_underruns",
     "Times the reply's speech on a WebRTC track ran dry before the reply ended (silence heard "
@@ -127,6 +133,10 @@ def turn(kind: str, outcome: str) -> None:
 def render_speed(render_s: float, video_s: float) -> None:
     if video_s > 0:
         RENDER_RTF.observe(render_s / video_s)
+
+
+def limit_refused(limit: str) -> None:
+    LIMIT_REFUSALS.labels(limit).inc()
 
 
 def audio_underrun() -> None:

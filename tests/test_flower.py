@@ -36,6 +36,29 @@ def test_flower_refuses_to_listen_beyond_loopback_without_a_login() -> None:
         assert f"listen on {host} without a login" in line and "FLOWER_BASIC_AUTH" in line
 
 
+def test_flower_takes_its_address_and_login_only_from_the_settings() -> None:
+    """`--address=0.0.0.0` after the loopback address it was checked for would otherwise win."""
+    for args, setting in (
+        (["--address=0.0.0.0"], "HOST"),
+        (["--address", "0.0.0.0"], "HOST"),
+        (["--port=80"], "FLOWER_PORT"),
+        (["--basic-auth=a:b"], "FLOWER_BASIC_AUTH"),
+        (["--conf=/tmp/flowerconfig.py"], "the environment"),
+    ):
+        port = free_port()
+        result = subprocess.run(
+            [sys.executable, "-m", "echoproject.flower", *args],
+            cwd=ROOT,
+            env=child_env(HOST="127.0.0.1", FLOWER_PORT=str(port)),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 2, args
+        [line] = result.stderr.strip().splitlines()
+        assert f"is set by {setting}, not on the command line" in line, line
+
+
 @pytest.fixture(scope="module")
 def flower(django_db_setup: None, log_dir: Path) -> Iterator[str]:
     """Flower on every address, with a basic-auth login; yields its URL on loopback."""

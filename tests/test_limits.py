@@ -15,6 +15,7 @@ import httpx
 import pytest
 import websockets
 from django.core.management import call_command
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.audio import speak
 from tests.fixtures_sessions import Client, daphne_with, run
@@ -28,6 +29,17 @@ def counters(subject: str = HERE) -> dict[str, dict[str, Any]]:
     out = io.StringIO()
     call_command("limits", "--json", "--subject", subject, stdout=out)
     return {row["limit"]: row for row in json.loads(out.getvalue())}
+
+
+def refusals(ws_url: str, limit: str) -> float:
+    """echo_limit_refusals_total{limit} as the web process at `ws_url` exports it."""
+    base = ws_url.replace("ws://", "http://").split("/ws/")[0]
+    text = httpx.get(f"{base}/metrics", timeout=15).text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "echo_limit_refusals_total" and sample.labels == {"limit": limit}:
+                return sample.value
+    return 0.0
 
 
 @pytest.fixture(autouse=True)
@@ -79,6 +91,8 @@ async def refused_by_limit(url: str) -> tuple[dict[str, Any], int | None]:
 
 
 def test_concurrent_sessions_are_limited_across_web_processes(twin: list[str]) -> None:
+    refused_before = refusals(twin[0], "sessions")
+
     async def body() -> None:
         first, init1 = await opened(twin[0] + "?mode=voice")
         second, init2 = await opened(twin[1] + "?mode=voice")
@@ -98,6 +112,8 @@ def test_concurrent_sessions_are_limited_across_web_processes(twin: list[str]) -
         await third.close()
 
     run(body(), timeout=60)
+    # operators see the refusals in the metrics of either process (the machine's sum)
+    assert refusals(twin[1], "sessions") - refused_before == 2
 
 
 def test_each_logged_in_user_has_limits_of_their_own(twin: list[str]) -> None:
@@ -134,15 +150,7 @@ def test_each_logged_in_user_has_limits_of_their_own(twin: list[str]) -> None:
 
 def test_turns_per_minute_are_limited_until_reset(twin: list[str]) -> None:
     away_from_window_edge(60)
-
-    async def turn(client: Client, i: int) -> dict[str, Any]:
-        await client.send(type="text_message", text=f"hello number {i}", id=f"t{i}")
-        while True:
-            event = await client.recv(timeout=30)
-            if event["type"] == "error" or (
-                event["type"] == "text_response" and event.get("ref") == f"t{i}"
-            ):
-                return event
+    refused_before = refusals(twin[0], "turns_per_minute")
 
     async def body() -> list[dict[str, Any]]:
         ws, _ = await opened(twin[0] + "?mode=voice")
@@ -169,6 +177,50 @@ def test_turns_per_minute_are_limited_until_reset(twin: list[str]) -> None:
     refusal = results[3]
     assert refusal["code"] == "ERR_RATE_LIMITED" and refusal["ref"] == "t4"
     assert refusal["limit"] == "turns_per_minute" and 1 <= refusal["retry_after"] <= 60
+    assert refusals(twin[0], "turns_per_minute") - refused_before == 1
+
+
+async def turn(client: Client, i: int) -> dict[str, Any]:
+    """A text turn: its reply, or the error that refused it."""
+    await client.send(type="text_message", text=f"hello number {i}", id=f"t{i}")
+    while True:
+        event = await client.recv(timeout=30)
+        if event["type"] == "error" or (
+            event["type"] == "text_response" and event.get("ref") == f"t{i}"
+        ):
+            return event
+
+
+def test_a_logged_in_users_turns_count_against_the_user_not_the_address(
+    twin: list[str],
+) -> None:
+    from django.contrib.auth import get_user_model
+
+    away_from_window_edge(60)
+    user = get_user_model().objects.create_user("turner", password="pw-12345678")
+    call_command("limits", "--reset", f"user:{user.pk}", stdout=io.StringIO())
+    base = twin[0].replace("ws://", "http://").removesuffix("/ws/chat/")
+    browser = login(base, user.username, "pw-12345678")
+    ticket = browser.post("/api/tickets", json={}).json()["ticket"]
+    browser.close()
+
+    async def body() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        mine, _ = await opened(f"{twin[0]}?ticket={ticket}")
+        anonymous, _ = await opened(twin[1] + "?mode=voice")  # the same address, no user
+        user_client, anonymous_client = Client(mine), Client(anonymous)
+        users = [await turn(user_client, i) for i in range(4)]
+        anonymous_turns = [await turn(anonymous_client, i) for i in range(10, 13)]
+        await mine.close()
+        await anonymous.close()
+        return users, anonymous_turns
+
+    users, anonymous_turns = run(body(), timeout=90)
+    assert [e["type"] for e in users] == ["text_response"] * 3 + ["error"]
+    assert users[3]["code"] == "ERR_RATE_LIMITED" and users[3]["limit"] == "turns_per_minute"
+    # the user's limit used up did not touch the address's, nor the other way round
+    assert [e["type"] for e in anonymous_turns] == ["text_response"] * 3
+    assert counters(f"user:{user.pk}")["turns_per_minute"]["used"] == 3
+    assert counters()["turns_per_minute"]["used"] == 3
 
 
 def test_reply_characters_per_day_stop_further_turns(spend: str) -> None:
@@ -191,6 +243,34 @@ def test_reply_characters_per_day_stop_further_turns(spend: str) -> None:
     assert refusal["ref"] == "b" and refusal["retryable"] is True
     assert 1 <= refusal["retry_after"] <= 86400
     assert counters()["reply_chars_per_day"]["used"] == len(reply["text"])
+
+
+def test_a_logged_in_users_reply_characters_count_against_the_user(spend: str) -> None:
+    """Reply characters are counted where the reply ends, from the session's row: its user."""
+    from django.contrib.auth import get_user_model
+
+    away_from_window_edge(86400)
+    user = get_user_model().objects.create_user("talker", password="pw-12345678")
+    call_command("limits", "--reset", f"user:{user.pk}", stdout=io.StringIO())
+    browser = login(f"http://{spend}", user.username, "pw-12345678")
+    ticket = browser.post("/api/tickets", json={}).json()["ticket"]
+    browser.close()
+
+    async def body() -> tuple[dict[str, Any], dict[str, Any]]:
+        ws, _ = await opened(f"ws://{spend}/ws/chat/?ticket={ticket}")
+        client = Client(ws)
+        await client.send(type="text_message", text="tell me about the weather", id="a")
+        reply = await client.until("text_response", fail_on_error=True)
+        await client.until("tts_complete", fail_on_error=True)
+        await client.send(type="text_message", text="and tomorrow?", id="b")
+        refusal = await client.until("error")
+        await ws.close()
+        return reply, refusal
+
+    reply, refusal = run(body(), timeout=60)
+    assert refusal["code"] == "ERR_RATE_LIMITED" and refusal["limit"] == "reply_chars_per_day"
+    assert counters(f"user:{user.pk}")["reply_chars_per_day"]["used"] == len(reply["text"])
+    assert "reply_chars_per_day" not in counters()  # nothing on the address
 
 
 @pytest.mark.usefixtures("celery_worker")

@@ -4,10 +4,11 @@ session until they expire (403 otherwise), the right headers, and byte ranges fo
 from __future__ import annotations
 
 import asyncio
+import http.client
 import re
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import httpx
 import pytest
@@ -97,6 +98,39 @@ def test_tampered_expired_or_borrowed_media_urls_get_403(connect: Callable[..., 
         assert answer.status_code == 403 and answer.text == "Forbidden (403)"
 
     with_sessions(connect, check, sessions=2)
+
+
+def raw_get(origin: str, target: str) -> int:
+    """The status of a GET of `target` sent as written (httpx would resolve `..` and `.`)."""
+    host, port = urlsplit(origin).hostname, urlsplit(origin).port
+    connection = http.client.HTTPConnection(host or "127.0.0.1", port, timeout=20)
+    try:
+        connection.request("GET", target)
+        return connection.getresponse().status
+    finally:
+        connection.close()
+
+
+def test_a_session_file_reached_by_another_path_still_needs_its_signature(
+    connect: Callable[..., Any],
+) -> None:
+    def check(found: list[dict[str, Any]]) -> None:
+        origin, path, query = parts(found[0]["url"])
+        name = path[len("/media/") :]
+        signed = "?" + urlencode(query)
+        for target in (
+            f"/media/avatars/../{name}",
+            f"/media/./{name}",
+            f"/media/avatars/%2e%2e/{name}",
+            f"/media/sessions/../{name}",
+        ):
+            assert raw_get(origin, target) == 403, target  # no signature
+            expired = sign_media(name, expires=int(query["e"]) - 2 * 3600 - 10)
+            assert raw_get(origin, f"{target}?{urlencode(expired)}") == 403, target
+            # the URL the session was given still opens its file however the path is spelt
+            assert raw_get(origin, target + signed) == 200, target
+
+    with_sessions(connect, check)
 
 
 def test_video_is_served_in_byte_ranges(connect: Callable[..., Any]) -> None:
