@@ -111,9 +111,10 @@ if _db["ENGINE"] == "django.db.backends.sqlite3":
         "timeout": 20,
     }
     _db["TEST"] = {"NAME": env_str("TEST_SQLITE_PATH", str(VAR_DIR / "test.sqlite3"))}
-else:
-    _db["CONN_MAX_AGE"] = env_int("DATABASE_CONN_MAX_AGE", 60, minimum=0)
-    _db["CONN_HEALTH_CHECKS"] = True
+# Connections kept open between requests and database calls (for SQLite too: opening one runs
+# the pragmas above, and a realtime turn makes several calls from the web process's loop).
+_db["CONN_MAX_AGE"] = env_int("DATABASE_CONN_MAX_AGE", 60, minimum=0)
+_db["CONN_HEALTH_CHECKS"] = True
 DATABASES = {"default": _db}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 

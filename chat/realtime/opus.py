@@ -1,10 +1,16 @@
-"""Opus decoding straight into what the listener takes (16 kHz mono PCM16), on the event loop.
+"""Opus for the realtime path, calling libopus directly (the system's, else the copy PyAV's
+wheel carries).
 
-aiortc decodes each received audio packet on a thread of its own per receiver, through PyAV, to
-48 kHz stereo, and hands every 20 ms frame back to the loop: two thread hand-overs per frame and
-a resampler after them, for every session. libopus decodes to any of its rates and to mono
-itself, in tens of microseconds, so this calls it directly (the system's libopus, else the copy
-PyAV's wheel carries) and the peer decodes on the loop as packets arrive.
+Decoding: aiortc decodes each received audio packet on a thread of its own per receiver,
+through PyAV, to 48 kHz stereo, and hands every 20 ms frame back to the loop: two thread
+hand-overs per frame and a resampler after them, for every session. libopus decodes to any of
+its rates and to mono itself, in tens of microseconds, so the peer decodes on the loop, straight
+to what the listener takes (16 kHz mono), as packets arrive.
+
+Encoding: aiortc's encoder sends stereo at 96 kbit/s at libopus's highest complexity (10), a
+few hundred microseconds of CPU per 20 ms frame. The avatar's voice is mono speech: mono at
+`SPEECH_BITRATE` and complexity `SPEECH_COMPLEXITY` (libopus's speed/quality dial, 0-10) costs
+about half (docs/benchmarks.md), at a bit rate WebRTC itself uses for voice.
 """
 
 from __future__ import annotations
@@ -19,6 +25,12 @@ import av
 
 # The longest Opus packet lasts 120 ms.
 MAX_PACKET_MS = 120
+SPEECH_BITRATE = 32000
+SPEECH_COMPLEXITY = 5
+# libopus's constants (opus_defines.h)
+_APPLICATION_VOIP = 2048
+_SET_BITRATE = 4002
+_SET_COMPLEXITY = 4010
 
 
 @cache
@@ -49,6 +61,24 @@ def _libopus() -> ctypes.CDLL:
         ]
         lib.opus_decoder_destroy.restype = None
         lib.opus_decoder_destroy.argtypes = [ctypes.c_void_p]
+        lib.opus_encoder_create.restype = ctypes.c_void_p
+        lib.opus_encoder_create.argtypes = [
+            ctypes.c_int32,
+            ctypes.c_int,
+            ctypes.c_int,
+            ctypes.POINTER(ctypes.c_int),
+        ]
+        lib.opus_encode.restype = ctypes.c_int32
+        lib.opus_encode.argtypes = [
+            ctypes.c_void_p,
+            ctypes.c_char_p,
+            ctypes.c_int,
+            ctypes.c_void_p,
+            ctypes.c_int32,
+        ]
+        lib.opus_encoder_ctl.restype = ctypes.c_int  # variadic: arguments typed at the call
+        lib.opus_encoder_destroy.restype = None
+        lib.opus_encoder_destroy.argtypes = [ctypes.c_void_p]
         return lib
     raise OSError("libopus not found (neither the system's nor PyAV's)")
 
@@ -89,6 +119,43 @@ class OpusDecoder:
     def close(self) -> None:
         if self._state is not None:
             self._lib.opus_decoder_destroy(self._state)
+            self._state = None
+
+    def __del__(self) -> None:
+        self.close()
+
+
+class OpusEncoder:
+    """Mono PCM16 at `rate` Hz → one Opus packet per frame, tuned for speech (see above)."""
+
+    def __init__(
+        self, rate: int, bitrate: int = SPEECH_BITRATE, complexity: int = SPEECH_COMPLEXITY
+    ) -> None:
+        self.rate = rate
+        self._lib = _libopus()
+        self._out = ctypes.create_string_buffer(1500)  # an RTP payload's worth
+        error = ctypes.c_int()
+        state = self._lib.opus_encoder_create(rate, 1, _APPLICATION_VOIP, ctypes.byref(error))
+        if error.value != 0 or not state:
+            raise OSError(f"opus_encoder_create failed ({error.value})")
+        self._state: int | None = state
+        for request, value in ((_SET_BITRATE, bitrate), (_SET_COMPLEXITY, complexity)):
+            result = self._lib.opus_encoder_ctl(
+                ctypes.c_void_p(state), ctypes.c_int(request), ctypes.c_int(value)
+            )
+            if result != 0:
+                raise OSError(f"opus_encoder_ctl({request}, {value}) failed ({result})")
+
+    def encode(self, pcm: bytes) -> bytes:
+        """One frame (2.5-60 ms of samples) as an Opus packet."""
+        size = self._lib.opus_encode(self._state, pcm, len(pcm) // 2, self._out, len(self._out))
+        if size < 0:
+            raise ValueError(f"opus_encode failed ({size})")
+        return self._out.raw[:size]
+
+    def close(self) -> None:
+        if self._state is not None:
+            self._lib.opus_encoder_destroy(self._state)
             self._state = None
 
     def __del__(self) -> None:

@@ -11,7 +11,8 @@ Most of a session's time the avatar is silent, and encoding silence was most of 
 session's cost: aiortc hands every frame to a thread pool for Opus encoding (and measures its
 level). With `encode_opus` set (the peer sets it when Opus was negotiated), the track returns
 encoded packets itself: silence is one constant Opus packet, encoded once per process, and only
-speech frames are encoded, by the track's own encoder, on the loop.
+speech frames are encoded, by the track's own encoder (mono, tuned for speech:
+chat/realtime/opus.py), on the loop.
 
 With `dtx` also set (the client's offer asked for Opus DTX, `usedtx=1`, as the web client does),
 the track does what Opus's own discontinuous transmission does: after `DTX_HANGOVER_FRAMES` of
@@ -29,9 +30,9 @@ import fractions
 import time
 
 import av
-from aiortc.codecs.opus import OpusEncoder
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
+from chat.realtime.opus import OpusEncoder
 from chat.realtime.pcm import PcmResampler
 from echoproject import metrics
 
@@ -62,11 +63,10 @@ def _pcm_frame(chunk: bytes, pts: int) -> av.AudioFrame:
 
 
 def silence_packet() -> bytes:
-    """One 20 ms Opus packet of silence, from the encoder aiortc itself would use."""
+    """One 20 ms Opus packet of silence, from the encoder speech is sent with."""
     global _silence_packet
     if _silence_packet is None:
-        payloads, _ = OpusEncoder().encode(_pcm_frame(bytes(FRAME_BYTES), 0))
-        _silence_packet = payloads[0]
+        _silence_packet = OpusEncoder(SAMPLE_RATE).encode(bytes(FRAME_BYTES))
     return _silence_packet
 
 
@@ -205,10 +205,9 @@ class SpeakerTrack(MediaStreamTrack):
         payload = silence_packet()
         if chunk is not self._silence:
             if self._encoder is None:
-                self._encoder = OpusEncoder()
-            payloads, _ = self._encoder.encode(_pcm_frame(chunk, self._timestamp))
+                self._encoder = OpusEncoder(SAMPLE_RATE)
+            payload = self._encoder.encode(chunk)
             self.frames_encoded += 1
-            payload = payloads[0] if payloads else payload
         packet = av.Packet(payload)
         packet.pts = self._timestamp
         packet.time_base = TIME_BASE
