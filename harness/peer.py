@@ -21,7 +21,7 @@ from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSession
 from aiortc.jitterbuffer import JitterBuffer
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from chat.realtime.peer import offers_dtx
+from chat.realtime.peer import Inbound, InlineDecoding, offers_dtx
 from chat.realtime.speaker import SAMPLE_RATE, SpeakerTrack
 from harness.audio import read_wav, resample, rms
 
@@ -170,8 +170,11 @@ class ClientPeer:
         self.keep_audio = keep_audio
         self.mic = MicTrack()
         self.pc.addTrack(self.mic)
-        if prefetch is not None:
-            for transceiver in self.pc.getTransceivers():
+        # what the server sends is decoded as it arrives, as the server decodes the microphone
+        self._inbound = Inbound()
+        for transceiver in self.pc.getTransceivers():
+            InlineDecoding(self._inbound).install(transceiver.receiver)
+            if prefetch is not None:
                 transceiver.receiver._RTCRtpReceiver__jitter_buffer = JitterBuffer(
                     capacity=16, prefetch=prefetch
                 )
@@ -185,26 +188,25 @@ class ClientPeer:
             self._reader = asyncio.create_task(self._read(track))
 
     async def _read(self, track: MediaStreamTrack) -> None:
-        resampler = av.AudioResampler(format="s16", layout="mono", rate=16000)
+        inbound = self._inbound
         last: float | None = None
-        while True:
-            try:
-                frame = await track.recv()
-            except MediaStreamError:
-                return
-            now = time.monotonic()
-            self.levels.append((now, rms(frame.to_ndarray())))
-            if not self.keep_audio:
-                continue
-            if last is not None and now - last > PAUSE_S:
-                # a DTX pause (the decoder's timestamps do not show it): a browser plays
-                # silence meanwhile, 20 ms at a time
-                missing = int(min(now - last, MAX_PAUSE_S) / 0.02 + 0.5) - 1
-                for n in range(1, missing + 1):
-                    self.received.append((last + 0.02 * n, np.zeros(320, dtype=np.int16)))
-            last = now
-            for out in resampler.resample(frame):
-                self.received.append((now, out.to_ndarray().reshape(-1)[: out.samples].copy()))
+        ended = asyncio.ensure_future(_until_ended(track))
+        try:
+            while await inbound.wait() and inbound.chunks:
+                pcm = np.frombuffer(inbound.chunks.popleft(), dtype=np.int16)
+                now = time.monotonic()
+                self.levels.append((now, rms(pcm)))
+                if not self.keep_audio:
+                    continue
+                if last is not None and now - last > PAUSE_S:
+                    # a DTX pause: a browser plays silence meanwhile, 20 ms at a time
+                    missing = int(min(now - last, MAX_PAUSE_S) / 0.02 + 0.5) - 1
+                    for n in range(1, missing + 1):
+                        self.received.append((last + 0.02 * n, np.zeros(320, dtype=np.int16)))
+                last = now
+                self.received.append((now, pcm))
+        finally:
+            ended.cancel()
 
     async def offer(self) -> str:
         await self.pc.setLocalDescription(await self.pc.createOffer())
@@ -226,6 +228,15 @@ class ClientPeer:
         if self._reader is not None:
             self._reader.cancel()
             await asyncio.gather(self._reader, return_exceptions=True)
+
+
+async def _until_ended(track: MediaStreamTrack) -> None:
+    """Read a track whose audio is decoded elsewhere, so that its end is taken off its queue."""
+    try:
+        while True:
+            await track.recv()
+    except MediaStreamError:
+        return
 
 
 def _sends_opus(pc: RTCPeerConnection) -> bool:
