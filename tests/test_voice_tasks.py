@@ -256,3 +256,88 @@ def test_the_admin_action_clones_a_failed_voice_again(
     ready = eventually(state_of(aria, VoiceState.READY), "the second try ready")
     assert ready.cloned_voice != failed.cloned_voice
     eventually(lambda: failed.cloned_voice in cloud.deleted_voices, "the failed voice deleted")
+
+
+def test_on_s3_dashscope_fetches_the_sample_through_a_presigned_url(
+    dashscope: DashScopeServer, avatars: list[Avatar], settings: Any
+) -> None:
+    """Media on S3/OSS (moto's S3 server here), no PUBLIC_BASE_URL: the sample's URL handed to
+    DashScope is presigned, and it fetches the very sample (the same rule as uploads)."""
+    import urllib.request
+
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    from avatars.tasks import enrol_voice
+    from celery_app import app
+    from tests.procs import free_port
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    keys = {"aws_access_key_id": "test", "aws_secret_access_key": "test"}
+    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", **keys).create_bucket(
+        Bucket="echo-voices"
+    )
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "default": {
+            "BACKEND": "chat.s3.PublicS3Storage",
+            "OPTIONS": {
+                "bucket_name": "echo-voices",
+                "endpoint_url": endpoint,
+                "region_name": "us-east-1",
+                "access_key": "test",
+                "secret_key": "test",
+                "addressing_style": "path",
+                "signature_version": "s3v4",
+                "querystring_auth": True,
+                "default_acl": None,
+            },
+        },
+    }
+    settings.PUBLIC_BASE_URL = ""
+    dashscope.forget_voices()
+    sample = encode_sample(6)
+    aria = avatars[0]
+    name = aria.voice_sample.storage.save("voices/on-s3.wav", ContentFile(sample))
+    Avatar.objects.filter(pk=aria.pk).update(voice_sample=name, voice_state=VoiceState.ENROLLING)
+    eager = app.conf.task_always_eager
+    app.conf.task_always_eager = True  # the readiness check too, here
+    try:
+        enrol_voice.apply((aria.pk, name))
+        ready = Avatar.objects.get(pk=aria.pk)
+        assert ready.voice_state == VoiceState.READY, ready.voice_message
+        url = dashscope.voices[ready.cloned_voice].url
+        assert url.startswith(f"{endpoint}/echo-voices/voices/") and "X-Amz-Signature=" in url
+        with urllib.request.urlopen(url, timeout=10) as response:
+            assert response.read() == sample
+    finally:
+        app.conf.task_always_eager = eager
+        server.stop()
+        dashscope.forget_voices()
+
+
+def test_a_voice_still_deploying_after_the_timeout_fails_and_the_admin_says_why(
+    dashscope: DashScopeServer, avatars: list[Avatar], settings: Any, admin_client: Any
+) -> None:
+    from avatars.tasks import check_voice
+    from chat.providers.tts.enrollment import CosyVoiceEnrollment
+
+    dashscope.forget_voices()
+    dashscope.behaviour.voice_ready_after = 3600
+    voice_id = CosyVoiceEnrollment.from_settings().create(f"{MEDIA_BASE}/a.wav", "slow")
+    aria = avatars[0]
+    Avatar.objects.filter(pk=aria.pk).update(
+        voice_sample="voices/slow.wav", cloned_voice=voice_id, voice_state=VoiceState.ENROLLING
+    )
+    settings.VOICE_READY_TIMEOUT_S = 30
+    assert check_voice.apply((aria.pk, voice_id, time.time() - 31)).get() == "failed"
+    state = admin_client.get(f"/admin/avatars/avatar/{aria.pk}/voice-state/").json()
+    assert state == {
+        "state": "failed",
+        "label": "Failed",
+        "details": "The voice was not ready within 30 s.",
+    }
+    dashscope.forget_voices()
