@@ -179,7 +179,7 @@ def test_the_sweep_sends_again_a_deletion_whose_task_was_lost(cloud: DashScopeSe
     PendingVoiceDeletion.objects.create(voice_id=fresh)  # a task is on it: not sent again
     old = timezone.now() - timedelta(minutes=10)
     PendingVoiceDeletion.objects.filter(voice_id=voice_id).update(updated_at=old)
-    assert sweep_voices() == {"deletions": 1, "enrolments": 0}
+    assert sweep_voices() == {"deletions": 1, "enrolments": 0, "gone": 0}
     eventually(lambda: voice_id in cloud.deleted_voices, "the lost deletion done")
     eventually(
         lambda: list(PendingVoiceDeletion.objects.values_list("voice_id", flat=True)) == [fresh],
@@ -207,9 +207,9 @@ def test_the_sweep_resumes_an_enrolment_whose_task_was_lost(
         voice_state=VoiceState.ENROLLING,
         updated_at=long_ago,
     )
-    assert sweep_voices() == {"deletions": 0, "enrolments": 1}
+    assert sweep_voices() == {"deletions": 0, "enrolments": 1, "gone": 0}
     eventually(state_of(aria, VoiceState.READY), "the resumed enrolment ready")
-    assert sweep_voices() == {"deletions": 0, "enrolments": 0}
+    assert sweep_voices() == {"deletions": 0, "enrolments": 0, "gone": 0}
 
 
 def test_an_enrolment_the_service_refuses_fails_with_its_words_and_without_the_key(
@@ -340,4 +340,39 @@ def test_a_voice_still_deploying_after_the_timeout_fails_and_the_admin_says_why(
         "label": "Failed",
         "details": "The voice was not ready within 30 s.",
     }
+    dashscope.forget_voices()
+
+
+def test_the_sweep_shows_a_ready_voice_deleted_at_dashscope_as_failed(
+    dashscope: DashScopeServer, avatars: list[Avatar], admin_client: Any
+) -> None:
+    from avatars.tasks import sweep_voices
+    from avatars.voices import speaking_voice
+    from chat.providers.tts.enrollment import CosyVoiceEnrollment
+
+    dashscope.forget_voices()
+    enrollment = CosyVoiceEnrollment.from_settings()
+    aria, lin = (next(a for a in avatars if a.slug == s) for s in ("aria", "lin"))
+    for avatar in (aria, lin):
+        Avatar.objects.filter(pk=avatar.pk).update(
+            voice_source=VoiceSource.CLONED,
+            voice_sample=f"voices/{avatar.slug}.wav",
+            cloned_voice=enrollment.create(f"{MEDIA_BASE}/{avatar.slug}.wav", avatar.slug),
+            cloned_voice_model="cosyvoice-v2",
+            voice_state=VoiceState.READY,
+        )
+    enrollment.delete(Avatar.objects.get(pk=lin.pk).cloned_voice)  # gone in the console
+    assert sweep_voices() == {"deletions": 0, "enrolments": 0, "gone": 1}
+
+    def state(avatar: Avatar) -> dict[str, str]:
+        return admin_client.get(f"/admin/avatars/avatar/{avatar.pk}/voice-state/").json()
+
+    assert state(aria)["state"] == "ready"
+    assert state(lin) == {
+        "state": "failed",
+        "label": "Failed",
+        "details": "The voice was deleted at DashScope: clone it again from the sample.",
+    }
+    assert speaking_voice(Avatar.objects.get(pk=lin.pk)).cloned == ""  # the preset at once
+    assert sweep_voices()["gone"] == 0  # nothing ready is missing any more
     dashscope.forget_voices()
