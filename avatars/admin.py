@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import io
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from asgiref.sync import async_to_sync
 from django import forms
@@ -30,13 +32,14 @@ from avatars import face as faces
 from avatars.models import Avatar, Language, PendingVoiceDeletion, VoiceSource, VoiceState
 from avatars.voices import enrol_again
 from chat.audio import pcm_to_wav
-from chat.providers.base import ProviderError, Voice
+from chat.providers.base import ProviderError, TTSProvider, Voice
 from chat.providers.registry import asr_understands, get_tts
 from chat.providers.tts.presets import preset_choices, speaks
 
 PREVIEW_MAX_CHARS = 300
 RINGS = ["mouth_outer", "mouth_inner", "left_eye", "right_eye"]
 LINES = ["jaw", "nose"]
+_NOTE_SAFE = " !\"#$&'()*+,-./:;<=>?@[]^_`{|}~"  # printable ASCII but %, kept as it is
 _VOICE_NAME = re.compile(r"[A-Za-z0-9_.+\-]{1,64}")
 
 
@@ -105,6 +108,24 @@ def preview_choice(avatar: Avatar, params: Any) -> tuple[str, Voice, str, str]:
         rate=_number(params, "espeak_rate", 80, 450, avatar.espeak_rate),
     )
     return text[:PREVIEW_MAX_CHARS], voice, language, note
+
+
+def speak_for_preview(
+    tts: TTSProvider, text: str, voice: Voice, language: str
+) -> tuple[bytes, str]:
+    """The preview's audio, and why the cloned voice did not speak it ("" when it did or none
+    was chosen). Turns fall back to the preset quietly (a warning in the log); the operator
+    who asked to hear the cloned voice is told instead of hearing the preset unawares."""
+    synthesize = async_to_sync(tts.synthesize)
+    if not voice.cloned:
+        return synthesize(text, voice, language), ""
+    try:
+        return synthesize(text, replace(voice, preset=voice.cloned, cloned=""), language), ""
+    except ProviderError as exc:
+        if exc.retryable:  # the service is unwell, not the voice: the error is the answer
+            raise
+        reason = exc.provider_message or exc.message
+    return synthesize(text, replace(voice, cloned=""), language), reason
 
 
 def _points(points: list[list[float]]) -> str:
@@ -413,15 +434,17 @@ class AvatarAdmin(admin.ModelAdmin):
             return JsonResponse({"error": str(exc)}, status=400)
         tts = get_tts()
         try:
-            pcm = async_to_sync(tts.synthesize)(text, voice, language)
+            pcm, refused = speak_for_preview(tts, text, voice, language)
         except ProviderError as exc:
             return JsonResponse({"error": exc.message, "code": exc.code}, status=502)
+        if refused:
+            note = f"the cloned voice cannot speak ({refused[:200]}): this is the preset"
         if not pcm:
             return JsonResponse({"error": "the voice produced no audio"}, status=502)
         response = HttpResponse(pcm_to_wav(pcm, tts.sample_rate), content_type="audio/wav")
         response["Cache-Control"] = "no-store"
-        if note:
-            response["X-Voice-Note"] = note
+        if note:  # a header is Latin-1 on one line: the service's words are percent-encoded
+            response["X-Voice-Note"] = quote(note, safe=_NOTE_SAFE)
         return response
 
     def voice_state(self, request: HttpRequest, avatar_id: int) -> JsonResponse:

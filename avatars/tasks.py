@@ -5,7 +5,8 @@ avatar (the voice made from the old one is deleted instead). Enrolment retries p
 a few times; the readiness check polls every VOICE_POLL_S until VOICE_READY_TIMEOUT_S; deletion
 retries with a growing delay for as long as it takes (its row in PendingVoiceDeletion stays
 until the service confirmed). The periodic sweep sends again what a lost task (a worker that
-died) left undone: deletions, and enrolments stuck "enrolling".
+died) left undone: deletions, and enrolments stuck "enrolling"; and it asks after the ready
+voices, so that one deleted at DashScope shows as failed instead of "Ready".
 """
 
 from __future__ import annotations
@@ -142,10 +143,37 @@ def delete_cloned_voice(self: Task, voice_id: str) -> str:
     return "deleted" if existed else "absent"
 
 
+def _recheck_ready_voices() -> int:
+    """Ready voices the service no longer has (deleted in its console, or taken down) become
+    failed, so the admin stops saying "Ready" and turns go straight to the preset; how many."""
+    ready = Avatar.objects.filter(voice_state=VoiceState.READY).exclude(cloned_voice="")
+    ready = list(ready.values_list("pk", "cloned_voice"))
+    if not ready:
+        return 0
+    enrollment, gone = CosyVoiceEnrollment.from_settings(), 0
+    for avatar_id, voice_id in ready:
+        try:
+            info = enrollment.query(voice_id)
+        except VoiceNotFound:
+            message = "The voice was deleted at DashScope: clone it again from the sample."
+        except VoiceEnrollmentError:
+            break  # the service is unwell or unreachable: the next sweep asks again
+        else:
+            if info.status != VoiceStatus.UNDEPLOYED:
+                continue
+            message = info.message or "DashScope took the voice down (status UNDEPLOYED)."
+        gone += Avatar.objects.filter(
+            pk=avatar_id, cloned_voice=voice_id, voice_state=VoiceState.READY
+        ).update(voice_state=VoiceState.FAILED, voice_message=message)
+        log.warning("avatar %s: its cloned voice %s is gone: %s", avatar_id, voice_id, message)
+    return gone
+
+
 @shared_task(ignore_result=True)
 def sweep_voices() -> dict[str, int]:
     """Periodic (beat): send again what a lost task left undone: deletions no task touched for
-    a while, and enrolments still "enrolling" long after their last step should have ended."""
+    a while, and enrolments still "enrolling" long after their last step should have ended;
+    and mark failed the ready voices that DashScope no longer has."""
     now = timezone.now()
     due = PendingVoiceDeletion.objects.filter(updated_at__lt=now - SWEEP_AFTER)
     voice_ids = list(due.values_list("voice_id", flat=True))
@@ -163,4 +191,4 @@ def sweep_voices() -> dict[str, int]:
         task.apply_async(args, queue=settings.VOICE_QUEUE)
         Avatar.objects.filter(pk=avatar.pk).update(updated_at=now)
         resumed += 1
-    return {"deletions": len(voice_ids), "enrolments": resumed}
+    return {"deletions": len(voice_ids), "enrolments": resumed, "gone": _recheck_ready_voices()}

@@ -28,12 +28,13 @@ from django.core.files.storage import default_storage
 from django.db import DatabaseError, close_old_connections
 
 from avatars.models import Avatar
+from avatars.voices import speaking_voice
 from chat import deliveries, limits, protocol
 from chat.events import publish_sync
 from chat.models import Message
 from chat.protocol import Err, error
 from chat.providers.text import split_sentences
-from chat.providers.tts.espeak import espeak_voice
+from chat.providers.tts.espeak import espeak_parameters, espeak_voice
 from chat.storage import public_url, save_for_session
 from echoproject import logs, metrics
 from rendering import coordination, heartbeat, idle
@@ -328,9 +329,11 @@ def _espeak_phonemes(message: Message, audio: Path) -> list[Phone] | None:
         return None
     session, avatar = message.session, message.session.avatar
     language = session.language or (avatar.language if avatar else "")
-    voice = espeak_voice(avatar.voice if avatar else "", language)
+    spoken = speaking_voice(avatar)  # the avatar's espeak-ng voice, speed and pitch
+    voice = espeak_voice(spoken.espeak or spoken.preset, language)
+    speed, pitch = espeak_parameters(spoken)
     try:
-        return espeak_alignment(audio, split_sentences(message.text), voice)
+        return espeak_alignment(audio, split_sentences(message.text), voice, speed, pitch)
     except Exception:  # a missing library or odd text: the audio-driven visemes still work
         log.warning("no phoneme timing for message %s", message.pk, exc_info=True)
         return None

@@ -294,6 +294,38 @@ def test_render_task_gives_the_renderer_the_phonemes_of_an_espeak_reply(
     assert _espeak_phonemes(spoken, reply_wav) is None
 
 
+def test_a_reply_in_the_avatars_own_espeak_voice_gets_its_phonemes_too(
+    video_session: object, tmp_path: Path, settings: object
+) -> None:
+    """An avatar with its own espeak-ng voice, rate and pitch: the render worker times the
+    phonemes of the reply as it was spoken, not of the language's default voice."""
+    from avatars.voices import speaking_voice
+    from rendering.tasks import _espeak_phonemes
+    from tests.fixtures_rendering import make_reply
+
+    settings.TTS_BACKEND = "espeak"  # type: ignore[attr-defined]
+    avatar = video_session.avatar  # type: ignore[attr-defined]
+    avatar.espeak_voice, avatar.espeak_rate, avatar.espeak_pitch = "en-us+f3", 230, 70
+    avatar.save()
+
+    async def speak() -> bytes:
+        tts, voice, pcm = EspeakTTS(timeout_s=20), speaking_voice(avatar), bytearray()
+        for sentence in SENTENCES:
+            async for chunk in tts.stream(sentence, voice, "en-US"):
+                pcm.extend(chunk)
+        return bytes(pcm)
+
+    wav = tmp_path / "own-voice.wav"
+    wav.write_bytes(pcm_to_wav(asyncio.run(speak()), EspeakTTS.sample_rate))
+    spoken = make_reply(video_session, wav, text=" ".join(SENTENCES))
+    found = _espeak_phonemes(spoken, wav)
+    assert found and [p.symbol for p in found[:3]] == ["b", "0", "b"]
+    pcm, rate = read_wav(wav)
+    assert abs(found[-1].end_s - len(pcm) / rate) < 0.02  # timed to this faster speech
+    # the default voice's timing does not fit this audio: no phonemes rather than wrong ones
+    assert espeak_alignment(wav, SENTENCES, "en-us") is None
+
+
 def count_phones(wav: str) -> int | None:
     found = espeak_alignment(Path(wav), SENTENCES, "en-us")
     return None if found is None else len(found)

@@ -228,6 +228,61 @@ def test_preview_speaks_a_ready_cloned_voice_at_dashscope(
     dashscope.forget_voices()
 
 
+def test_preview_of_a_cloned_voice_deleted_at_dashscope_says_the_preset_speaks(
+    boss: Client, avatars: list[Avatar], dashscope: Any
+) -> None:
+    from urllib.parse import unquote
+
+    from chat.providers.tts.enrollment import CosyVoiceEnrollment
+
+    dashscope.forget_voices()
+    enrollment = CosyVoiceEnrollment.from_settings()
+    voice_id = enrollment.create("https://x.test/a.wav", "aria")
+    aria = avatars[0]
+    Avatar.objects.filter(pk=aria.pk).update(
+        voice="longjielidou_v2",
+        voice_source=VoiceSource.CLONED,
+        cloned_voice=voice_id,
+        cloned_voice_model="cosyvoice-v2",
+        voice_state=VoiceState.READY,
+    )
+    enrollment.delete(voice_id)  # someone deleted it in DashScope's console
+    for _ in range(2):  # also right after: turns would not even try it for a while
+        before = dashscope.of("tts")
+        response = preview(boss, aria)
+        assert response.status_code == 200 and len(response.content) > 44
+        note = unquote(response["X-Voice-Note"])
+        assert note.startswith("the cloned voice cannot speak (voice not found: ")
+        assert note.endswith("): this is the preset")
+        tasks = sorted(
+            (t for t in dashscope.of("tts") if t not in before), key=lambda t: t.started_at or 0
+        )
+        assert [t.payload["parameters"]["voice"] for t in tasks] == [voice_id, "longjielidou_v2"]
+    dashscope.forget_voices()
+
+
+@pytest.mark.usefixtures("offline_providers")
+def test_preview_of_a_ready_cloned_voice_offline_keeps_the_espeak_settings(
+    boss: Client, avatars: list[Avatar]
+) -> None:
+    aria = avatars[0]
+    Avatar.objects.filter(pk=aria.pk).update(
+        voice_source=VoiceSource.CLONED,
+        cloned_voice="cosyvoice-v2-aria-0123",
+        cloned_voice_model="cosyvoice-v2",
+        voice_state=VoiceState.READY,
+    )
+    url = f"/admin/avatars/avatar/{aria.pk}/preview-voice/"
+
+    def seconds(rate: str) -> float:
+        response = boss.get(url, {"espeak_rate": rate})
+        assert response.status_code == 200 and "X-Voice-Note" not in response
+        with wave.open(io.BytesIO(response.content)) as wav:
+            return wav.getnframes() / wav.getframerate()
+
+    assert seconds("100") > 2 * seconds("350")
+
+
 def test_a_failing_preview_answers_a_short_error_without_the_key(
     boss: Client, avatars: list[Avatar], dashscope: Any
 ) -> None:

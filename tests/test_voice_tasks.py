@@ -179,7 +179,7 @@ def test_the_sweep_sends_again_a_deletion_whose_task_was_lost(cloud: DashScopeSe
     PendingVoiceDeletion.objects.create(voice_id=fresh)  # a task is on it: not sent again
     old = timezone.now() - timedelta(minutes=10)
     PendingVoiceDeletion.objects.filter(voice_id=voice_id).update(updated_at=old)
-    assert sweep_voices() == {"deletions": 1, "enrolments": 0}
+    assert sweep_voices() == {"deletions": 1, "enrolments": 0, "gone": 0}
     eventually(lambda: voice_id in cloud.deleted_voices, "the lost deletion done")
     eventually(
         lambda: list(PendingVoiceDeletion.objects.values_list("voice_id", flat=True)) == [fresh],
@@ -207,9 +207,9 @@ def test_the_sweep_resumes_an_enrolment_whose_task_was_lost(
         voice_state=VoiceState.ENROLLING,
         updated_at=long_ago,
     )
-    assert sweep_voices() == {"deletions": 0, "enrolments": 1}
+    assert sweep_voices() == {"deletions": 0, "enrolments": 1, "gone": 0}
     eventually(state_of(aria, VoiceState.READY), "the resumed enrolment ready")
-    assert sweep_voices() == {"deletions": 0, "enrolments": 0}
+    assert sweep_voices() == {"deletions": 0, "enrolments": 0, "gone": 0}
 
 
 def test_an_enrolment_the_service_refuses_fails_with_its_words_and_without_the_key(
@@ -256,3 +256,123 @@ def test_the_admin_action_clones_a_failed_voice_again(
     ready = eventually(state_of(aria, VoiceState.READY), "the second try ready")
     assert ready.cloned_voice != failed.cloned_voice
     eventually(lambda: failed.cloned_voice in cloud.deleted_voices, "the failed voice deleted")
+
+
+def test_on_s3_dashscope_fetches_the_sample_through_a_presigned_url(
+    dashscope: DashScopeServer, avatars: list[Avatar], settings: Any
+) -> None:
+    """Media on S3/OSS (moto's S3 server here), no PUBLIC_BASE_URL: the sample's URL handed to
+    DashScope is presigned, and it fetches the very sample (the same rule as uploads)."""
+    import urllib.request
+
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    from avatars.tasks import enrol_voice
+    from celery_app import app
+    from tests.procs import free_port
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    keys = {"aws_access_key_id": "test", "aws_secret_access_key": "test"}
+    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", **keys).create_bucket(
+        Bucket="echo-voices"
+    )
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "default": {
+            "BACKEND": "chat.s3.PublicS3Storage",
+            "OPTIONS": {
+                "bucket_name": "echo-voices",
+                "endpoint_url": endpoint,
+                "region_name": "us-east-1",
+                "access_key": "test",
+                "secret_key": "test",
+                "addressing_style": "path",
+                "signature_version": "s3v4",
+                "querystring_auth": True,
+                "default_acl": None,
+            },
+        },
+    }
+    settings.PUBLIC_BASE_URL = ""
+    dashscope.forget_voices()
+    sample = encode_sample(6)
+    aria = avatars[0]
+    name = aria.voice_sample.storage.save("voices/on-s3.wav", ContentFile(sample))
+    Avatar.objects.filter(pk=aria.pk).update(voice_sample=name, voice_state=VoiceState.ENROLLING)
+    eager = app.conf.task_always_eager
+    app.conf.task_always_eager = True  # the readiness check too, here
+    try:
+        enrol_voice.apply((aria.pk, name))
+        ready = Avatar.objects.get(pk=aria.pk)
+        assert ready.voice_state == VoiceState.READY, ready.voice_message
+        url = dashscope.voices[ready.cloned_voice].url
+        assert url.startswith(f"{endpoint}/echo-voices/voices/") and "X-Amz-Signature=" in url
+        with urllib.request.urlopen(url, timeout=10) as response:
+            assert response.read() == sample
+    finally:
+        app.conf.task_always_eager = eager
+        server.stop()
+        dashscope.forget_voices()
+
+
+def test_a_voice_still_deploying_after_the_timeout_fails_and_the_admin_says_why(
+    dashscope: DashScopeServer, avatars: list[Avatar], settings: Any, admin_client: Any
+) -> None:
+    from avatars.tasks import check_voice
+    from chat.providers.tts.enrollment import CosyVoiceEnrollment
+
+    dashscope.forget_voices()
+    dashscope.behaviour.voice_ready_after = 3600
+    voice_id = CosyVoiceEnrollment.from_settings().create(f"{MEDIA_BASE}/a.wav", "slow")
+    aria = avatars[0]
+    Avatar.objects.filter(pk=aria.pk).update(
+        voice_sample="voices/slow.wav", cloned_voice=voice_id, voice_state=VoiceState.ENROLLING
+    )
+    settings.VOICE_READY_TIMEOUT_S = 30
+    assert check_voice.apply((aria.pk, voice_id, time.time() - 31)).get() == "failed"
+    state = admin_client.get(f"/admin/avatars/avatar/{aria.pk}/voice-state/").json()
+    assert state == {
+        "state": "failed",
+        "label": "Failed",
+        "details": "The voice was not ready within 30 s.",
+    }
+    dashscope.forget_voices()
+
+
+def test_the_sweep_shows_a_ready_voice_deleted_at_dashscope_as_failed(
+    dashscope: DashScopeServer, avatars: list[Avatar], admin_client: Any
+) -> None:
+    from avatars.tasks import sweep_voices
+    from avatars.voices import speaking_voice
+    from chat.providers.tts.enrollment import CosyVoiceEnrollment
+
+    dashscope.forget_voices()
+    enrollment = CosyVoiceEnrollment.from_settings()
+    aria, lin = (next(a for a in avatars if a.slug == s) for s in ("aria", "lin"))
+    for avatar in (aria, lin):
+        Avatar.objects.filter(pk=avatar.pk).update(
+            voice_source=VoiceSource.CLONED,
+            voice_sample=f"voices/{avatar.slug}.wav",
+            cloned_voice=enrollment.create(f"{MEDIA_BASE}/{avatar.slug}.wav", avatar.slug),
+            cloned_voice_model="cosyvoice-v2",
+            voice_state=VoiceState.READY,
+        )
+    enrollment.delete(Avatar.objects.get(pk=lin.pk).cloned_voice)  # gone in the console
+    assert sweep_voices() == {"deletions": 0, "enrolments": 0, "gone": 1}
+
+    def state(avatar: Avatar) -> dict[str, str]:
+        return admin_client.get(f"/admin/avatars/avatar/{avatar.pk}/voice-state/").json()
+
+    assert state(aria)["state"] == "ready"
+    assert state(lin) == {
+        "state": "failed",
+        "label": "Failed",
+        "details": "The voice was deleted at DashScope: clone it again from the sample.",
+    }
+    assert speaking_voice(Avatar.objects.get(pk=lin.pk)).cloned == ""  # the preset at once
+    assert sweep_voices()["gone"] == 0  # nothing ready is missing any more
+    dashscope.forget_voices()

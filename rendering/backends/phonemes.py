@@ -37,6 +37,7 @@ _CHARS_UTF8 = 1
 _ENDPAUSE = 0x1000  # the pause the espeak-ng program adds after the text (samples match)
 _POS_CHARACTER = 1
 _EVENT_END_OF_LIST, _EVENT_PHONEME = 0, 7
+_RATE, _PITCH = 1, 3  # espeakRATE, espeakPITCH: what the program's -s and -p set
 SLACK = 220  # samples (10 ms): how far the library's sentence may start from the program's
 MIN_CORRELATION = 0.97
 CHILD_TIMEOUT_S = 30.0  # of the loudness envelopes: the same speech, not just similar
@@ -103,12 +104,18 @@ class Espeak:
             i += 1
         return 0
 
-    def synthesize(self, text: str, voice: str) -> tuple[np.ndarray, list[tuple[str, int]]]:
-        """int16 samples at self.rate and (phoneme, first sample) of `text` in `voice`."""
+    def synthesize(
+        self, text: str, voice: str, speed: int | None = None, pitch: int | None = None
+    ) -> tuple[np.ndarray, list[tuple[str, int]]]:
+        """int16 samples at self.rate and (phoneme, first sample) of `text` in `voice`, at
+        `speed` words per minute and `pitch` when given (else espeak-ng's defaults)."""
         data = text.encode()
         self._pcm, self._events = [], []
         if self.lib.espeak_SetVoiceByName(voice.encode()) != 0:
             raise OSError(f"espeak-ng has no voice {voice}")
+        for parameter, value in ((_RATE, speed), (_PITCH, pitch)):
+            if value is not None and self.lib.espeak_SetParameter(parameter, value, 0) != 0:
+                raise OSError(f"espeak-ng refused the setting {value}")
         flags = _CHARS_UTF8 | _ENDPAUSE
         if self.lib.espeak_Synth(data, len(data) + 1, 0, _POS_CHARACTER, 0, flags, None, None):
             raise OSError("espeak-ng failed to speak")
@@ -117,12 +124,14 @@ class Espeak:
         return pcm, self._events
 
 
-def _synthesize_here(sentences: list[str], voice: str) -> tuple[list, list, int]:
+def _synthesize_here(
+    sentences: list[str], voice: str, speed: int | None, pitch: int | None
+) -> tuple[list, list, int]:
     chunks: list[np.ndarray] = []
     phones: list[list[Phone]] = []
     engine = Espeak.get()
     for sentence in sentences:
-        pcm, events = engine.synthesize(sentence, voice)
+        pcm, events = engine.synthesize(sentence, voice, speed, pitch)
         rate = engine.rate
         ends = [sample for _, sample in events[1:]] + [len(pcm)]
         phones.append(
@@ -136,9 +145,12 @@ def _synthesize_here(sentences: list[str], voice: str) -> tuple[list, list, int]
     return chunks, phones, engine.rate
 
 
-def synthesize(sentences: list[str], voice: str) -> tuple[list[np.ndarray], list[list[Phone]], int]:
-    """Each sentence spoken on its own as the offline TTS does: its samples and its phones
-    (times from the sentence's start), and the sample rate.
+def synthesize(
+    sentences: list[str], voice: str, speed: int | None = None, pitch: int | None = None
+) -> tuple[list[np.ndarray], list[list[Phone]], int]:
+    """Each sentence spoken on its own as the offline TTS does (with an avatar's speed and
+    pitch when set): its samples and its phones (times from the sentence's start), and the
+    sample rate.
 
     The library keeps state from one text to the next (a voice spoken before changes the
     next one's timing), so each call runs in a forked child that has never spoken: it
@@ -152,7 +164,7 @@ def synthesize(sentences: list[str], voice: str) -> tuple[list[np.ndarray], list
             try:
                 os.close(receive)
                 try:
-                    result: object = _synthesize_here(sentences, voice)
+                    result: object = _synthesize_here(sentences, voice, speed, pitch)
                 except BaseException as exc:  # noqa: BLE001 - reported to the parent
                     result = OSError(str(exc))
                 with os.fdopen(send, "wb") as out:
@@ -236,13 +248,20 @@ def _place(stored: np.ndarray, pcm: np.ndarray, at: int, rate: int) -> int | Non
     return best[1]
 
 
-def espeak_alignment(audio: Path, sentences: list[str], voice: str) -> list[Phone] | None:
-    """The phones of `audio` when it is espeak-ng speaking `sentences` in `voice`."""
+def espeak_alignment(
+    audio: Path,
+    sentences: list[str],
+    voice: str,
+    speed: int | None = None,
+    pitch: int | None = None,
+) -> list[Phone] | None:
+    """The phones of `audio` when it is espeak-ng speaking `sentences` in `voice` (at `speed`
+    words per minute and `pitch`, the avatar's settings, when given)."""
     stored = read_wav(audio)
     if stored is None or not sentences:
         return None
     try:
-        chunks, phones, rate = synthesize(sentences, voice)
+        chunks, phones, rate = synthesize(sentences, voice, speed, pitch)
     except OSError as exc:
         log.info("no phoneme timing: %s", exc)
         return None

@@ -63,6 +63,15 @@ def espeak_voice(voice: str, language: str) -> str:
     return default
 
 
+def espeak_parameters(voice: Voice) -> tuple[int | None, int | None]:
+    """The voice's (speed in words per minute, pitch) as espeak-ng is given them, clamped to
+    what it accepts; None leaves espeak-ng's default. The render worker's phoneme timing
+    speaks with the same."""
+    speed = None if voice.rate is None else max(80, min(450, voice.rate))
+    pitch = None if voice.pitch is None else max(0, min(99, voice.pitch))
+    return speed, pitch
+
+
 def _pcm_offset(header: bytes) -> int | None:
     """Where the samples start in espeak-ng's streamed WAV (None until the header is complete)."""
     if len(header) < 12:
@@ -106,11 +115,12 @@ class EspeakTTS(TTSProvider):
     @staticmethod
     def options(voice: Voice) -> list[str]:
         """Pitch and rate arguments, clamped to what espeak-ng accepts."""
+        speed, pitch = espeak_parameters(voice)
         args: list[str] = []
-        if voice.pitch is not None:
-            args += ["-p", str(max(0, min(99, voice.pitch)))]
-        if voice.rate is not None:
-            args += ["-s", str(max(80, min(450, voice.rate)))]
+        if pitch is not None:
+            args += ["-p", str(pitch)]
+        if speed is not None:
+            args += ["-s", str(speed)]
         return args
 
     async def stream(self, text: str, voice: Voice | str, language: str) -> AsyncIterator[bytes]:

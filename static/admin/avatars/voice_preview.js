@@ -37,7 +37,7 @@ document.addEventListener("click", async (event) => {
       const body = await response.json().catch(() => ({}));
       throw new Error(body.error || `the server answered ${response.status}`);
     }
-    const note = response.headers.get("X-Voice-Note");
+    const note = decodeURIComponent(response.headers.get("X-Voice-Note") ?? "");
     const blob = await response.blob();
     if (audio.src) URL.revokeObjectURL(audio.src);
     audio.src = URL.createObjectURL(blob);
