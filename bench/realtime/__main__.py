@@ -30,6 +30,15 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--idle", default="", help="idle session counts, each without/with DTX")
     parser.add_argument("--idle-rounds", type=int, default=2, help="A B rounds per idle count")
     parser.add_argument("--no-dtx", action="store_true", help="clients send every 20 ms")
+    parser.add_argument(
+        "--web-processes", type=int, default=1, help="WEB_PROCESSES of the web service"
+    )
+    parser.add_argument(
+        "--client-processes",
+        type=int,
+        default=1,
+        help="processes the talking sessions' clients are spread over (1: this one)",
+    )
     parser.add_argument("--redis-db", type=int, help="default: a free one of 1-15")
     parser.add_argument("--asr-final", type=float, default=150.0, help="ms")
     parser.add_argument("--llm-first-token", type=float, default=200.0, help="ms")
@@ -49,7 +58,9 @@ def counts(text: str) -> list[int]:
     return [int(c) for c in text.split(",") if c.strip()]
 
 
-async def measure(args: argparse.Namespace, url: str, web: tuple[int, int, int]) -> dict[str, Any]:
+async def measure(
+    args: argparse.Namespace, url: str, web: tuple[list[int], int, int]
+) -> dict[str, Any]:
     from bench.realtime import capacity
     from bench.realtime.clients import load_pcm
     from bench.realtime.turns import MIC_RATE, media_baseline, webrtc_turns, websocket_turns
@@ -64,14 +75,14 @@ async def measure(args: argparse.Namespace, url: str, web: tuple[int, int, int])
         out["websocket"] = await websocket_turns(
             url, args.ws_turns, load_pcm(fake.UTTERANCE, 16000), load_pcm(fake.BARGE, 16000)
         )
-    pid = web[0]
-    base = await capacity.idle_cpu(pid, 5.0)  # the web process with no session at all
+    pids = web[0]
+    base = await capacity.idle_cpu(pids, 5.0)  # the web processes with no session at all
     out["empty_web_cpu_pct"] = round(100 * base, 2)
     idle_rows = []
     for count in counts(args.idle):
         for _ in range(args.idle_rounds):
             for dtx in (False, True):
-                pct = await capacity.idle(url, pid, count, 10.0, base, dtx=dtx)
+                pct = await capacity.idle(url, pids, count, 10.0, base, dtx=dtx)
                 idle_rows.append({"sessions": count, "dtx": dtx, "cpu_pct_per_session": pct})
                 print(json.dumps(idle_rows[-1]), flush=True)
     out["idle"] = idle_rows
@@ -83,9 +94,17 @@ async def measure(args: argparse.Namespace, url: str, web: tuple[int, int, int])
     )
     rows = []
     for count in counts(args.sessions):
-        idle_pct = await capacity.idle(url, pid, count, 10.0, base, **client)
+        idle_pct = await capacity.idle(url, pids, count, 10.0, base, **client)
         row = await capacity.talking(
-            url, web, count, args.seconds, utterance, before, base, **client
+            url,
+            web,
+            count,
+            args.seconds,
+            utterance,
+            before,
+            base,
+            client_processes=args.client_processes,
+            **client,
         )
         row = {"sessions": count, "idle_cpu_pct_per_session": idle_pct, **row}
         rows.append(row)
@@ -162,13 +181,16 @@ def main() -> None:
         service = fake.Fake(args.delays, stack.env)
         stack.env.update(service.env)
         stack.prepare()
-        web, port = stack.start_web()
+        web, port = stack.start_web(WEB_PROCESSES=str(args.web_processes))
+        from bench.realtime.capacity import web_pids
+
+        pids = web_pids(web.pid, args.web_processes)
         url = f"ws://127.0.0.1:{port}/ws/chat/?mode=voice"
         from bench.realtime.clients import load_pcm, vad_hangover_ms
 
         hangover = vad_hangover_ms(load_pcm(fake.UTTERANCE, 16000))
         measured = asyncio.run(
-            asyncio.wait_for(measure(args, url, (web.pid, port, service.proc.pid)), 3600)
+            asyncio.wait_for(measure(args, url, (pids, port, service.proc.pid)), 3600)
         )
         import django
 

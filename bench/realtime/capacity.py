@@ -6,6 +6,7 @@ largest K that meets the targets."""
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 import os
 import random
 import time
@@ -32,12 +33,34 @@ STAGES = ("asr_result", "text_delta", "tts_start")
 SERVER_STAGES = ("asr", "llm_first_token", "tts_first_audio")
 
 
-def schedstat(pid: int) -> tuple[float, float]:
-    """Seconds the process's main thread (the web process's event loop) ran on a CPU and
-    waited for one (runnable, but the machine busy with other work)."""
-    with open(f"/proc/{pid}/schedstat") as handle:
-        ran, waited = handle.read().split()[:2]
-    return int(ran) / 1e9, int(waited) / 1e9
+def schedstat(pids: list[int]) -> tuple[float, float]:
+    """Seconds the processes' main threads (the web processes' event loops) ran on a CPU and
+    waited for one (runnable, but the machine busy with other work), summed."""
+    ran = waited = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/schedstat") as handle:
+            fields = handle.read().split()
+        ran, waited = ran + int(fields[0]), waited + int(fields[1])
+    return ran / 1e9, waited / 1e9
+
+
+def cpu_of(pids: list[int]) -> float:
+    return sum(cpu_s(pid) for pid in pids)
+
+
+def web_pids(pid: int, processes: int, timeout: float = 60.0) -> list[int]:
+    """The serving processes of `python -m echoproject.web` (the process itself, or with
+    WEB_PROCESSES above 1 its supervisor's children once all have started)."""
+    if processes <= 1:
+        return [pid]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with open(f"/proc/{pid}/task/{pid}/children") as handle:
+            children = [int(c) for c in handle.read().split()]
+        if len(children) >= processes:
+            return children
+        time.sleep(0.2)
+    raise RuntimeError("the web processes did not start")
 
 
 def metric(port: int, name: str, label: str = "") -> float:
@@ -102,19 +125,21 @@ async def close_all(pairs: list[tuple[Events, ClientPeer]]) -> None:
         await session.close()
 
 
-async def idle_cpu(pid: int, seconds: float) -> float:
-    """Cores the web process used over the next `seconds`."""
-    cpu0, t0 = cpu_s(pid), time.monotonic()
+async def idle_cpu(pids: list[int], seconds: float) -> float:
+    """Cores the web processes used over the next `seconds`."""
+    cpu0, t0 = cpu_of(pids), time.monotonic()
     await asyncio.sleep(seconds)
-    return (cpu_s(pid) - cpu0) / (time.monotonic() - t0)
+    return (cpu_of(pids) - cpu0) / (time.monotonic() - t0)
 
 
-async def idle(url: str, pid: int, count: int, seconds: float, base: float, **client: Any) -> float:
+async def idle(
+    url: str, pids: list[int], count: int, seconds: float, base: float, **client: Any
+) -> float:
     """% of a core per connected session nobody talks on (the empty process's `base` off)."""
     pairs = await open_many(url, count, **client)
     try:
         await asyncio.sleep(2.0)
-        used = await idle_cpu(pid, seconds)
+        used = await idle_cpu(pids, seconds)
     finally:
         await close_all(pairs)
     await asyncio.sleep(2.0)
@@ -151,55 +176,165 @@ async def talker(
         load.errors.append(f"{type(exc).__name__}: {exc}"[:200])
 
 
+async def talk(
+    url: str, count: int, utterance: np.ndarray, ready: Any, go: Any, **client: Any
+) -> tuple[Load, int]:
+    """Open `count` sessions, say so (`ready()`), wait for the moment to stop talking
+    (`await go()`), talk turn after turn until then; the load seen and the microphones' own
+    late frames."""
+    pairs = await open_many(url, count, **client)
+    load = Load()
+    try:
+        ready()
+        stop_at = await go()
+        await asyncio.gather(
+            *(talker(session, peer, utterance, stop_at, load) for session, peer in pairs)
+        )
+        return load, sum(peer.mic.late_frames for _, peer in pairs)
+    finally:
+        await close_all(pairs)
+
+
+def _client_process(conn: Any, url: str, count: int, utterance: np.ndarray, client: Any) -> None:
+    """A process of client peers (`--client-processes`): talks when the parent says go."""
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+
+        async def go() -> float:
+            return await loop.run_in_executor(None, conn.recv)
+
+        load, late = await talk(url, count, utterance, lambda: conn.send("ready"), go, **client)
+        conn.send((load.__dict__, late))
+
+    asyncio.run(main())
+    conn.close()
+
+
+class ClientProcesses:
+    """`count` sessions' clients spread over `processes` processes of their own."""
+
+    def __init__(
+        self, url: str, count: int, processes: int, utterance: np.ndarray, client: Any
+    ) -> None:
+        context = multiprocessing.get_context("spawn")
+        self.conns, self.procs = [], []
+        for n in range(processes):
+            share = count // processes + (n < count % processes)
+            parent, child = context.Pipe()
+            proc = context.Process(
+                target=_client_process, args=(child, url, share, utterance, client), daemon=True
+            )
+            proc.start()
+            self.conns.append(parent)
+            self.procs.append(proc)
+
+    async def ready(self) -> None:
+        loop = asyncio.get_running_loop()
+        for conn in self.conns:
+            assert await loop.run_in_executor(None, conn.recv) == "ready"
+
+    def go(self, stop_at: float) -> None:
+        for conn in self.conns:
+            conn.send(stop_at)
+
+    async def results(self) -> tuple[Load, int]:
+        loop = asyncio.get_running_loop()
+        load, late = Load(), 0
+        for conn in self.conns:
+            fields, lateness = await loop.run_in_executor(None, conn.recv)
+            part = Load(**fields)
+            load.first_audio_ms += part.first_audio_ms
+            load.gaps_ms += part.gaps_ms
+            load.errors += part.errors
+            for kind, values in part.stages_ms.items():
+                load.stages_ms.setdefault(kind, []).extend(values)
+            late += lateness
+        for proc in self.procs:
+            proc.join(10)
+        return load, late
+
+    def pids(self) -> list[int]:
+        return [proc.pid for proc in self.procs if proc.pid is not None]
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc.is_alive():
+                proc.terminate()
+
+
 async def talking(
     url: str,
-    web: tuple[int, int, int],
+    web: tuple[list[int], int, int],
     count: int,
     seconds: float,
     utterance: np.ndarray,
     before_ms: float,
     base: float,
+    client_processes: int = 1,
     **client: Any,
 ) -> dict[str, Any]:
     """`count` sessions talking; `before_ms`: what precedes the service's own overhead in the
-    time to first audio (the providers' time and the bare media path's)."""
-    pid, port, fake_pid = web
-    pairs = await open_many(url, count, **client)
-    load = Load()
+    time to first audio (the providers' time and the bare media path's). The clients run in
+    this process, or spread over `client_processes` processes of their own."""
+    pids, port, fake_pid = web
+    loop = asyncio.get_running_loop()
+    processes: ClientProcesses | None = None
+    if client_processes > 1:
+        processes = ClientProcesses(url, count, client_processes, utterance, client)
+        client_pids = processes.pids()
+        await processes.ready()
+    else:
+        client_pids = [os.getpid()]
+        opened, stop = loop.create_future(), loop.create_future()
+        local = asyncio.create_task(
+            talk(url, count, utterance, lambda: opened.set_result(True), lambda: stop, **client)
+        )
+        await asyncio.wait({opened, local}, return_when=asyncio.FIRST_COMPLETED)
+        if local.done():
+            local.result()  # opening failed: its error
     try:
         await asyncio.sleep(2.0)
         late0 = metric(port, "echo_audio_late_frames_total")
         under0 = metric(port, "echo_audio_underruns_total")
         stages0 = stage_totals(port)
         stop_at = time.monotonic() + seconds + 8.0
-        tasks = [
-            asyncio.create_task(talker(session, peer, utterance, stop_at, load))
-            for session, peer in pairs
-        ]
+        if processes is not None:
+            processes.go(stop_at)
+        else:
+            stop.set_result(stop_at)
         await asyncio.sleep(6.0)  # into the steady state
-        cpu0, own0, t0 = cpu_s(pid), time.process_time(), time.monotonic()
-        fake0, (ran0, waited0) = cpu_s(fake_pid), schedstat(pid)
+        cpu0, own0, t0 = cpu_of(pids), cpu_of(client_pids), time.monotonic()
+        fake0, (ran0, waited0) = cpu_s(fake_pid), schedstat(pids)
         await asyncio.sleep(seconds)
         elapsed = time.monotonic() - t0
-        busy = (cpu_s(pid) - cpu0) / elapsed
-        own = (time.process_time() - own0) / elapsed
+        busy = (cpu_of(pids) - cpu0) / elapsed
+        own = (cpu_of(client_pids) - own0) / elapsed
         fake = (cpu_s(fake_pid) - fake0) / elapsed
-        ran, waited = schedstat(pid)
-        loop_ran, loop_waited = (ran - ran0) / elapsed, (waited - waited0) / elapsed
-        await asyncio.wait_for(asyncio.gather(*tasks), 120)
+        ran, waited = schedstat(pids)
+        loop_ran = (ran - ran0) / elapsed / len(pids)
+        loop_waited = (waited - waited0) / elapsed / len(pids)
+        if processes is not None:
+            load, client_late = await asyncio.wait_for(processes.results(), 180)
+        else:
+            load, client_late = await asyncio.wait_for(local, 180)
         late = metric(port, "echo_audio_late_frames_total") - late0
         underruns = metric(port, "echo_audio_underruns_total") - under0
         server_stages = stage_means(stages0, stage_totals(port))
     finally:
-        await close_all(pairs)
+        if processes is not None:
+            processes.stop()
     overhead = [ms - before_ms for ms in load.first_audio_ms]
     row = {
         "sessions": count,
+        "web_processes": len(pids),
+        "client_processes": max(1, client_processes),
         "cpu_pct_per_session": round(100 * (busy - base) / count, 2),
-        "web_cpu_pct": round(100 * busy, 1),
-        "clients_cpu_pct": round(100 * own, 1),  # this process: every client peer
+        "web_cpu_pct": round(100 * busy, 1),  # all web processes together
+        "clients_cpu_pct": round(100 * own, 1),  # every client peer's process
         "fake_cpu_pct": round(100 * fake, 1),  # the DashScope fake's process
-        # of the wall time, the web process's loop thread ran / was runnable but not running
+        # of the wall time, a web process's loop thread ran / was runnable but not running
+        # (the mean over the web processes)
         "loop_ran_pct": round(100 * loop_ran, 1),
         "loop_waited_for_cpu_pct": round(100 * loop_waited, 1),
         "load_average_1min": round(os.getloadavg()[0], 2),
@@ -209,8 +344,8 @@ async def talking(
         "underruns": int(underruns),
         "stages_ms": {kind: summary(values) for kind, values in load.stages_ms.items()},
         "server_stage_mean_ms": server_stages,
-        # speech frames the clients' microphones sent late (this process's own lateness)
-        "client_late_frames": sum(peer.mic.late_frames for _, peer in pairs),
+        # speech frames the clients' microphones sent late (the clients' own lateness)
+        "client_late_frames": client_late,
         "first_audio_ms": summary(load.first_audio_ms),
         "overhead_ms": summary(overhead),
         "errors": load.errors[:3],
