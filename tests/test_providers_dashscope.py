@@ -321,14 +321,14 @@ def test_tts_streams_audio_chunks_for_the_text(dashscope: DashScopeServer) -> No
     chunks = asyncio.run(_collect(get_tts().stream(text, "longxiaochun_v2", "en-US")))
     assert len(chunks) > 1
     audio = b"".join(chunks)
-    assert get_tts().sample_rate == 22050
-    expected = len(text) * 0.06 * 22050 * 2
-    assert abs(len(audio) - expected) < 22050 * 2 * 0.2
+    assert get_tts().sample_rate == 24000
+    expected = len(text) * 0.06 * 24000 * 2
+    assert abs(len(audio) - expected) < 24000 * 2 * 0.2
     (task,) = dashscope.of("tts")
     assert task.texts == [text]
     assert task.payload["parameters"]["voice"] == "longxiaochun_v2"
     assert task.payload["parameters"]["format"] == "pcm"
-    assert task.payload["parameters"]["sample_rate"] == 22050
+    assert task.payload["parameters"]["sample_rate"] == 24000
     assert task.authorization == f"Bearer {dashscope.api_key}"
 
 

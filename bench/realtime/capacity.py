@@ -18,10 +18,11 @@ import numpy as np
 
 from bench.realtime.clients import Events, connect, first_loud, gaps_ms, open_session
 from bench.realtime.figures import p99, summary
+from chat.realtime.speaker import SAMPLE_RATE
 from harness.peer import ClientPeer
 from harness.procs import cpu_s
 
-MIC_RATE = 48000
+MIC_RATE = SAMPLE_RATE  # the microphone track's own rate: the utterance is queued unresampled
 # The targets (docs/benchmarks.md): p99 gap between consecutive reply frames at the clients,
 # speech frames the server sent late, overhead to the first reply audio at p99.
 GAP_P99_MS = 60.0

@@ -22,10 +22,11 @@ from bench.realtime.clients import (
     silent_after,
 )
 from chat.providers.base import SPEECH_RATE
+from chat.realtime.speaker import SAMPLE_RATE
 from harness.peer import ClientPeer, MicTrack
 
 TRACE = bool(os.environ.get("BENCH_TRACE"))
-MIC_RATE = 48000
+MIC_RATE = SAMPLE_RATE  # the microphone track's own rate: the utterance is queued unresampled
 
 
 class BarePeer:

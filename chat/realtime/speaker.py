@@ -1,9 +1,11 @@
 """The server's outgoing audio track: reply speech paced in real time, silence otherwise.
 
 aiortc's sender pulls frames from `recv()` as fast as it returns them, so the track itself keeps
-the real-time clock (as aiortc's own AudioStreamTrack does). Reply audio is queued as 48 kHz mono
-PCM16, Opus's native rate, so the encoder's resampler has nothing left to do but duplicate the
-channel; `clear()` empties the queue so the very next frame is silence, which is what makes
+the real-time clock (as aiortc's own AudioStreamTrack does). Reply audio is queued as 24 kHz mono
+PCM16, the rate the cloud TTS is asked for (chat/providers/tts/dashscope.py), so its audio is
+queued as it comes, unresampled, and Opus encodes it at that rate (super-wideband: the whole band
+of that audio; the RTP clock stays Opus's 48 kHz, aiortc converts the timestamps); the offline
+engine's 22.05 kHz is resampled. `clear()` empties the queue so the very next frame is silence, which is what makes
 barge-in stop speech within one 20 ms frame. `hold()` pauses the speech without dropping it
 (silence meanwhile), while the VAD decides whether what it hears is the user starting to talk.
 
@@ -36,7 +38,7 @@ from chat.realtime.opus import OpusEncoder
 from chat.realtime.pcm import PcmResampler
 from echoproject import metrics
 
-SAMPLE_RATE = 48000
+SAMPLE_RATE = 24000
 FRAME_MS = 20
 FRAME_SAMPLES = SAMPLE_RATE * FRAME_MS // 1000
 FRAME_BYTES = FRAME_SAMPLES * 2

@@ -37,8 +37,9 @@ from chat.providers.cloud import configure_dashscope, failure, timed_out
 log = logging.getLogger(__name__)
 
 WHAT = "DashScope TTS"
-SAMPLE_RATE = 22050
-FORMAT = AudioFormat.PCM_22050HZ_MONO_16BIT
+# CosyVoice's own rate, which the realtime speaker queues as it comes (chat/realtime/speaker.py)
+SAMPLE_RATE = 24000
+FORMAT = AudioFormat.PCM_24000HZ_MONO_16BIT
 RENEW_AFTER_S = 30.0  # a waiting socket is replaced after this (the SDK's own pool: 25-35 s)
 KEEP_FOR_S = 300.0  # sockets are kept ready for a voice used within this time
 MAINTAIN_EVERY_S = 5.0
