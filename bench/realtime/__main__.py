@@ -39,6 +39,13 @@ def arguments() -> argparse.Namespace:
         default=1,
         help="processes the talking sessions' clients are spread over (1: this one)",
     )
+    parser.add_argument(
+        "--clients-nice",
+        type=int,
+        default=0,
+        help="nice value of those client processes (the load generator yields to the service, "
+        "as if it ran on another machine; its CPU is still measured)",
+    )
     parser.add_argument("--redis-db", type=int, help="default: a free one of 1-15")
     parser.add_argument("--asr-final", type=float, default=150.0, help="ms")
     parser.add_argument("--llm-first-token", type=float, default=200.0, help="ms")
@@ -104,6 +111,7 @@ async def measure(
             before,
             base,
             client_processes=args.client_processes,
+            clients_nice=args.clients_nice,
             **client,
         )
         row = {"sessions": count, "idle_cpu_pct_per_session": idle_pct, **row}

@@ -196,8 +196,11 @@ async def talk(
         await close_all(pairs)
 
 
-def _client_process(conn: Any, url: str, count: int, utterance: np.ndarray, client: Any) -> None:
+def _client_process(
+    conn: Any, url: str, count: int, utterance: np.ndarray, nice: int, client: Any
+) -> None:
     """A process of client peers (`--client-processes`): talks when the parent says go."""
+    os.nice(nice)
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
@@ -216,7 +219,13 @@ class ClientProcesses:
     """`count` sessions' clients spread over `processes` processes of their own."""
 
     def __init__(
-        self, url: str, count: int, processes: int, utterance: np.ndarray, client: Any
+        self,
+        url: str,
+        count: int,
+        processes: int,
+        utterance: np.ndarray,
+        client: Any,
+        nice: int = 0,
     ) -> None:
         context = multiprocessing.get_context("spawn")
         self.conns, self.procs = [], []
@@ -224,7 +233,9 @@ class ClientProcesses:
             share = count // processes + (n < count % processes)
             parent, child = context.Pipe()
             proc = context.Process(
-                target=_client_process, args=(child, url, share, utterance, client), daemon=True
+                target=_client_process,
+                args=(child, url, share, utterance, nice, client),
+                daemon=True,
             )
             proc.start()
             self.conns.append(parent)
@@ -273,6 +284,7 @@ async def talking(
     before_ms: float,
     base: float,
     client_processes: int = 1,
+    clients_nice: int = 0,
     **client: Any,
 ) -> dict[str, Any]:
     """`count` sessions talking; `before_ms`: what precedes the service's own overhead in the
@@ -282,7 +294,9 @@ async def talking(
     loop = asyncio.get_running_loop()
     processes: ClientProcesses | None = None
     if client_processes > 1:
-        processes = ClientProcesses(url, count, client_processes, utterance, client)
+        processes = ClientProcesses(
+            url, count, client_processes, utterance, client, nice=clients_nice
+        )
         client_pids = processes.pids()
         await processes.ready()
     else:
@@ -330,6 +344,7 @@ async def talking(
         "sessions": count,
         "web_processes": len(pids),
         "client_processes": max(1, client_processes),
+        "clients_nice": clients_nice if client_processes > 1 else 0,
         "cpu_pct_per_session": round(100 * (busy - base) / count, 2),
         "web_cpu_pct": round(100 * busy, 1),  # all web processes together
         "clients_cpu_pct": round(100 * own, 1),  # every client peer's process
