@@ -107,6 +107,37 @@ def test_task_arguments_flower_shows_are_ids_only(flower: str, connect: Any) -> 
         assert word not in shown.lower(), (word, shown)
 
 
+def flower_tasks(flower: str, task_ids: set[str]) -> dict[str, Any]:
+    """The tasks `task_ids` as Flower's API shows them, once it heard of them all."""
+    deadline = time.monotonic() + 20
+    while True:  # Flower hears of tasks from the workers' events
+        tasks = httpx.get(f"{flower}/api/tasks", auth=LOGIN).json()
+        if task_ids <= tasks.keys() or time.monotonic() > deadline:
+            return {task_id: tasks[task_id] for task_id in task_ids & tasks.keys()}
+        time.sleep(0.5)
+
+
+@pytest.mark.usefixtures("live_avatars", "celery_worker")
+def test_render_task_arguments_flower_shows_are_ids_only(flower: str, connect: Any) -> None:
+    async def body() -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+        async with connect("?mode=video") as client:
+            init = await client.recv()
+            await client.send(type="text_message", text="tell me about paris", id="turn-1")
+            reply = await client.until("text_response", timeout=60, fail_on_error=True)
+            queued = await client.until("video_queued", timeout=60, fail_on_error=True)
+            await client.until("video_ready", timeout=120, fail_on_error=True)
+            return init, reply, queued
+
+    init, reply, queued = run(body(), timeout=200)
+    tasks = flower_tasks(flower, {queued["task_id"]})
+    assert [t["name"] for t in tasks.values()] == ["rendering.tasks.render_video"]
+    shown = json.dumps([[t["args"], t["kwargs"]] for t in tasks.values()]).lower()
+    assert str(queued["message_id"]) in shown  # the message's id, and nothing of its text
+    for word in ("paris", reply["text"][:12].lower(), "http", "sessions/", ".wav", ".mp4"):
+        assert word not in shown, (word, shown)
+    assert init["session_token"].lower() not in shown
+
+
 def test_the_admin_moves_off_admin_when_told(log_dir: Path) -> None:
     proc, port = daphne_with(log_dir, "daphne-admin-url", ADMIN_URL="ops-7f3k")
     try:
