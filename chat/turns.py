@@ -80,7 +80,7 @@ class SessionTurns:
         if not await self.admit(ref, audio=False):
             return
         user = await database_sync_to_async(sessions.add_message)(
-            self.session_id, sessions.USER, text
+            self.session_id, sessions.USER, text, ref=ref
         )
         await self.start_reply(user.id, ref)
 
