@@ -33,7 +33,7 @@ from avatars.models import Avatar, Language, PendingVoiceDeletion, VoiceSource, 
 from avatars.voices import enrol_again
 from chat.audio import pcm_to_wav
 from chat.providers.base import ProviderError, TTSProvider, Voice
-from chat.providers.registry import asr_understands, get_tts
+from chat.providers.registry import asr_understands, backend_name, get_tts
 from chat.providers.tts.presets import preset_choices, speaks
 
 PREVIEW_MAX_CHARS = 300
@@ -59,6 +59,15 @@ def voice_state_of(avatar: Avatar) -> tuple[str, str, str]:
             " (the list's action); the preset speaks meanwhile."
         )
     return state.value, state.label, details
+
+
+def cloned_voice_unused(avatar: Avatar) -> str:
+    """Why the avatar's chosen cloned voice speaks nowhere ("" when it is used, or none is
+    chosen): the offline engine speaks with the espeak-ng settings."""
+    tts = backend_name("tts")
+    if avatar.voice_source != VoiceSource.CLONED or tts == "dashscope":
+        return ""
+    return f"TTS_BACKEND={tts} speaks with the espeak-ng settings"
 
 
 def _number(params: Any, name: str, low: int, high: int, saved: int | None) -> int | None:
@@ -366,18 +375,35 @@ class AvatarAdmin(admin.ModelAdmin):
         if avatar.voice_source != VoiceSource.CLONED:
             return preset
         _, label, _ = voice_state_of(avatar)
+        unused = cloned_voice_unused(avatar)
+        if unused:
+            return format_html(
+                'cloned ({}), else {} <strong class="tts-warning">(unused: {})</strong>',
+                label.lower(),
+                preset,
+                unused,
+            )
         return f"cloned ({label.lower()}), else {preset}"
 
     @admin.display(description="Cloned voice")
     def cloned_voice_state(self, avatar: Avatar) -> str:
         state, label, details = voice_state_of(avatar)
-        return format_html(
+        badge = format_html(
             '<span class="voice-state" data-state="{}" data-url="{}"><strong>{}</strong>'
             ' <span class="voice-state-details">{}</span></span>',
             state,
             reverse("admin:avatars_avatar_voice_state", args=[avatar.pk]) if avatar.pk else "",
             label,
             details,
+        )
+        unused = cloned_voice_unused(avatar)
+        if not unused:
+            return badge
+        return format_html(
+            '{}<div><strong class="tts-warning">The cloned voice is unused: {}; it speaks only'
+            " with TTS_BACKEND=dashscope.</strong></div>",
+            badge,
+            unused,
         )
 
     @admin.display(description="Hear it")

@@ -53,6 +53,28 @@ def speaking_voice(avatar: Avatar | None) -> Voice:
     )
 
 
+VOICE_FIELDS = (
+    "voice",
+    "voice_source",
+    "cloned_voice",
+    "cloned_voice_model",
+    "voice_state",
+    "espeak_voice",
+    "espeak_pitch",
+    "espeak_rate",
+)
+
+
+def refresh_voice(avatar: Avatar) -> None:
+    """Read an avatar's voice fields again, for a session's next turn: its cloned voice may have
+    become ready, or its sample been replaced, since the session opened. An avatar deleted
+    meanwhile keeps the voice it had."""
+    try:
+        avatar.refresh_from_db(fields=VOICE_FIELDS)
+    except Avatar.DoesNotExist:
+        pass
+
+
 def forget_voice(voice_id: str) -> None:
     """Delete a cloned voice at DashScope, surely: recorded now, deleted by a task after the
     commit, retried until the service confirms."""

@@ -96,6 +96,10 @@ class Message(models.Model):
     # assistant row's video
     turn_task_id = models.CharField(max_length=64, blank=True)
     render_task_id = models.CharField(max_length=64, blank=True)
+    # a user row's turn: the client's `id` (any string of at most 64 characters, so maybe the
+    # user's words), which the turn's tasks read here to send back as `ref`: their arguments,
+    # which Flower shows, are ids only
+    ref = models.CharField(max_length=64, blank=True)
     # milliseconds per stage: asr, llm, tts, render, queue, ...
     timings = models.JSONField(default=dict, blank=True)
     error_code = models.CharField(max_length=32, blank=True)

@@ -57,8 +57,17 @@ def touch(session_id: uuid.UUID | str) -> None:
     )
 
 
-def add_message(session_id: uuid.UUID | str, role: str, text: str = "", **fields: Any) -> Message:
-    return Message.objects.create(session_id=session_id, role=role, text=text, **fields)
+def add_message(
+    session_id: uuid.UUID | str,
+    role: str,
+    text: str = "",
+    *,
+    ref: str | None = None,
+    **fields: Any,
+) -> Message:
+    """A new message; `ref`: the client's id of the user turn, for the turn's tasks."""
+    stored = (ref or "").replace("\x00", "\ufffd")  # PostgreSQL text holds no NUL
+    return Message.objects.create(session_id=session_id, role=role, text=text, ref=stored, **fields)
 
 
 def history(session_id: uuid.UUID | str, before: Message | None = None) -> list[dict[str, str]]:

@@ -36,5 +36,7 @@ def upload_turn(
     sent_at: float | None = None,
 ) -> None:
     """The upload turn of the user message `message_id`: transcribe → reply → synthesize.
-    `sent_at`: when the upload sent the task (time.time()), for the queue wait."""
+    `sent_at`: when the upload sent the task (time.time()), for the queue wait. The turn's ref
+    is read off the user message (its arguments, which Flower shows, are ids only); `ref` is
+    only taken from tasks sent before."""
     UploadTurn(self, message_id, session_id, ref, sent_at).run()

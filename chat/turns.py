@@ -18,7 +18,8 @@ from django.conf import settings
 from kombu.exceptions import OperationalError
 from redis.exceptions import RedisError
 
-from avatars.models import Avatar
+from avatars.models import Avatar, VoiceSource
+from avatars.voices import refresh_voice
 from chat import limits, observe, protocol, sessions, stopping
 from chat.models import ChatSession
 from chat.protocol import Err
@@ -79,7 +80,7 @@ class SessionTurns:
         if not await self.admit(ref, audio=False):
             return
         user = await database_sync_to_async(sessions.add_message)(
-            self.session_id, sessions.USER, text
+            self.session_id, sessions.USER, text, ref=ref
         )
         await self.start_reply(user.id, ref)
 
@@ -155,6 +156,8 @@ class SessionTurns:
     ) -> None:
         """Answer a user message; a reply still running is superseded (cancelled) first."""
         await self.interrupt()
+        if self.avatar.voice_source == VoiceSource.CLONED:  # the operator may change it
+            await database_sync_to_async(refresh_voice)(self.avatar)
         request = ReplyRequest.of(
             self.session_id,
             self.session.mode,

@@ -151,6 +151,8 @@ class UploadTurn:
         """All steps not finished yet; returns when the turn is over (done or failed)."""
         try:
             self.user = self._load()
+            if self.ref is None:  # tasks sent before the ref was kept with the message had it
+                self.ref = self.user.ref or None
             logs.bind(self.session_id, self.user.id)
             steps: dict[str, Callable[[], None]] = {
                 "transcribe": self.transcribe,

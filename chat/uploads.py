@@ -121,7 +121,7 @@ def accept_upload(session_id: uuid.UUID | str, pcm: bytes, ref: str | None) -> M
     who = limits.subject(row["user_id"], (row["client_info"] or {}).get("ip"))
     limits.admit_turn(who, audio=True, video=row["mode"] == "video")
     limits.add(limits.AUDIO, who, len(pcm) / (2 * TARGET_RATE))
-    message = sessions.add_message(session_id, sessions.USER)
+    message = sessions.add_message(session_id, sessions.USER, ref=ref)
     name = save_for_session(
         session_id, f"audio/user-{message.id}.wav", pcm_to_wav(pcm, TARGET_RATE)
     )
@@ -136,7 +136,7 @@ def accept_upload(session_id: uuid.UUID | str, pcm: bytes, ref: str | None) -> M
     inflight.set_turn(session_id, [task_id])
     upload_turn.apply_async(
         (message.id,),
-        {"session_id": str(session_id), "ref": ref, "sent_at": time.time()},
+        {"session_id": str(session_id), "sent_at": time.time()},  # ids only: Flower shows them
         task_id=task_id,
     )
     log.info(

@@ -24,7 +24,7 @@ from django.views.decorators.http import require_POST
 from avatars.models import Avatar
 from chat import access, limits
 from chat.models import ChatSession
-from chat.protocol import Err
+from chat.protocol import MAX_ID_CHARS, Err
 from chat.uploads import UploadRefused, accept_upload, check_and_decode
 
 STATUS = {
@@ -139,6 +139,8 @@ def upload_audio(request: HttpRequest, session_id: str) -> JsonResponse:
     else:
         data = request.body
     ref = request.GET.get("id") or None
+    if ref is not None and len(ref) > MAX_ID_CHARS:  # the rule of a text frame's `id`
+        return _refuse(Err.BAD_MESSAGE, f"id must be a string of at most {MAX_ID_CHARS} characters")
     try:
         pcm = check_and_decode(data)
         message = accept_upload(session.id, pcm, ref)

@@ -128,7 +128,8 @@ def audio_seconds(message: Message) -> float:
 
 def submit_render(message_id: int, ref: str | None = None) -> RenderTicket:
     """Send the render of an assistant message to the best worker and tell the client;
-    `ref` (the turn's) comes back on the render's error."""
+    `ref` (the turn's) comes back on the render's error: the task reads it off the turn's user
+    message (chat.models.Message.ref), not from its arguments."""
     message = Message.objects.select_related("session").get(pk=message_id)
     r = coordination.client()
     loads = worker_loads(message.session.avatar_id)
@@ -148,7 +149,7 @@ def submit_render(message_id: int, ref: str | None = None) -> RenderTicket:
     publish_sync(message.session_id, event)  # before the task can report progress
     render_video.apply_async(
         (message_id,),
-        {"ref": ref, "sent_at": time.time()} if ref else {"sent_at": time.time()},
+        {"sent_at": time.time()},  # ids only (Flower shows them): the task reads the ref
         task_id=task_id,
         queue=queue,
         soft_time_limit=soft,

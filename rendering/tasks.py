@@ -169,16 +169,21 @@ def _copy_from_storage(name: str, into: Path, what: str) -> Path:
 def render_video(
     self: Task, message_id: int, ref: str | None = None, sent_at: float | None = None
 ) -> dict[str, Any]:
-    """Render the talking-head video of an assistant message, publishing as it goes; `ref` is
-    the turn's, for the client to match an error to what it sent; `sent_at` when the task was
-    sent (time.time()), for its queue wait."""
+    """Render the talking-head video of an assistant message, publishing as it goes; the turn's
+    ref (for the client to match an error to what it sent) is read off the turn's user message,
+    `ref` is only taken from renders sent before; `sent_at` when the task was sent
+    (time.time()), for its queue wait."""
     queue_s = max(0.0, time.time() - sent_at) if sent_at is not None else None
     task_id: str = self.request.id
-    message = Message.objects.select_related("session__avatar").filter(pk=message_id).first()
+    message = (
+        Message.objects.select_related("session__avatar", "reply_to").filter(pk=message_id).first()
+    )
     if message is None:
         log.warning("render %s: message %s does not exist", task_id, message_id)
         return {"status": "missing"}
     session = message.session
+    if ref is None:  # renders sent before the ref was kept with the message had it
+        ref = _turn_ref(message)
     logs.bind(session.id, message.reply_to_id or message.id)
     if session.ended_at is not None or coordination.is_cancelled(task_id):
         delete_outputs(session.id, message_id)
@@ -356,7 +361,14 @@ def on_render_failure(
     if message is None or message.error_code or message.video:
         return
     reason = exception.__class__.__name__ if exception is not None else "an error"
-    _fail(message, task_id, f"rendering failed ({reason})", True, (kwargs or {}).get("ref"))
+    ref = (kwargs or {}).get("ref") or _turn_ref(message)
+    _fail(message, task_id, f"rendering failed ({reason})", True, ref)
+
+
+def _turn_ref(message: Message) -> str | None:
+    """The client's id of the turn an assistant message answers, for its events."""
+    user = message.reply_to
+    return (user.ref or None) if user is not None else None
 
 
 def _fail(

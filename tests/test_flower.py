@@ -82,17 +82,30 @@ def test_flower_asks_for_its_login(flower: str) -> None:
 
 
 @pytest.mark.usefixtures("live_avatars", "celery_worker")
-def test_task_arguments_flower_shows_are_ids_only(flower: str, connect: Any) -> None:
+def test_task_arguments_flower_shows_are_ids_only(
+    flower: str, connect: Any, chat_server: str
+) -> None:
     utterance = "what is the weather like in paris"
+    ref = "my trip to lyon"  # a client's `id` is any short string: it may be the user's words
 
-    async def body() -> dict[str, Any]:
+    async def body() -> tuple[dict[str, Any], dict[str, Any]]:
         async with connect("?mode=voice") as client:
             init = await client.recv()
-            await client.ws.send(speak(utterance).read_bytes())
+            base = chat_server.replace("ws://", "http://")
+            async with httpx.AsyncClient(timeout=30) as http:
+                sent = await http.post(
+                    f"{base}/api/sessions/{init['session_id']}/audio",
+                    params={"id": ref},
+                    content=speak(utterance).read_bytes(),
+                    headers={"Authorization": f"Bearer {init['session_token']}"},
+                )
+            assert sent.status_code == 202, sent.text
+            heard = await client.until("asr_result", timeout=60, fail_on_error=True)
             await client.until("tts_complete", timeout=60, fail_on_error=True)
-            return init
+            return init, heard
 
-    init = run(body(), timeout=90)
+    init, heard = run(body(), timeout=90)
+    assert heard["ref"] == ref  # the turn's events still carry the client's id
     deadline = time.monotonic() + 20
     tasks: dict[str, Any] = {}
     while time.monotonic() < deadline:  # Flower hears of tasks from the workers' events
@@ -103,8 +116,39 @@ def test_task_arguments_flower_shows_are_ids_only(flower: str, connect: Any) -> 
         time.sleep(0.5)
     assert {t["name"] for t in mine} >= {"chat.tasks.upload_turn"}
     shown = json.dumps([[t["args"], t["kwargs"]] for t in mine])
-    for word in ("weather", "paris", "http", "sessions/", ".wav", init["session_token"]):
+    for word in ("weather", "paris", "lyon", "http", "sessions/", ".wav", init["session_token"]):
         assert word not in shown.lower(), (word, shown)
+
+
+def flower_tasks(flower: str, task_ids: set[str]) -> dict[str, Any]:
+    """The tasks `task_ids` as Flower's API shows them, once it heard of them all."""
+    deadline = time.monotonic() + 20
+    while True:  # Flower hears of tasks from the workers' events
+        tasks = httpx.get(f"{flower}/api/tasks", auth=LOGIN).json()
+        if task_ids <= tasks.keys() or time.monotonic() > deadline:
+            return {task_id: tasks[task_id] for task_id in task_ids & tasks.keys()}
+        time.sleep(0.5)
+
+
+@pytest.mark.usefixtures("live_avatars", "celery_worker")
+def test_render_task_arguments_flower_shows_are_ids_only(flower: str, connect: Any) -> None:
+    async def body() -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+        async with connect("?mode=video") as client:
+            init = await client.recv()
+            await client.send(type="text_message", text="tell me about paris", id="in lyon")
+            reply = await client.until("text_response", timeout=60, fail_on_error=True)
+            queued = await client.until("video_queued", timeout=60, fail_on_error=True)
+            await client.until("video_ready", timeout=120, fail_on_error=True)
+            return init, reply, queued
+
+    init, reply, queued = run(body(), timeout=200)
+    tasks = flower_tasks(flower, {queued["task_id"]})
+    assert [t["name"] for t in tasks.values()] == ["rendering.tasks.render_video"]
+    shown = json.dumps([[t["args"], t["kwargs"]] for t in tasks.values()]).lower()
+    assert str(queued["message_id"]) in shown  # the message's id, and nothing of its text
+    for word in ("paris", "lyon", reply["text"][:12].lower(), "http", "sessions/", ".wav", ".mp4"):
+        assert word not in shown, (word, shown)
+    assert init["session_token"].lower() not in shown
 
 
 def test_the_admin_moves_off_admin_when_told(log_dir: Path) -> None:

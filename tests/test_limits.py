@@ -325,6 +325,84 @@ def test_video_seconds_per_day_stop_video_turns(log_dir: Path) -> None:
     assert abs(used - ready["duration_ms"] / 1000) < 0.1
 
 
+def ticket_of(base: str, username: str, mode: str = "voice") -> tuple[int, str]:
+    """A new user's id (their counters emptied) and a session ticket they got logged in."""
+    from django.contrib.auth import get_user_model
+
+    user = get_user_model().objects.create_user(username, password="pw-12345678")
+    call_command("limits", "--reset", f"user:{user.pk}", stdout=io.StringIO())
+    browser = login(base, username, "pw-12345678")
+    ticket = browser.post("/api/tickets", json={"mode": mode}).json()["ticket"]
+    browser.close()
+    return user.pk, ticket
+
+
+@pytest.mark.usefixtures("celery_worker")
+def test_a_logged_in_users_audio_seconds_count_against_the_user_not_the_address(
+    spend: str,
+) -> None:
+    away_from_window_edge(86400)
+    user_id, ticket = ticket_of(f"http://{spend}", "speaker")
+    audio = speak("good morning to you").read_bytes()  # about 1.5 s
+
+    async def upload(http: httpx.AsyncClient, init: dict[str, Any]) -> httpx.Response:
+        return await http.post(
+            f"http://{spend}/api/sessions/{init['session_id']}/audio",
+            content=audio,
+            headers={"Authorization": f"Bearer {init['session_token']}"},
+        )
+
+    async def body() -> tuple[list[httpx.Response], dict[str, Any], httpx.Response]:
+        mine, init = await opened(f"ws://{spend}/ws/chat/?ticket={ticket}")
+        async with httpx.AsyncClient(timeout=30) as http:
+            users = [await upload(http, init), await upload(http, init)]
+            await mine.send(audio)  # the same utterance as a binary frame
+            refusal = await Client(mine).until("error")
+            # the address the user spoke from has all of its own allowance left
+            anonymous, anonymous_init = await opened(f"ws://{spend}/ws/chat/?mode=voice")
+            assert "audio_s_per_day" not in counters()
+            anonymous_upload = await upload(http, anonymous_init)
+        await mine.close()
+        await anonymous.close()
+        return users, refusal, anonymous_upload
+
+    users, refusal, anonymous_upload = run(body(), timeout=90)
+    assert [r.status_code for r in users] == [202, 429]
+    assert users[1].json()["error"]["limit"] == "audio_s_per_day"
+    assert refusal["code"] == "ERR_RATE_LIMITED" and refusal["limit"] == "audio_s_per_day"
+    assert 1.0 < counters(f"user:{user_id}")["audio_s_per_day"]["used"] < 3.0
+    assert anonymous_upload.status_code == 202
+
+
+@pytest.mark.usefixtures("celery_worker")
+def test_a_logged_in_users_video_seconds_count_against_the_user_not_the_address(
+    log_dir: Path,
+) -> None:
+    away_from_window_edge(86400)
+    proc, port = daphne_with(log_dir, "daphne-limits-user-video", LIMIT_VIDEO_S_PER_DAY="1")
+    try:
+        user_id, ticket = ticket_of(f"http://127.0.0.1:{port}", "watcher", mode="video")
+
+        async def body() -> tuple[dict[str, Any], dict[str, Any]]:
+            ws, _ = await opened(f"ws://127.0.0.1:{port}/ws/chat/?ticket={ticket}&mode=video")
+            client = Client(ws)
+            await client.send(type="text_message", text="hello", id="v1")
+            ready = await client.until("video_ready", timeout=120, fail_on_error=True)
+            await client.send(type="text_message", text="once more", id="v2")
+            refusal = await client.until("error")
+            await ws.close()
+            return ready, refusal
+
+        ready, refusal = run(body(), timeout=150)
+    finally:
+        proc.stop()
+    assert refusal["code"] == "ERR_RATE_LIMITED" and refusal["limit"] == "video_s_per_day"
+    assert refusal["ref"] == "v2"
+    used = counters(f"user:{user_id}")["video_s_per_day"]["used"]
+    assert abs(used - ready["duration_ms"] / 1000) < 0.1
+    assert "video_s_per_day" not in counters()  # nothing on the address
+
+
 def audio_counted_beyond(seconds: float, timeout: float = 10) -> None:
     deadline = time.monotonic() + timeout
     while counters().get("audio_s_per_day", {}).get("used", 0) < seconds:

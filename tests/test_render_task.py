@@ -181,9 +181,13 @@ def test_bad_inputs_fail_with_err_render_failed(
         import numpy as np
 
         message = make_reply(video_session, write_wav(tmp_path / "e.wav", np.zeros(0), 16000))
-    submit_render(message.pk)
+    # the turn's ref comes back on the error (kept with the user's message, not sent along)
+    message.reply_to = Message.objects.create(session=video_session, role="user", ref="in lyon")
+    message.save(update_fields=["reply_to"])
+    submit_render(message.pk, "in lyon")
     error = listener.until("error", timeout=60)
     assert error["code"] == "ERR_RENDER_FAILED" and error["retryable"] is False
+    assert error["ref"] == "in lyon"
     words = {"missing image": "avatar image", "corrupt audio": "cannot be decoded"}
     words["empty audio"] = "empty"
     assert words[problem] in error["message"]

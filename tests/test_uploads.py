@@ -171,6 +171,12 @@ def test_http_upload_with_the_session_token(connect, chat_server: str) -> None:
                 await asyncio.to_thread(
                     http, url, b"not audio", {"Authorization": f"Bearer {init['session_token']}"}
                 ),
+                await asyncio.to_thread(  # an `id` as long as a text frame's may not be
+                    http,
+                    url.replace("id=up-1", "id=" + "x" * 65),
+                    wav,
+                    {"Authorization": f"Bearer {init['session_token']}"},
+                ),
                 await asyncio.to_thread(
                     http,
                     url,
@@ -184,9 +190,10 @@ def test_http_upload_with_the_session_token(connect, chat_server: str) -> None:
             await client.until("tts_complete", timeout=60)
             return client, results
 
-    client, (wrong, bad, good) = run(body(), timeout=90)
+    client, (wrong, bad, long_id, good) = run(body(), timeout=90)
     assert wrong[0] == 401 and json.loads(wrong[1])["error"]["code"] == "ERR_AUTH"
     assert bad[0] == 400 and json.loads(bad[1])["error"]["code"] == "ERR_AUDIO_INVALID"
+    assert long_id[0] == 400 and json.loads(long_id[1])["error"]["code"] == "ERR_BAD_MESSAGE"
     assert good[0] == 202
     accepted = json.loads(good[1])
     [asr] = client.of("asr_result")

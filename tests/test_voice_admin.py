@@ -190,6 +190,28 @@ def test_admin_says_the_offline_recogniser_only_understands_english(
     assert warning not in boss.get(f"/admin/avatars/avatar/{lin.pk}/change/").content.decode()
 
 
+@pytest.mark.usefixtures("offline_providers")
+def test_admin_says_a_cloned_voice_is_unused_by_the_offline_engine(
+    boss: Client, avatars: list[Avatar], settings: Any
+) -> None:
+    Avatar.objects.filter(slug="lin").update(
+        voice_source=VoiceSource.CLONED,
+        voice_sample="voices/x.wav",
+        cloned_voice="cosyvoice-v2-lin-abc",
+        cloned_voice_model="cosyvoice-v2",
+        voice_state=VoiceState.READY,
+    )
+    aria, lin = (Avatar.objects.get(slug=s) for s in ("aria", "lin"))
+    note = "cloned voice is unused: TTS_BACKEND=espeak"
+    assert note in boss.get(f"/admin/avatars/avatar/{lin.pk}/change/").content.decode()
+    assert note not in boss.get(f"/admin/avatars/avatar/{aria.pk}/change/").content.decode()
+    listed = boss.get("/admin/avatars/avatar/").content.decode()
+    assert listed.count("unused: TTS_BACKEND=espeak") == 1  # lin's row only
+    settings.TTS_BACKEND = "dashscope"
+    assert "unused" not in boss.get(f"/admin/avatars/avatar/{lin.pk}/change/").content.decode()
+    assert "unused" not in boss.get("/admin/avatars/avatar/").content.decode()
+
+
 def preview(client: Client, avatar: Avatar) -> Any:
     return client.get(f"/admin/avatars/avatar/{avatar.pk}/preview-voice/")
 

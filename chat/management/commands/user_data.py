@@ -83,6 +83,7 @@ def export(found: QuerySet[ChatSession], subject: str | None) -> dict[str, Any]:
                         "id": m.id,
                         "role": m.role,
                         "text": m.text,
+                        "ref": m.ref,
                         "created_at": m.created_at.isoformat(),
                         "audio": m.audio,
                         "video": m.video,
