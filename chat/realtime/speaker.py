@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import fractions
+import math
 import time
 
 import av
@@ -52,7 +53,15 @@ DTX_INTERVAL_S = 0.4
 # A speech frame handed to aiortc more than this after its real-time instant is late: the
 # receiver's playout may already have had to fill the gap (the server's own lateness).
 LATE_S = FRAME_MS / 1000
+FRAME_S = FRAME_MS / 1000
 _silence_packet: bytes | None = None
+
+
+def _on_grid(instant: float) -> float:
+    """The start of the process-wide 20 ms slot `instant` falls in. Every track's frames fall
+    due on the same instants, so the loop wakes once per 20 ms for all of them (one timer
+    batch, one poll) instead of once per track and frame."""
+    return math.floor(instant / FRAME_S) * FRAME_S
 
 
 def _pcm_frame(chunk: bytes, pts: int) -> av.AudioFrame:
@@ -162,7 +171,7 @@ class SpeakerTrack(MediaStreamTrack):
             raise MediaStreamError
         now = time.monotonic()
         if self._start is None:
-            self._start = now
+            self._start = _on_grid(now)
         elif self.dtx and self._silent_frames >= DTX_HANGOVER_FRAMES and not self._speaking():
             await self._dtx_wait()
             # stamped with the slot it is sent in: the receiver plays it after the gap
@@ -173,7 +182,7 @@ class SpeakerTrack(MediaStreamTrack):
             self._timestamp += FRAME_SAMPLES
             due = self._start + self._timestamp / SAMPLE_RATE
             if due - now < -MAX_LAG_S:
-                self._start = now - self._timestamp / SAMPLE_RATE
+                self._start = _on_grid(now - self._timestamp / SAMPLE_RATE)
             elif due > now:
                 await asyncio.sleep(due - now)
             elif now - due > LATE_S and self._speaking():
@@ -206,14 +215,17 @@ class SpeakerTrack(MediaStreamTrack):
             return _pcm_frame(chunk, self._timestamp)
         payload = silence_packet()
         if chunk is not self._silence:
-            if self._encoder is None:
-                self._encoder = OpusEncoder(SAMPLE_RATE)
-            payload = self._encoder.encode(chunk)
+            payload = self._encode(chunk)
             self.frames_encoded += 1
         packet = av.Packet(payload)
         packet.pts = self._timestamp
         packet.time_base = TIME_BASE
         return packet
+
+    def _encode(self, chunk: bytes) -> bytes:
+        if self._encoder is None:
+            self._encoder = OpusEncoder(SAMPLE_RATE)
+        return self._encoder.encode(chunk)
 
     def _speaking(self) -> bool:
         return bool(self._buffer) and not self.held
