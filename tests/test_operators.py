@@ -238,8 +238,15 @@ def test_turn_lines_are_json_objects_with_the_same_ids_in_web_and_worker(
                 found.append(json.loads(line))
         return found
 
+    def turn_line(proc: Proc, turn_id: str) -> list[dict[str, Any]]:
+        return [
+            r for r in records(proc) if r["logger"] == "chat.turns" and r.get("turn_id") == turn_id
+        ]
+
+    # a turn's line is written once its last step is over, just after the client hears so
+    until(lambda: turn_line(stack.web, text_id), "the text turn's line")
+    until(lambda: turn_line(stack.worker, upload_id), "the upload turn's line")
     web, worker = records(stack.web), records(stack.worker)
-    assert web and worker
     [text] = [r for r in web if r["logger"] == "chat.turns" and r.get("turn_id") == text_id]
     assert text["session_id"] == session_id and text["kind"] == "text"
     assert text["outcome"] == "ok" and text["level"] == "INFO"
