@@ -31,18 +31,12 @@ import numpy as np
 
 
 def packets(count: int) -> list[bytes]:
-    from aiortc.codecs.opus import OpusEncoder
-
-    from chat.realtime.speaker import _pcm_frame
+    """`count` 20 ms Opus packets of a quiet microphone (48 kHz mono, as a browser encodes)."""
+    from chat.realtime.opus import OpusEncoder
 
     rng = np.random.default_rng(1)
-    encoder = OpusEncoder()
-    out = []
-    for n in range(count):
-        samples = rng.normal(0, 30, 960).astype(np.int16)
-        payloads, _ = encoder.encode(_pcm_frame(samples.tobytes(), n * 960))
-        out.extend(payloads)
-    return out
+    encoder = OpusEncoder(48000)
+    return [encoder.encode(rng.normal(0, 30, 960).astype(np.int16).tobytes()) for _ in range(count)]
 
 
 async def main(mode: str, count: int) -> None:
