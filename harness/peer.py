@@ -19,9 +19,9 @@ import av
 import numpy as np
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 from aiortc.jitterbuffer import JitterBuffer
-from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.mediastreams import MediaStreamTrack
 
-from chat.realtime.peer import Inbound, InlineDecoding, offers_dtx
+from chat.realtime.peer import Inbound, InlineDecoding, drain, offers_dtx
 from chat.realtime.speaker import SAMPLE_RATE, SpeakerTrack
 from harness.audio import read_wav, resample, rms
 
@@ -211,7 +211,7 @@ class ClientPeer:
     async def _read(self, track: MediaStreamTrack) -> None:
         inbound = self._inbound
         last: float | None = None
-        ended = asyncio.ensure_future(_until_ended(track))
+        ended = asyncio.ensure_future(drain(track))
         try:
             while await inbound.wait() and inbound.chunks:
                 pcm = np.frombuffer(inbound.chunks.popleft(), dtype=np.int16)
@@ -249,15 +249,6 @@ class ClientPeer:
         if self._reader is not None:
             self._reader.cancel()
             await asyncio.gather(self._reader, return_exceptions=True)
-
-
-async def _until_ended(track: MediaStreamTrack) -> None:
-    """Read a track whose audio is decoded elsewhere, so that its end is taken off its queue."""
-    try:
-        while True:
-            await track.recv()
-    except MediaStreamError:
-        return
 
 
 def _sends_opus(pc: RTCPeerConnection) -> bool:

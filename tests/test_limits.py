@@ -301,23 +301,29 @@ def test_audio_seconds_per_day_refuse_uploads_with_retry_after(spend: str) -> No
     assert 1.0 < counters()["audio_s_per_day"]["used"] < 3.0
 
 
+def two_video_turns(url: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A video turn to its `video_ready`, then a second one: the first's `video_ready` and
+    the error answering the second."""
+
+    async def body() -> tuple[dict[str, Any], dict[str, Any]]:
+        ws, _ = await opened(url)
+        client = Client(ws)
+        await client.send(type="text_message", text="hello", id="v1")
+        ready = await client.until("video_ready", timeout=120, fail_on_error=True)
+        await client.send(type="text_message", text="once more", id="v2")
+        refusal = await client.until("error")
+        await ws.close()
+        return ready, refusal
+
+    return run(body(), timeout=150)
+
+
 @pytest.mark.usefixtures("celery_worker")
 def test_video_seconds_per_day_stop_video_turns(log_dir: Path) -> None:
     away_from_window_edge(86400)
     proc, port = daphne_with(log_dir, "daphne-limits-video", LIMIT_VIDEO_S_PER_DAY="1")
     try:
-
-        async def body() -> tuple[dict[str, Any], dict[str, Any]]:
-            ws, _ = await opened(f"ws://127.0.0.1:{port}/ws/chat/?mode=video")
-            client = Client(ws)
-            await client.send(type="text_message", text="hello", id="v1")
-            ready = await client.until("video_ready", timeout=120, fail_on_error=True)
-            await client.send(type="text_message", text="once more", id="v2")
-            refusal = await client.until("error")
-            await ws.close()
-            return ready, refusal
-
-        ready, refusal = run(body(), timeout=150)
+        ready, refusal = two_video_turns(f"ws://127.0.0.1:{port}/ws/chat/?mode=video")
     finally:
         proc.stop()
     assert refusal["code"] == "ERR_RATE_LIMITED" and refusal["limit"] == "video_s_per_day"
@@ -382,18 +388,9 @@ def test_a_logged_in_users_video_seconds_count_against_the_user_not_the_address(
     proc, port = daphne_with(log_dir, "daphne-limits-user-video", LIMIT_VIDEO_S_PER_DAY="1")
     try:
         user_id, ticket = ticket_of(f"http://127.0.0.1:{port}", "watcher", mode="video")
-
-        async def body() -> tuple[dict[str, Any], dict[str, Any]]:
-            ws, _ = await opened(f"ws://127.0.0.1:{port}/ws/chat/?ticket={ticket}&mode=video")
-            client = Client(ws)
-            await client.send(type="text_message", text="hello", id="v1")
-            ready = await client.until("video_ready", timeout=120, fail_on_error=True)
-            await client.send(type="text_message", text="once more", id="v2")
-            refusal = await client.until("error")
-            await ws.close()
-            return ready, refusal
-
-        ready, refusal = run(body(), timeout=150)
+        ready, refusal = two_video_turns(
+            f"ws://127.0.0.1:{port}/ws/chat/?ticket={ticket}&mode=video"
+        )
     finally:
         proc.stop()
     assert refusal["code"] == "ERR_RATE_LIMITED" and refusal["limit"] == "video_s_per_day"

@@ -33,76 +33,92 @@ _SET_BITRATE = 4002
 _SET_COMPLEXITY = 4010
 
 
+_INT_P = ctypes.POINTER(ctypes.c_int)
+# (result, arguments) of the functions used; opus_encoder_ctl is variadic: typed at the call
+_SIGNATURES = {
+    "opus_decoder_create": (ctypes.c_void_p, [ctypes.c_int32, ctypes.c_int, _INT_P]),
+    "opus_decode": (
+        ctypes.c_int,
+        [
+            ctypes.c_void_p,
+            ctypes.c_char_p,
+            ctypes.c_int32,
+            ctypes.c_void_p,
+            ctypes.c_int,
+            ctypes.c_int,
+        ],
+    ),
+    "opus_decoder_destroy": (None, [ctypes.c_void_p]),
+    "opus_encoder_create": (ctypes.c_void_p, [ctypes.c_int32, ctypes.c_int, ctypes.c_int, _INT_P]),
+    "opus_encode": (
+        ctypes.c_int32,
+        [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_int32],
+    ),
+    "opus_encoder_ctl": (ctypes.c_int, None),
+    "opus_encoder_destroy": (None, [ctypes.c_void_p]),
+}
+
+
 @cache
 def _libopus() -> ctypes.CDLL:
     bundled = os.path.join(os.path.dirname(av.__file__), os.pardir, "av.libs", "libopus*.so*")
-    candidates = [ctypes.util.find_library("opus"), *sorted(glob.glob(bundled))]
-    for name in candidates:
-        if not name:
-            continue
+    for name in [ctypes.util.find_library("opus"), *sorted(glob.glob(bundled))]:
         try:
-            lib = ctypes.CDLL(name)
+            lib = ctypes.CDLL(name) if name else None
         except OSError:
             continue
-        lib.opus_decoder_create.restype = ctypes.c_void_p
-        lib.opus_decoder_create.argtypes = [
-            ctypes.c_int32,
-            ctypes.c_int,
-            ctypes.POINTER(ctypes.c_int),
-        ]
-        lib.opus_decode.restype = ctypes.c_int
-        lib.opus_decode.argtypes = [
-            ctypes.c_void_p,
-            ctypes.c_char_p,
-            ctypes.c_int32,
-            ctypes.c_void_p,
-            ctypes.c_int,
-            ctypes.c_int,
-        ]
-        lib.opus_decoder_destroy.restype = None
-        lib.opus_decoder_destroy.argtypes = [ctypes.c_void_p]
-        lib.opus_encoder_create.restype = ctypes.c_void_p
-        lib.opus_encoder_create.argtypes = [
-            ctypes.c_int32,
-            ctypes.c_int,
-            ctypes.c_int,
-            ctypes.POINTER(ctypes.c_int),
-        ]
-        lib.opus_encode.restype = ctypes.c_int32
-        lib.opus_encode.argtypes = [
-            ctypes.c_void_p,
-            ctypes.c_char_p,
-            ctypes.c_int,
-            ctypes.c_void_p,
-            ctypes.c_int32,
-        ]
-        lib.opus_encoder_ctl.restype = ctypes.c_int  # variadic: arguments typed at the call
-        lib.opus_encoder_destroy.restype = None
-        lib.opus_encoder_destroy.argtypes = [ctypes.c_void_p]
+        if lib is None:
+            continue
+        for function, (result, arguments) in _SIGNATURES.items():
+            getattr(lib, function).restype = result
+            if arguments is not None:
+                getattr(lib, function).argtypes = arguments
         return lib
     raise OSError("libopus not found (neither the system's nor PyAV's)")
 
 
-class OpusDecoder:
+class _State:
+    """A libopus decoder's or encoder's state, destroyed with the object."""
+
+    _destroy = ""  # the libopus function that frees it
+    _state: int | None = None
+
+    def __init__(self) -> None:
+        self._lib = _libopus()
+
+    def _create(self, function: str, *arguments: int) -> None:
+        error = ctypes.c_int()
+        state = getattr(self._lib, function)(*arguments, ctypes.byref(error))
+        if error.value != 0 or not state:
+            raise OSError(f"{function} failed ({error.value})")
+        self._state = state
+
+    def close(self) -> None:
+        if self._state is not None:
+            getattr(self._lib, self._destroy)(self._state)
+            self._state = None
+
+    def __del__(self) -> None:
+        self.close()
+
+
+class OpusDecoder(_State):
     """One Opus stream's decoder at `rate` Hz (8000, 12000, 16000, 24000 or 48000), mono."""
 
+    _destroy = "opus_decoder_destroy"
+
     def __init__(self, rate: int) -> None:
+        super().__init__()
         self.rate = rate
-        self._lib = _libopus()
         self._max_samples = rate * MAX_PACKET_MS // 1000
         self._out = ctypes.create_string_buffer(self._max_samples * 2)
-        self._state: int | None = None
         self.errors = 0
         self.reset()
 
     def reset(self) -> None:
         """Start afresh (after packets were skipped: the old state would smear into the new)."""
         self.close()
-        error = ctypes.c_int()
-        state = self._lib.opus_decoder_create(self.rate, 1, ctypes.byref(error))
-        if error.value != 0 or not state:
-            raise OSError(f"opus_decoder_create failed ({error.value})")
-        self._state = state
+        self._create("opus_decoder_create", self.rate, 1)
 
     def decode(self, packet: bytes) -> bytes:
         """PCM16 of one packet; b"" for a packet libopus refuses (counted in `errors`)."""
@@ -116,32 +132,22 @@ class OpusDecoder:
             return b""
         return self._out.raw[: samples * 2]
 
-    def close(self) -> None:
-        if self._state is not None:
-            self._lib.opus_decoder_destroy(self._state)
-            self._state = None
 
-    def __del__(self) -> None:
-        self.close()
-
-
-class OpusEncoder:
+class OpusEncoder(_State):
     """Mono PCM16 at `rate` Hz → one Opus packet per frame, tuned for speech (see above)."""
+
+    _destroy = "opus_encoder_destroy"
 
     def __init__(
         self, rate: int, bitrate: int = SPEECH_BITRATE, complexity: int = SPEECH_COMPLEXITY
     ) -> None:
+        super().__init__()
         self.rate = rate
-        self._lib = _libopus()
         self._out = ctypes.create_string_buffer(1500)  # an RTP payload's worth
-        error = ctypes.c_int()
-        state = self._lib.opus_encoder_create(rate, 1, _APPLICATION_VOIP, ctypes.byref(error))
-        if error.value != 0 or not state:
-            raise OSError(f"opus_encoder_create failed ({error.value})")
-        self._state: int | None = state
+        self._create("opus_encoder_create", rate, 1, _APPLICATION_VOIP)
         for request, value in ((_SET_BITRATE, bitrate), (_SET_COMPLEXITY, complexity)):
             result = self._lib.opus_encoder_ctl(
-                ctypes.c_void_p(state), ctypes.c_int(request), ctypes.c_int(value)
+                ctypes.c_void_p(self._state), ctypes.c_int(request), ctypes.c_int(value)
             )
             if result != 0:
                 raise OSError(f"opus_encoder_ctl({request}, {value}) failed ({result})")
@@ -152,11 +158,3 @@ class OpusEncoder:
         if size < 0:
             raise ValueError(f"opus_encode failed ({size})")
         return self._out.raw[:size]
-
-    def close(self) -> None:
-        if self._state is not None:
-            self._lib.opus_encoder_destroy(self._state)
-            self._state = None
-
-    def __del__(self) -> None:
-        self.close()

@@ -118,6 +118,14 @@ def low_latency_audio_in(pc: RTCPeerConnection) -> None:
             setattr(receiver, name, JitterBuffer(capacity=16, prefetch=AUDIO_IN_PREFETCH))
 
 
+async def drain(track: MediaStreamTrack) -> None:
+    """Read and drop a track until it ends: one whose media is not used (video) or is decoded
+    elsewhere (`InlineDecoding`), so that aiortc's queue stays empty and its end is read."""
+    with contextlib.suppress(MediaStreamError):
+        while True:
+            await track.recv()
+
+
 class Inbound:
     """Received audio (16 kHz mono PCM16 chunks) not yet read, filled on the loop."""
 
@@ -348,7 +356,7 @@ class PeerSession:
             self._audio_in = True
             InlineDecoding(self._inbound, self.wants_audio).install(receiver)
             self._tasks.spawn(self._read_audio(), "webrtc-audio-in")
-        self._tasks.spawn(self._discard(track), "webrtc-discard-in")
+        self._tasks.spawn(drain(track), "webrtc-discard-in")
 
     async def _read_audio(self) -> None:
         """The microphone's 16 kHz mono PCM16 → on_audio, until it ends."""
@@ -380,12 +388,6 @@ class PeerSession:
                 await self.on_audio(pcm)
             except Exception:
                 logger.exception("handling incoming WebRTC audio failed")
-
-    async def _discard(self, track: MediaStreamTrack) -> None:
-        """Read and drop a track we do not use (video), so its queue stays empty."""
-        with contextlib.suppress(MediaStreamError):
-            while True:
-                await track.recv()
 
     def _on_connection_state(self) -> None:
         state = self.pc.connectionState

@@ -5,8 +5,8 @@ the real-time clock (as aiortc's own AudioStreamTrack does). Reply audio is queu
 PCM16, the rate the cloud TTS is asked for (chat/providers/tts/dashscope.py), so its audio is
 queued as it comes, unresampled, and Opus encodes it at that rate (super-wideband: the whole band
 of that audio; the RTP clock stays Opus's 48 kHz, aiortc converts the timestamps); the offline
-engine's 22.05 kHz is resampled. `clear()` empties the queue so the very next frame is silence, which is what makes
-barge-in stop speech within one 20 ms frame. `hold()` pauses the speech without dropping it
+engine's 22.05 kHz is resampled. `clear()` empties the queue so the very next frame is silence,
+which is what makes barge-in stop speech within one 20 ms frame. `hold()` pauses the speech without dropping it
 (silence meanwhile), while the VAD decides whether what it hears is the user starting to talk.
 
 Most of a session's time the avatar is silent, and encoding silence was most of an idle
@@ -52,8 +52,8 @@ DTX_HANGOVER_FRAMES = 10
 DTX_INTERVAL_S = 0.4
 # A speech frame handed to aiortc more than this after its real-time instant is late: the
 # receiver's playout may already have had to fill the gap (the server's own lateness).
-LATE_S = FRAME_MS / 1000
 FRAME_S = FRAME_MS / 1000
+LATE_S = FRAME_S
 _silence_packet: bytes | None = None
 
 
