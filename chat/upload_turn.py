@@ -172,8 +172,10 @@ class UploadTurn:
         self._finish()
 
     def _finish(self) -> None:
-        self._flush_progress()
+        # no longer in flight before the client hears the last step: a session stopped right
+        # after that must not terminate this task before it records the turn
         inflight.finish_turn(self.session_id, self.task_id)
+        self._flush_progress()
         if self.record:
             record_upload_turn(self.session_id, self.message_id)
 
