@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -12,6 +13,7 @@ from typing import Any
 import pytest
 
 from chat.providers import get_asr, get_llm, get_tts, reset_providers
+from chat.providers.asr.dashscope import _Recognition
 from chat.providers.base import (
     ASRError,
     ASRProvider,
@@ -228,6 +230,57 @@ def test_asr_stream_results_arrive_while_the_speaker_pauses(dashscope: DashScope
     heard, total = asyncio.run(run())
     assert heard and not heard[0].final, "no interim result while no audio was sent"
     assert total > len(heard)  # the final came after finish()
+
+
+def test_asr_stream_ends_itself_after_the_silence_timeout(
+    dashscope: DashScopeServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stream no audio comes to ends on its own after the SDK's silence timeout (23 s;
+    shortened here), as the SDK's own timer did: the task is finished, the results end."""
+    monkeypatch.setattr(_Recognition, "SILENCE_TIMEOUT_S", 0.5)
+
+    async def run() -> tuple[list[Hypothesis], float]:
+        stream = get_asr().stream("en-US", 16000)
+        try:
+            await stream.feed(SILENCE_100MS)
+            started = time.monotonic()
+            results = await asyncio.wait_for(_collect(stream.results()), 10)
+            return results, time.monotonic() - started
+        finally:
+            await stream.close()
+
+    results, took = asyncio.run(run())
+    assert 0.4 < took < 5, took
+    (task,) = dashscope.of("asr")
+    assert task.actions[-1] == "finish-task"
+    assert task.audio_bytes == len(SILENCE_100MS)
+
+
+def test_streams_never_make_the_loop_wait_for_a_thread_to_start(
+    dashscope: DashScopeServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`Thread.start()` blocks until the new thread has run: on a busy machine that holds the
+    event loop, and every session's audio with it. A whole recognition, reply and sentence
+    start none on the loop's thread."""
+    original = threading.Thread.start
+    started_on: list[str] = []
+
+    def recording_start(thread: threading.Thread) -> None:
+        started_on.append(threading.current_thread().name + " → " + thread.name)
+        original(thread)
+
+    async def turn() -> tuple[list[Hypothesis], str, bytes]:
+        results = await _recognise(get_asr(), chunks=5)
+        reply = "".join([piece async for piece in get_llm().stream_reply(TURN)])
+        audio = b"".join([chunk async for chunk in get_tts().stream("Hello there.", "", "en-US")])
+        return results, reply, audio
+
+    asyncio.run(turn())  # the first turn of a process starts the shared starter thread
+    monkeypatch.setattr(threading.Thread, "start", recording_start)
+    loop_thread = threading.current_thread().name
+    results, reply, audio = asyncio.run(turn())
+    assert results[-1].text == "hello world how are you" and reply and audio
+    assert not [s for s in started_on if s.startswith(loop_thread + " →")], started_on
 
 
 @pytest.mark.parametrize(

@@ -4,16 +4,25 @@ SDKs and engines here call back on their own threads; the event loop must never 
 A `ThreadBridge` is an `asyncio.Queue` that threads fill through `loop.call_soon_threadsafe`,
 and `run_in_daemon` runs a blocking call on a daemon thread so that an abandoned call (a hung
 connection) can never hold up the loop's shutdown the way the default executor would.
+
+`spawn` runs such work on reusable daemon threads without the caller ever waiting for a thread
+to start: `threading.Thread.start()` blocks until the new thread has run, which on a busy
+machine (every core taken, the GIL contended) holds the event loop, and with it every session's
+audio frames, for milliseconds each time a turn opens a stream.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import queue
 import threading
 from collections.abc import AsyncIterator, Callable
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from chat.providers.base import ProviderError
+
+logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -132,10 +141,94 @@ async def run_in_daemon(
         except RuntimeError:
             pass
 
-    threading.Thread(target=work, name="provider-call", daemon=True).start()
+    spawn(work, name="provider-call")
     # asyncio.wait, not wait_for: a TimeoutError raised by `func` itself must stay its own.
     done, _ = await asyncio.wait({future}, timeout=timeout)
     if not done:
         future.cancel()
         raise on_timeout()
     return future.result()
+
+
+class Job:
+    """One piece of work handed to `spawn`: `is_alive()` and `join()`, as a thread has."""
+
+    def __init__(self, target: Callable[..., object], args: tuple[Any, ...], name: str) -> None:
+        self.target, self.args, self.name = target, args, name
+        self._done = threading.Event()
+
+    def is_alive(self) -> bool:
+        return not self._done.is_set()
+
+    def join(self, timeout: float | None = None) -> None:
+        self._done.wait(timeout)
+
+    def run(self) -> None:
+        threading.current_thread().name = self.name
+        try:
+            self.target(*self.args)
+        except Exception:
+            logger.exception("%s failed", self.name)
+        finally:
+            self._done.set()
+
+
+class _Daemons:
+    """Reusable daemon threads; a caller never waits for one to start.
+
+    A job goes to an idle thread when there is one; otherwise a starter thread (the only one
+    ever to wait in `Thread.start()`) adds a thread for it. Threads idle for `IDLE_S` end, so
+    the number alive follows the work's peak (jobs may block for as long as they like: a
+    websocket's loop, a stream). An idle thread holds a token in `_idle`; taking a token claims
+    a thread for exactly one queued job.
+    """
+
+    IDLE_S = 30.0
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[Job] = queue.SimpleQueue()
+        self._idle = threading.Semaphore(0)
+        self._wanted: queue.SimpleQueue[None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._starter: threading.Thread | None = None
+
+    def submit(self, job: Job) -> None:
+        self._jobs.put(job)
+        if self._idle.acquire(blocking=False):
+            return
+        with self._lock:
+            if self._starter is None:  # once per process
+                self._starter = threading.Thread(
+                    target=self._start_threads, name="daemon-starter", daemon=True
+                )
+                self._starter.start()
+        self._wanted.put(None)
+
+    def _start_threads(self) -> None:
+        while True:
+            self._wanted.get()
+            threading.Thread(target=self._work, name="daemon", daemon=True).start()
+
+    def _work(self) -> None:
+        while True:
+            try:
+                job = self._jobs.get(timeout=self.IDLE_S)
+            except queue.Empty:
+                # Leave only if no job has claimed this thread's token meanwhile.
+                if self._idle.acquire(blocking=False):
+                    return
+                continue
+            job.run()
+            threading.current_thread().name = "daemon"
+            self._idle.release()
+
+
+_daemons = _Daemons()
+
+
+def spawn(target: Callable[..., object], *args: Any, name: str) -> Job:
+    """Run `target(*args)` on a daemon thread, returning at once (never waits for a thread to
+    start, so it is safe on the event loop's thread). An exception is logged."""
+    job = Job(target, args, name)
+    _daemons.submit(job)
+    return job

@@ -11,6 +11,11 @@ Encoding: aiortc's encoder sends stereo at 96 kbit/s at libopus's highest comple
 few hundred microseconds of CPU per 20 ms frame. The avatar's voice is mono speech: mono at
 `SPEECH_BITRATE` and complexity `SPEECH_COMPLEXITY` (libopus's speed/quality dial, 0-10) costs
 about half (docs/benchmarks.md), at a bit rate WebRTC itself uses for voice.
+
+The library is loaded as a `ctypes.PyDLL`: its calls keep the GIL. A call takes tens to a
+hundred-odd microseconds; releasing the GIL for it (`ctypes.CDLL`) let the process's other
+threads (the providers' SDK threads) take the GIL, and the event loop then waited for it
+back, up to the interpreter's switch interval (5 ms) per frame, with every session's audio.
 """
 
 from __future__ import annotations
@@ -60,11 +65,11 @@ _SIGNATURES = {
 
 
 @cache
-def _libopus() -> ctypes.CDLL:
+def _libopus() -> ctypes.PyDLL:
     bundled = os.path.join(os.path.dirname(av.__file__), os.pardir, "av.libs", "libopus*.so*")
     for name in [ctypes.util.find_library("opus"), *sorted(glob.glob(bundled))]:
         try:
-            lib = ctypes.CDLL(name) if name else None
+            lib = ctypes.PyDLL(name) if name else None
         except OSError:
             continue
         if lib is None:
@@ -130,7 +135,7 @@ class OpusDecoder(_State):
         if samples < 0:
             self.errors += 1
             return b""
-        return self._out.raw[: samples * 2]
+        return ctypes.string_at(self._out, samples * 2)
 
 
 class OpusEncoder(_State):
@@ -157,4 +162,4 @@ class OpusEncoder(_State):
         size = self._lib.opus_encode(self._state, pcm, len(pcm) // 2, self._out, len(self._out))
         if size < 0:
             raise ValueError(f"opus_encode failed ({size})")
-        return self._out.raw[:size]
+        return ctypes.string_at(self._out, size)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import queue
-import threading
 import time
 from collections.abc import AsyncIterator
 from http import HTTPStatus
@@ -20,10 +19,11 @@ from typing import Any
 
 from dashscope import MultiModalConversation
 from dashscope.audio.asr import Recognition, RecognitionCallback
+from dashscope.common.error import InvalidParameter
 from django.conf import settings
 
 from chat.providers.base import SPEECH_RATE, ASRError, ASRProvider, ASRStream, Hypothesis
-from chat.providers.bridge import ThreadBridge, run_in_daemon
+from chat.providers.bridge import ThreadBridge, run_in_daemon, spawn
 from chat.providers.cloud import configure_dashscope, failure, timed_out
 
 logger = logging.getLogger(__name__)
@@ -37,8 +37,6 @@ MAX_STREAM_S = 600.0
 CHUNK_MS = 100
 # How long the SDK's sender waits for audio before it lets the SDK's own loop read results.
 _WAIT_S = 0.05
-# How often, at most, the SDK's 23 s silence timer is restarted while audio flows.
-_SILENCE_RESET_S = 1.0
 
 
 def _language_code(language: str) -> str:
@@ -46,18 +44,36 @@ def _language_code(language: str) -> str:
 
 
 class _Recognition(Recognition):
-    """The SDK's recogniser, with a sender that waits for audio instead of polling for it.
+    """The SDK's recogniser, with a sender that waits for audio instead of polling for it, and
+    no thread started on the caller's (the event loop's) behalf.
 
-    The SDK's own sender (`_input_stream_cycle`, a generator its websocket loop iterates) polls
-    its queue every 10 ms while it is empty and, for every chunk, cancels its 23 s silence timer
-    and starts a new one: a thread woken a hundred times a second and a new thread per chunk, for
-    every stream open at once. This one blocks on the queue, hands the SDK's loop an empty item
-    (which it skips, reading results meanwhile) when no audio came for `_WAIT_S`, and restarts
-    the silence timer at most once per `_SILENCE_RESET_S`. `stop()` wakes it at once.
+    The SDK's `start()` starts its websocket worker with `Thread.start()`, which waits for the
+    new thread to run (milliseconds of a held event loop on a busy machine), and a 23 s silence
+    `threading.Timer`; its sender (`_input_stream_cycle`, a generator its websocket loop
+    iterates) polls its queue every 10 ms while it is empty and, for every chunk, cancels the
+    timer and starts a new one: a thread woken a hundred times a second and a new thread per
+    chunk, for every stream open at once. Here the worker runs on a pooled daemon thread
+    (`spawn`), the sender blocks on the queue, hands the SDK's loop an empty item (which it
+    skips, reading results meanwhile) when no audio came for `_WAIT_S`, and ends the stream
+    itself after `SILENCE_TIMEOUT_S` without audio, as the timer did. `stop()` wakes it at once.
     """
 
     _wake = object()
     _stopping = False
+
+    def start(self, phrase_id: str | None = None, **kwargs: Any) -> None:
+        if self._running:
+            raise InvalidParameter("Speech recognition has started.")
+        self._start_stream_timestamp = -1
+        self._first_package_timestamp = -1
+        self._stop_stream_timestamp = -1
+        self._on_complete_timestamp = -1
+        self._phrase = phrase_id
+        self._kwargs.update(**kwargs)
+        self._recognition_once = False
+        self._running = True
+        self._worker = spawn(self._Recognition__receive_worker, name="dashscope-asr")
+        self._callback.on_open()
 
     def stop(self) -> None:
         self._stopping = True
@@ -65,18 +81,19 @@ class _Recognition(Recognition):
         super().stop()
 
     def _input_stream_cycle(self):  # type: ignore[no-untyped-def]  # the SDK's generator
-        reset_at = time.monotonic()
+        heard_at = time.monotonic()
         while self._running and not self._stopping:
             try:
                 frame = self._stream_data.get(timeout=_WAIT_S)
             except queue.Empty:
+                if time.monotonic() - heard_at >= self.SILENCE_TIMEOUT_S:
+                    self._running = False  # as the SDK's silence timer: the task ends
+                    break
                 yield b""  # the SDK skips it and reads what the service sent meanwhile
                 continue
             if frame is self._wake:
                 break
-            if time.monotonic() - reset_at >= _SILENCE_RESET_S:
-                reset_at = time.monotonic()
-                self._restart_silence_timer()
+            heard_at = time.monotonic()
             yield frame if isinstance(frame, dict) else bytes(frame)
         while True:  # what was queued before stop()
             try:
@@ -85,16 +102,6 @@ class _Recognition(Recognition):
                 return
             if frame is not self._wake:
                 yield frame if isinstance(frame, dict) else bytes(frame)
-
-    def _restart_silence_timer(self) -> None:
-        timer = self._silence_timer
-        if timer is not None and timer.is_alive():
-            timer.cancel()
-            self._silence_timer = threading.Timer(
-                Recognition.SILENCE_TIMEOUT_S, self._silence_stop_timer
-            )
-            self._silence_timer.daemon = True
-            self._silence_timer.start()
 
 
 class _Callback(RecognitionCallback):
@@ -190,7 +197,7 @@ class _DashScopeStream(ASRStream):
         with contextlib.suppress(ASRError):  # the task ended: its error reaches results()
             self._send_held()
         self._bridge.deadline(self._timeout_s, lambda: timed_out(ASRError, WHAT, self._timeout_s))
-        threading.Thread(target=self._stop, name="dashscope-asr-stop", daemon=True).start()
+        spawn(self._stop, name="dashscope-asr-stop")
 
     async def results(self) -> AsyncIterator[Hypothesis]:
         # No timeout while audio flows (the speaker may be silent); finish() sets a deadline.
@@ -202,7 +209,7 @@ class _DashScopeStream(ASRStream):
         if not self._finished:
             self._finished = True
             if self._started:
-                threading.Thread(target=self._stop, name="dashscope-asr-stop", daemon=True).start()
+                spawn(self._stop, name="dashscope-asr-stop")
 
 
 class DashScopeASR(ASRProvider):

@@ -25,7 +25,7 @@ from django.conf import settings
 
 from chat.providers.asr.sphinx_pool import DecoderPool, SharedModels
 from chat.providers.base import SPEECH_RATE, ASRError, ASRProvider, ASRStream, Hypothesis
-from chat.providers.bridge import ThreadBridge
+from chat.providers.bridge import ThreadBridge, spawn
 from chat.providers.cloud import timed_out
 
 logger = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ class _SphinxStream(ASRStream):
         self._audio: queue.SimpleQueue[bytes | object] = queue.SimpleQueue()
         self._bridge: ThreadBridge[Hypothesis] = ThreadBridge()
         self._finished = False
-        threading.Thread(target=self._run, name="pocketsphinx", daemon=True).start()
+        spawn(self._run, name="pocketsphinx")
 
     def _run(self) -> None:
         self._decode()

@@ -16,7 +16,7 @@ from dashscope import Generation
 from django.conf import settings
 
 from chat.providers.base import ChatTurn, LLMError, LLMProvider
-from chat.providers.bridge import ThreadBridge
+from chat.providers.bridge import ThreadBridge, spawn
 from chat.providers.cloud import configure_dashscope, failure, timed_out
 from chat.providers.llm import chat_messages
 
@@ -85,9 +85,7 @@ class DashScopeLLM(LLMProvider):
         bridge: ThreadBridge[str] = ThreadBridge()
         stop = threading.Event()
         messages = chat_messages(turn, self.max_history)
-        threading.Thread(
-            target=self._generate, args=(messages, bridge, stop), name="dashscope-llm", daemon=True
-        ).start()
+        spawn(self._generate, messages, bridge, stop, name="dashscope-llm")
         wait = self.timeout_s + self.connect_timeout_s
         try:
             async for piece in bridge.iterate(

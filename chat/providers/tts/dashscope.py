@@ -31,7 +31,7 @@ from dashscope.common.error import RequestFailure
 from django.conf import settings
 
 from chat.providers.base import TTSError, TTSProvider, Voice
-from chat.providers.bridge import ThreadBridge
+from chat.providers.bridge import ThreadBridge, spawn
 from chat.providers.cloud import configure_dashscope, failure, timed_out
 
 log = logging.getLogger(__name__)
@@ -124,10 +124,7 @@ class _Synthesizer(SpeechSynthesizer):
             on_error=self.on_error,
             on_close=self.on_close,
         )
-        self.thread = threading.Thread(
-            target=self.ws.run_forever, name="dashscope-tts-ws", daemon=True
-        )
-        self.thread.start()
+        self.thread = spawn(self.ws.run_forever, name="dashscope-tts-ws")
         self._settled.wait(self._connect_timeout_s)
         if not self.is_open():
             raise TimeoutError(f"no connection within {self._connect_timeout_s:g} s")
@@ -146,7 +143,7 @@ class _Synthesizer(SpeechSynthesizer):
 
     def close_soon(self) -> None:
         """Close without waiting (the close handshake may take a round trip)."""
-        threading.Thread(target=self.close, name="dashscope-tts-close", daemon=True).start()
+        spawn(self.close, name="dashscope-tts-close")
 
     def on_error(self, ws: Any, error: Any) -> None:
         status = getattr(error, "status_code", None)
@@ -429,12 +426,7 @@ class DashScopeTTS(TTSProvider):
         self, synthesizer: _Synthesizer, text: str, bridge: ThreadBridge[bytes]
     ) -> AsyncIterator[bytes]:
         callback = synthesizer._reporter
-        threading.Thread(
-            target=self._synthesize,
-            args=(synthesizer, text, callback),
-            name="dashscope-tts",
-            daemon=True,
-        ).start()
+        spawn(self._synthesize, synthesizer, text, callback, name="dashscope-tts")
         try:
             async for chunk in bridge.iterate(
                 self.timeout_s, lambda: timed_out(TTSError, WHAT, self.timeout_s)
