@@ -220,6 +220,7 @@ if TURN_URLS and not TURN_SECRET:
 if any(not url.startswith(("turn:", "turns:")) for url in TURN_URLS):
     raise SettingsError("TURN_URLS must be turn: or turns: URLs, e.g. turn:turn.example:3478")
 WEBRTC_TIMEOUT_S = env_float("WEBRTC_TIMEOUT_S", 15.0, minimum=1.0)
+WEBRTC_OPUS_COMPLEXITY = env_int("WEBRTC_OPUS_COMPLEXITY", 1, minimum=0, maximum=10)
 
 # --- providers --------------------------------------------------------------------------------
 DASHSCOPE_API_KEY = env_str("DASHSCOPE_API_KEY")

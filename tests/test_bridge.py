@@ -83,7 +83,9 @@ def test_idle_threads_end(monkeypatch: pytest.MonkeyPatch) -> None:
         return [t for t in threading.enumerate() if getattr(t, "_target", None) == daemons._work]
 
     assert len(workers()) == 4
+    assert _wait_for(lambda: daemons.waiting == 4)
     assert _wait_for(lambda: not workers()), "idle threads stayed"
+    assert daemons.waiting == 0
     # After they ended, work still runs.
     daemons.submit(job := bridge.Job(names.append, ("again",), "later"))
     job.join(5)

@@ -6,9 +6,11 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import numpy as np
+import pytest
 
 from chat.providers.base import ASRError, ASRStream, Hypothesis
 from chat.realtime.listener import Listener
+from chat.realtime.opus import OpusDecoder
 from chat.realtime.speaker import FRAME_SAMPLES, SAMPLE_RATE, SpeakerTrack
 from chat.realtime.vad import EnergyVAD
 from tests.audio import read_wav, resample, rms, speak
@@ -66,6 +68,36 @@ def test_speaker_plays_written_speech_resampled_then_silence() -> None:
         track.stop()
 
     run(body())
+
+
+@pytest.mark.parametrize("complexity", [0, 1, 10])
+def test_speaker_encodes_speech_at_the_opus_complexity_it_is_given(complexity: int) -> None:
+    """WEBRTC_OPUS_COMPLEXITY reaches libopus, and the speech decodes back at every setting."""
+
+    async def body() -> tuple[np.ndarray, np.ndarray, int]:
+        pcm, rate = read_wav(speak("Good morning"))
+        track = SpeakerTrack()
+        track.encode_opus = True
+        track.opus_complexity = complexity
+        await track.write(pcm.tobytes(), rate)
+        decoder, decoded = OpusDecoder(SAMPLE_RATE), []
+        while track.queued_ms > 0:
+            packet = await track.recv()
+            decoded.append(np.frombuffer(decoder.decode(bytes(packet)), np.int16))
+        assert track._encoder is not None
+        used = track._encoder.complexity
+        track.stop()
+        return resample(pcm, rate, SAMPLE_RATE), np.concatenate(decoded), used
+
+    sent, heard, used = run(body())
+    assert used == complexity
+    # The loudness envelope (20 ms steps) of what is heard follows what was sent.
+    steps = min(len(sent), len(heard)) // FRAME_SAMPLES
+    level = [
+        np.sqrt(np.mean(x[: steps * FRAME_SAMPLES].astype(float).reshape(steps, -1) ** 2, axis=1))
+        for x in (sent, heard)
+    ]
+    assert np.corrcoef(level[0], level[1])[0, 1] > 0.9
 
 
 def test_speaker_clear_silences_the_next_frame_and_releases_drained() -> None:

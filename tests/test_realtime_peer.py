@@ -4,6 +4,7 @@ espeak-ng speech and records the server's speaker track."""
 from __future__ import annotations
 
 import asyncio
+import datetime
 import gc
 import json
 import time
@@ -234,6 +235,37 @@ def test_reply_audio_plays_on_the_client_track() -> None:
         after = time.monotonic()
         await asyncio.sleep(0.3)
         assert rms(client.audio_since(after)) < 50
+        await close_session(handler, client)
+
+    run(body())
+
+
+def test_the_servers_rtcp_sender_reports_count_what_the_client_received() -> None:
+    """The speaker's packets are counted for RTCP as aiortc counts its own: the client's
+    view of the server's sender reports (packets, bytes, the wall clock) matches what it got."""
+
+    async def body() -> None:
+        handler, ctx, client = await open_session()
+        speaker = handler.speaker()
+        assert speaker is not None
+        pcm, rate = read_wav(speak("The weather is sunny and warm today, and tomorrow too."))
+        await speaker.write(pcm.tobytes(), rate)
+        await asyncio.wait_for(speaker.drained(), 20)
+        deadline = time.monotonic() + 6
+        reported: Any = None
+        while time.monotonic() < deadline:
+            stats = await client.pc.getReceivers()[0].getStats()
+            by_type = {stat.type: stat for stat in stats.values()}
+            reported = by_type.get("remote-outbound-rtp")
+            if reported is not None and reported.packetsSent >= speaker.speech_frames_sent:
+                break
+            await asyncio.sleep(0.2)
+        assert reported is not None, "no sender report reached the client"
+        received = by_type["inbound-rtp"].packetsReceived
+        assert speaker.speech_frames_sent <= reported.packetsSent <= received
+        assert reported.bytesSent > 40 * speaker.speech_frames_sent  # Opus speech, not silence
+        age = datetime.datetime.now(datetime.UTC) - reported.remoteTimestamp
+        assert abs(age.total_seconds()) < 3, reported.remoteTimestamp
         await close_session(handler, client)
 
     run(body())

@@ -110,6 +110,7 @@ def test_values_from_the_environment() -> None:
         ({"MEDIA_URL_EXPIRY_S": "5"}, "MEDIA_URL_EXPIRY_S"),
         ({"ASR_OFFLINE_DECODERS": "0"}, "ASR_OFFLINE_DECODERS"),
         ({"WEB_PROCESSES": "none"}, "WEB_PROCESSES"),
+        ({"WEBRTC_OPUS_COMPLEXITY": "11"}, "WEBRTC_OPUS_COMPLEXITY"),
     ],
 )
 def test_bad_value_stops_start_up_with_one_line(environ: dict[str, str], named: str) -> None:

@@ -191,6 +191,11 @@ class _Daemons:
         self._wanted: queue.SimpleQueue[None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._starter: threading.Thread | None = None
+        self.waiting = 0  # threads waiting for a job
+
+    def _count_waiting(self, change: int) -> None:
+        with self._lock:
+            self.waiting += change
 
     def submit(self, job: Job) -> None:
         self._jobs.put(job)
@@ -211,9 +216,13 @@ class _Daemons:
 
     def _work(self) -> None:
         while True:
+            self._count_waiting(1)
             try:
-                job = self._jobs.get(timeout=self.IDLE_S)
+                job: Job | None = self._jobs.get(timeout=self.IDLE_S)
             except queue.Empty:
+                job = None
+            self._count_waiting(-1)
+            if job is None:
                 # Leave only if no job has claimed this thread's token meanwhile.
                 if self._idle.acquire(blocking=False):
                     return
@@ -224,6 +233,12 @@ class _Daemons:
 
 
 _daemons = _Daemons()
+
+
+def waiting_threads() -> int:
+    """Threads of `spawn` alive and waiting for work (they end after `_Daemons.IDLE_S`): the
+    rest of the process's threads are the ones doing something."""
+    return _daemons.waiting
 
 
 def spawn(target: Callable[..., object], *args: Any, name: str) -> Job:

@@ -201,6 +201,7 @@ class RealtimeHandler:
             on_state=self._on_peer_state,
             ice_servers=session_ice_servers(self.ctx.session_id),
             timeout_s=float(settings.WEBRTC_TIMEOUT_S),
+            opus_complexity=settings.WEBRTC_OPUS_COMPLEXITY,
         )
         self._peer = peer
         for candidate in candidates:  # kept by the peer until the offer is applied

@@ -9,8 +9,11 @@ to what the listener takes (16 kHz mono), as packets arrive.
 
 Encoding: aiortc's encoder sends stereo at 96 kbit/s at libopus's highest complexity (10), a
 few hundred microseconds of CPU per 20 ms frame. The avatar's voice is mono speech: mono at
-`SPEECH_BITRATE` and complexity `SPEECH_COMPLEXITY` (libopus's speed/quality dial, 0-10) costs
-about half (docs/benchmarks.md), at a bit rate WebRTC itself uses for voice.
+`SPEECH_BITRATE`, a bit rate WebRTC itself uses for voice, and complexity 1 (libopus's
+speed/quality dial, 0-10; the setting WEBRTC_OPUS_COMPLEXITY) costs about a fifth: encoding was
+the largest single piece of a talking session's CPU. Decoded, complexity 1 is within 0.35 dB
+of complexity 5 in log-spectral distance to the original speech and 0 is 1.6 dB worse
+(docs/benchmarks.md).
 
 The library is loaded as a `ctypes.PyDLL`: its calls keep the GIL. A call takes tens to a
 hundred-odd microseconds; releasing the GIL for it (`ctypes.CDLL`) let the process's other
@@ -31,11 +34,12 @@ import av
 # The longest Opus packet lasts 120 ms.
 MAX_PACKET_MS = 120
 SPEECH_BITRATE = 32000
-SPEECH_COMPLEXITY = 5
+SPEECH_COMPLEXITY = 1  # the default of WEBRTC_OPUS_COMPLEXITY
 # libopus's constants (opus_defines.h)
 _APPLICATION_VOIP = 2048
 _SET_BITRATE = 4002
 _SET_COMPLEXITY = 4010
+_GET_COMPLEXITY = 4011
 
 
 _INT_P = ctypes.POINTER(ctypes.c_int)
@@ -156,6 +160,15 @@ class OpusEncoder(_State):
             )
             if result != 0:
                 raise OSError(f"opus_encoder_ctl({request}, {value}) failed ({result})")
+
+    @property
+    def complexity(self) -> int:
+        """The complexity libopus encodes with (as it reports it)."""
+        value = ctypes.c_int()
+        self._lib.opus_encoder_ctl(
+            ctypes.c_void_p(self._state), ctypes.c_int(_GET_COMPLEXITY), ctypes.byref(value)
+        )
+        return value.value
 
     def encode(self, pcm: bytes) -> bytes:
         """One frame (2.5-60 ms of samples) as an Opus packet."""

@@ -23,6 +23,8 @@ from aiortc import (
     RTCConfiguration,
     RTCIceServer,
     RTCPeerConnection,
+    RTCRtpSender,
+    RTCRtpTransceiver,
     RTCSessionDescription,
 )
 from aiortc.codecs import get_decoder
@@ -32,9 +34,9 @@ from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.sdp import candidate_from_sdp
 
 from chat.providers.base import SPEECH_RATE
-from chat.realtime.opus import OpusDecoder
+from chat.realtime.opus import SPEECH_COMPLEXITY, OpusDecoder
 from chat.realtime.pcm import frame_pcm
-from chat.realtime.speaker import SpeakerTrack
+from chat.realtime.speaker import SpeakerTrack, send_with
 from chat.realtime.tasks import Tasks
 
 logger = logging.getLogger(__name__)
@@ -252,6 +254,7 @@ class PeerSession:
         batch_audio: AudioPredicate | None = None,
         wants_audio: AudioPredicate | None = None,
         pause_is_silence: AudioPredicate | None = None,
+        opus_complexity: int = SPEECH_COMPLEXITY,
     ) -> None:
         self.on_audio = on_audio
         self.batch_audio = batch_audio
@@ -263,6 +266,7 @@ class PeerSession:
             RTCConfiguration(iceServers=ice_servers_from_settings(ice_servers or []))
         )
         self.speaker = SpeakerTrack()
+        self.speaker.opus_complexity = opus_complexity
         self.failure_reason = ""
         self._connected = asyncio.Event()
         self._tasks = Tasks()
@@ -316,6 +320,8 @@ class PeerSession:
         answer = await self.pc.createAnswer()
         self.speaker.encode_opus = _sends_opus(self.pc, self.speaker)
         self.speaker.dtx = self.speaker.encode_opus and offers_dtx(sdp)
+        if self.speaker.encode_opus:
+            send_with(_sender_of(self.pc, self.speaker), self.speaker)
         # Gathers our candidates and puts them into the answer SDP.
         await self.pc.setLocalDescription(answer)
 
@@ -424,13 +430,18 @@ class PeerSession:
         self._tracks.clear()
 
 
+def _transceiver_of(pc: RTCPeerConnection, track: MediaStreamTrack) -> RTCRtpTransceiver:
+    return next(t for t in pc.getTransceivers() if t.sender.track is track)
+
+
+def _sender_of(pc: RTCPeerConnection, track: MediaStreamTrack) -> RTCRtpSender:
+    return _transceiver_of(pc, track).sender
+
+
 def _sends_opus(pc: RTCPeerConnection, track: MediaStreamTrack) -> bool:
     """Whether `track` is sent with Opus, so that it may hand aiortc encoded packets."""
-    for transceiver in pc.getTransceivers():
-        if transceiver.sender.track is track:
-            codecs = getattr(transceiver, "_codecs", None) or []
-            return bool(codecs) and codecs[0].mimeType.lower() == "audio/opus"
-    return False
+    codecs = getattr(_transceiver_of(pc, track), "_codecs", None) or []
+    return bool(codecs) and codecs[0].mimeType.lower() == "audio/opus"
 
 
 _OPUS_RTPMAP = re.compile(r"^a=rtpmap:(\d+) opus/", re.IGNORECASE | re.MULTILINE)

@@ -29,15 +29,22 @@ from __future__ import annotations
 
 import asyncio
 import fractions
+import logging
 import math
 import time
 
 import av
+from aiortc import RTCRtpCodecParameters, RTCRtpSender
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.rtcrtpsender import RTP_HISTORY_SIZE, random_sequence_number
+from aiortc.rtp import RtpPacket
+from aiortc.utils import random32
 
-from chat.realtime.opus import OpusEncoder
+from chat.realtime.opus import SPEECH_COMPLEXITY, OpusEncoder
 from chat.realtime.pcm import PcmResampler
 from echoproject import metrics
+
+logger = logging.getLogger(__name__)
 
 SAMPLE_RATE = 24000
 FRAME_MS = 20
@@ -103,6 +110,7 @@ class SpeakerTrack(MediaStreamTrack):
         self.encode_opus = False
         self.frames_encoded = 0  # by the track itself (speech only), when `encode_opus`
         self._encoder: OpusEncoder | None = None
+        self.opus_complexity = SPEECH_COMPLEXITY
         # a reply is being written (until `end_of_speech`): running dry then is an underrun
         self.expecting = False
         self.underruns = 0
@@ -167,6 +175,28 @@ class SpeakerTrack(MediaStreamTrack):
     async def recv(self) -> av.AudioFrame | av.Packet:
         """The next 20 ms frame (a packet when `encode_opus`), returned at its real-time
         instant; in DTX silence, the next packet up to `DTX_INTERVAL_S` later."""
+        chunk = await self._next_chunk()
+        if not self.encode_opus:
+            return _pcm_frame(chunk, self._timestamp)
+        packet = av.Packet(self._payload(chunk))
+        packet.pts = self._timestamp
+        packet.time_base = TIME_BASE
+        return packet
+
+    async def next_payload(self) -> tuple[bytes, int]:
+        """With `encode_opus`: the next Opus packet and its timestamp at 48 kHz (Opus's RTP
+        clock), at the same instant `recv()` would return it (see `send_with`)."""
+        chunk = await self._next_chunk()
+        return self._payload(chunk), self._timestamp * (48000 // SAMPLE_RATE)
+
+    def _payload(self, chunk: bytes) -> bytes:
+        if chunk is self._silence:
+            return silence_packet()
+        self.frames_encoded += 1
+        return self._encode(chunk)
+
+    async def _next_chunk(self) -> bytes:
+        """The next 20 ms of PCM (speech, or the silence object), at its real-time instant."""
         if self.readyState != "live":
             raise MediaStreamError
         now = time.monotonic()
@@ -211,20 +241,11 @@ class SpeakerTrack(MediaStreamTrack):
             chunk = self._silence
         self._silent_frames = 0 if chunk is not self._silence else self._silent_frames + 1
         self.frames_sent += 1
-        if not self.encode_opus:
-            return _pcm_frame(chunk, self._timestamp)
-        payload = silence_packet()
-        if chunk is not self._silence:
-            payload = self._encode(chunk)
-            self.frames_encoded += 1
-        packet = av.Packet(payload)
-        packet.pts = self._timestamp
-        packet.time_base = TIME_BASE
-        return packet
+        return chunk
 
     def _encode(self, chunk: bytes) -> bytes:
         if self._encoder is None:
-            self._encoder = OpusEncoder(SAMPLE_RATE)
+            self._encoder = OpusEncoder(SAMPLE_RATE, complexity=self.opus_complexity)
         return self._encoder.encode(chunk)
 
     def _speaking(self) -> bool:
@@ -243,3 +264,73 @@ class SpeakerTrack(MediaStreamTrack):
             await self._wake.wait()
         finally:
             timer.cancel()
+
+
+# seconds from the NTP epoch (1900) to the Unix epoch (1970)
+_NTP_UNIX_S = 2208988800
+
+
+def _ntp_now() -> int:
+    """The wall clock as a 64-bit NTP timestamp (aiortc's own goes through datetime)."""
+    now = time.time()
+    seconds = int(now)
+    return (seconds + _NTP_UNIX_S) << 32 | int((now - seconds) * 4294967296)
+
+
+def send_with(sender: RTCRtpSender, track: SpeakerTrack) -> None:
+    """Let `sender` (aiortc 1.16's, before it starts) send `track`'s Opus packets the short way.
+
+    aiortc's sending loop takes each packet through its generic encoder interface: the track
+    returns an `av.Packet`, the "encoder" converts its timestamp with `Fraction` arithmetic,
+    and every RTP packet gets two datetime-based NTP readings; per 20 ms frame and session that
+    cost more than encoding the speech. This loop takes the payload and its 48 kHz timestamp
+    from `track.next_payload()` and otherwise does what aiortc's does with each packet: the
+    same RTP header and extensions, the history kept for retransmission, the counters its RTCP
+    sender reports are built from, the same SRTP transport. A track not sending Opus (PCMU)
+    keeps aiortc's loop.
+    """
+
+    async def run_rtp(codec: RTCRtpCodecParameters) -> None:
+        private = "_RTCRtpSender__"
+        getattr(sender, private + "rtp_started").set()
+        extensions = getattr(sender, private + "rtp_header_extensions_map")
+        history = getattr(sender, private + "rtp_history")
+        mid = getattr(sender, private + "mid")
+        transport = sender.transport
+        sequence_number = random_sequence_number()
+        timestamp_origin = random32()
+        try:
+            while True:
+                payload, timestamp = await track.next_payload()
+                packet = RtpPacket(
+                    payload_type=codec.payloadType,
+                    marker=1,
+                    sequence_number=sequence_number,
+                    timestamp=(timestamp_origin + timestamp) & 0xFFFFFFFF,
+                    ssrc=sender._ssrc,
+                    payload=payload,
+                )
+                ntp = _ntp_now()
+                packet.extensions.abs_send_time = (ntp >> 14) & 0x00FFFFFF
+                packet.extensions.mid = mid
+                history[sequence_number % RTP_HISTORY_SIZE] = packet
+                await transport._send_rtp(packet.serialize(extensions))
+                setattr(sender, private + "ntp_timestamp", ntp)
+                setattr(sender, private + "rtp_timestamp", packet.timestamp)
+                setattr(
+                    sender,
+                    private + "octet_count",
+                    getattr(sender, private + "octet_count") + len(payload),
+                )
+                setattr(
+                    sender, private + "packet_count", getattr(sender, private + "packet_count") + 1
+                )
+                sequence_number = (sequence_number + 1) & 0xFFFF
+        except (asyncio.CancelledError, ConnectionError, MediaStreamError):
+            pass
+        except Exception:
+            logger.exception("sending the speaker track failed")
+        track.stop()
+        getattr(sender, private + "rtp_exited").set()
+
+    sender._run_rtp = run_rtp  # type: ignore[method-assign]

@@ -35,8 +35,10 @@ MAX_STREAM_S = 600.0
 # frames): fewer queue hand-overs and websocket frames per second of speech; what is left is
 # sent at the end of the stream, so the final text comes no later.
 CHUNK_MS = 100
-# How long the SDK's sender waits for audio before it lets the SDK's own loop read results.
-_WAIT_S = 0.05
+# How long the SDK's sender waits for audio before it lets the SDK's own loop read results:
+# longer than the CHUNK_MS between chunks while audio flows (each chunk lets it read them too),
+# so the sender wakes without audio only while the speaker's audio pauses.
+_WAIT_S = 0.15
 
 
 def _language_code(language: str) -> str:
