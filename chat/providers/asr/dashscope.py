@@ -77,9 +77,15 @@ class _Recognition(Recognition):
         self._worker = spawn(self._Recognition__receive_worker, name="dashscope-asr")
         self._callback.on_open()
 
+    def end_audio(self) -> None:
+        """The audio is complete: the sender sends what is queued, then the end of the task.
+        Never blocks (safe on the event loop): the rest of `stop()` is waiting for the end."""
+        if not self._stopping:
+            self._stopping = True
+            self._stream_data.put(self._wake)
+
     def stop(self) -> None:
-        self._stopping = True
-        self._stream_data.put(self._wake)
+        self.end_audio()
         super().stop()
 
     def _input_stream_cycle(self):  # type: ignore[no-untyped-def]  # the SDK's generator
@@ -199,6 +205,9 @@ class _DashScopeStream(ASRStream):
         with contextlib.suppress(ASRError):  # the task ended: its error reaches results()
             self._send_held()
         self._bridge.deadline(self._timeout_s, lambda: timed_out(ASRError, WHAT, self._timeout_s))
+        # The end of the audio goes to the SDK's sender from here, not after a thread hop;
+        # waiting for the task to end (the SDK's stop()) is left to a thread.
+        self._recognition.end_audio()
         spawn(self._stop, name="dashscope-asr-stop")
 
     async def results(self) -> AsyncIterator[Hypothesis]:
