@@ -53,6 +53,16 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def wait_for(condition: Callable[[], bool], timeout: float = 10.0, step: float = 0.05) -> bool:
+    """Whether `condition()` became true within `timeout` seconds (checked every `step`)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(step)
+    return condition()
+
+
 def port_open(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket() as sock:
         sock.settimeout(0.2)

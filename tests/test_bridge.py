@@ -4,21 +4,12 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 
 import pytest
 
 from chat.providers import bridge
 from chat.providers.bridge import spawn
-
-
-def _wait_for(condition, seconds: float = 5.0) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.01)
-    return condition()
+from harness.procs import wait_for
 
 
 def test_a_job_runs_with_its_arguments_and_can_be_joined() -> None:
@@ -74,7 +65,7 @@ def test_idle_threads_end(monkeypatch: pytest.MonkeyPatch) -> None:
         job = bridge.Job(lambda: (names.append("ran"), release.wait(5)), (), f"idle-{index}")
         daemons.submit(job)
         jobs.append(job)
-    assert _wait_for(lambda: len(names) == 4), "four concurrent jobs did not all start"
+    assert wait_for(lambda: len(names) == 4), "four concurrent jobs did not all start"
     release.set()
     for job in jobs:
         job.join(5)
@@ -83,8 +74,8 @@ def test_idle_threads_end(monkeypatch: pytest.MonkeyPatch) -> None:
         return [t for t in threading.enumerate() if getattr(t, "_target", None) == daemons._work]
 
     assert len(workers()) == 4
-    assert _wait_for(lambda: daemons.waiting == 4)
-    assert _wait_for(lambda: not workers()), "idle threads stayed"
+    assert wait_for(lambda: daemons.waiting == 4)
+    assert wait_for(lambda: not workers()), "idle threads stayed"
     assert daemons.waiting == 0
     # After they ended, work still runs.
     daemons.submit(job := bridge.Job(names.append, ("again",), "later"))

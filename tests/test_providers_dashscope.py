@@ -24,6 +24,7 @@ from chat.providers.base import (
     TTSError,
 )
 from chat.providers.text import stream_sentences
+from harness.procs import wait_for
 from tests.fakes.dashscope_server import DashScopeServer, Fault
 
 TURN = ChatTurn(
@@ -441,20 +442,15 @@ def test_tts_timeout_is_bounded(dashscope: DashScopeServer, settings: Any) -> No
 
 
 # --- pre-connected TTS sockets ---------------------------------------------------------------
-def _wait_for(condition: Any, seconds: float = 5.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.02)
-
-
 def _preconnected_tts(settings: Any, dashscope: DashScopeServer, size: int = 2) -> Any:
     """The TTS provider after one sentence, with `size` sockets open for its voice."""
     settings.DASHSCOPE_TTS_PRECONNECT = size
     tts = get_tts()
     assert asyncio.run(tts.synthesize("First.", "longxiaochun_v2", "en-US"))
     key = tts.key("longxiaochun_v2", "en-US")
-    _wait_for(lambda: tts.preconnected.ready(key) == size and dashscope.idle_connections == size)
+    assert wait_for(
+        lambda: tts.preconnected.ready(key) == size and dashscope.idle_connections == size, 5
+    ), "condition not reached in time"
     return tts
 
 
@@ -473,7 +469,7 @@ def test_tts_sentences_after_the_first_start_on_connections_opened_before(
     assert all(task.payload["parameters"]["voice"] == "longxiaochun_v2" for task in later)
     assert all(task.authorization == f"Bearer {dashscope.api_key}" for task in later)
     # Spent sockets are replaced in the background.
-    _wait_for(lambda: dashscope.idle_connections == 2)
+    assert wait_for(lambda: dashscope.idle_connections == 2, 5), "condition not reached in time"
 
 
 def test_tts_connections_the_service_closed_are_not_used(
@@ -504,7 +500,7 @@ def test_tts_closing_the_provider_closes_its_waiting_connections(
 ) -> None:
     _preconnected_tts(settings, dashscope)
     reset_providers()
-    _wait_for(lambda: dashscope.idle_connections == 0)
+    assert wait_for(lambda: dashscope.idle_connections == 0, 5), "condition not reached in time"
 
 
 def test_tts_without_preconnecting_opens_one_connection_per_sentence(

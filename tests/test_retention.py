@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ import websockets
 from django.core.management import CommandError, call_command
 
 from chat.models import ChatSession, Message
+from harness.procs import wait_for
 from tests.fixtures_sessions import Client, daphne_with, run
 from tests.test_access import login
 
@@ -53,15 +53,6 @@ async def one_turn(url: str, *, stop: bool) -> tuple[dict[str, Any], bool]:
             await client.send(type="stop_session")
             await client.until("session_ended")
     return init, files
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 10) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.1)
-    return condition()
 
 
 @pytest.mark.parametrize("stop", [True, False], ids=["stopped", "dropped"])

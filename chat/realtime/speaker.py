@@ -4,10 +4,11 @@ aiortc's sender pulls frames from `recv()` as fast as it returns them, so the tr
 the real-time clock (as aiortc's own AudioStreamTrack does). Reply audio is queued as 24 kHz mono
 PCM16, the rate the cloud TTS is asked for (chat/providers/tts/dashscope.py), so its audio is
 queued as it comes, unresampled, and Opus encodes it at that rate (super-wideband: the whole band
-of that audio; the RTP clock stays Opus's 48 kHz, aiortc converts the timestamps); the offline
-engine's 22.05 kHz is resampled. `clear()` empties the queue so the very next frame is silence,
-which is what makes barge-in stop speech within one 20 ms frame. `hold()` pauses the speech without dropping it
-(silence meanwhile), while the VAD decides whether what it hears is the user starting to talk.
+of that audio; the RTP clock stays Opus's 48 kHz, the timestamps are converted on the way out);
+the offline engine's 22.05 kHz is resampled. `clear()` empties the queue so the very next frame
+is silence, which is what makes barge-in stop speech within one 20 ms frame. `hold()` pauses the
+speech without dropping it (silence meanwhile), while the VAD decides whether what it hears is
+the user starting to talk.
 
 Most of a session's time the avatar is silent, and encoding silence was most of an idle
 session's cost: aiortc hands every frame to a thread pool for Opus encoding (and measures its
@@ -296,6 +297,10 @@ def send_with(sender: RTCRtpSender, track: SpeakerTrack) -> None:
         extensions = getattr(sender, private + "rtp_header_extensions_map")
         history = getattr(sender, private + "rtp_history")
         mid = getattr(sender, private + "mid")
+        # what aiortc's RTCP sender reports are built from (only this loop writes them)
+        ntp_name, rtp_name = private + "ntp_timestamp", private + "rtp_timestamp"
+        octets_name, packets_name = private + "octet_count", private + "packet_count"
+        octets, packets = getattr(sender, octets_name), getattr(sender, packets_name)
         transport = sender.transport
         sequence_number = random_sequence_number()
         timestamp_origin = random32()
@@ -315,16 +320,12 @@ def send_with(sender: RTCRtpSender, track: SpeakerTrack) -> None:
                 packet.extensions.mid = mid
                 history[sequence_number % RTP_HISTORY_SIZE] = packet
                 await transport._send_rtp(packet.serialize(extensions))
-                setattr(sender, private + "ntp_timestamp", ntp)
-                setattr(sender, private + "rtp_timestamp", packet.timestamp)
-                setattr(
-                    sender,
-                    private + "octet_count",
-                    getattr(sender, private + "octet_count") + len(payload),
-                )
-                setattr(
-                    sender, private + "packet_count", getattr(sender, private + "packet_count") + 1
-                )
+                octets += len(payload)
+                packets += 1
+                setattr(sender, ntp_name, ntp)
+                setattr(sender, rtp_name, packet.timestamp)
+                setattr(sender, octets_name, octets)
+                setattr(sender, packets_name, packets)
                 sequence_number = (sequence_number + 1) & 0xFFFF
         except (asyncio.CancelledError, ConnectionError, MediaStreamError):
             pass
