@@ -123,5 +123,9 @@ def delete_session_files(session_id: uuid.UUID | str) -> int:
 
 def _remove_empty_dirs(prefix: str) -> None:
     root = Path(settings.MEDIA_ROOT) / prefix
-    if root.is_dir() and not any(p.is_file() for p in root.rglob("*")):
-        shutil.rmtree(root, ignore_errors=True)
+    try:
+        if any(p.is_file() for p in root.rglob("*")):
+            return
+    except FileNotFoundError:  # another end of the session (the cleanup's) removed it meanwhile
+        return
+    shutil.rmtree(root, ignore_errors=True)

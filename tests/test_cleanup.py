@@ -3,6 +3,7 @@ their files, and purges history past retention."""
 
 from __future__ import annotations
 
+import threading
 from datetime import timedelta
 from io import StringIO
 from pathlib import Path
@@ -17,6 +18,7 @@ from django.utils import timezone
 from celery_app import app
 from chat import sessions
 from chat.models import ChatSession, Message
+from chat.storage import delete_session_files
 
 pytestmark = pytest.mark.django_db
 
@@ -68,3 +70,33 @@ def test_beat_runs_the_cleanup_periodically() -> None:
     assert entry["schedule"] == 60
     app.loader.import_default_modules()  # what a worker does at start
     assert "chat.tasks.cleanup_sessions" in app.tasks
+
+
+def test_two_ends_of_one_session_at_once_both_succeed(media_root: Path) -> None:
+    """The cleanup and the session's own consumer (or `user_data`) may end one session at the
+    same moment: each deletes its files, neither fails on what the other removed first, and
+    no directory is left behind."""
+    session_id = "5f0c5b4e-4b1e-4f43-9d59-7c3e2b0a1d2e"
+    failures: list[BaseException] = []
+
+    def end(barrier: threading.Barrier) -> None:
+        barrier.wait()
+        try:
+            delete_session_files(session_id)
+        except BaseException as exc:  # noqa: BLE001 - the test reports what escaped
+            failures.append(exc)
+
+    for _ in range(60):  # a race: enough rounds that the old walk failed in most runs
+        for turn in range(12):
+            for kind in ("audio", "video"):
+                default_storage.save(
+                    f"sessions/{session_id}/{kind}/{turn}/x.bin", ContentFile(b"x")
+                )
+        barrier = threading.Barrier(2)
+        threads = [threading.Thread(target=end, args=(barrier,)) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(10)
+        assert not failures, failures
+        assert not (media_root / "sessions" / session_id).exists()
