@@ -23,6 +23,7 @@ from chat.providers.base import (
     ProviderError,
     TTSError,
 )
+from chat.providers.cloud import run_once
 from chat.providers.text import stream_sentences
 from harness.procs import wait_for
 from tests.fakes.dashscope_server import DashScopeServer, Fault
@@ -67,13 +68,28 @@ def _assert_secret_kept(error: ProviderError, key: str, caplog: pytest.LogCaptur
 
 # --- LLM ------------------------------------------------------------------------------------
 def test_llm_streams_the_reply_piece_by_piece(dashscope: DashScopeServer) -> None:
-    pieces = asyncio.run(_collect(get_llm().stream_reply(TURN)))
+    pieces = run_once(_collect(get_llm().stream_reply(TURN)))
     assert len(pieces) > 3
     assert "".join(pieces) == "You said: Where should I go in May?. I am a fake Qwen. Ask me more!"
 
 
+def test_llm_goes_through_the_proxy_of_the_environment(
+    dashscope: DashScopeServer, settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Behind a proxy (HTTPS_PROXY / HTTP_PROXY, as for any HTTP client) the reply still comes:
+    the service's host here does not resolve, only the proxy (the fake, which serves the
+    absolute URL it is asked for) can reach it."""
+    settings.DASHSCOPE_HTTP_BASE_URL = "http://dashscope.invalid/api/v1"
+    monkeypatch.setenv("HTTP_PROXY", dashscope.http_base_url.split("/api/")[0])
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    reply = run_once(get_llm().reply(TURN))
+    assert reply.startswith("You said")
+    assert dashscope.of("llm")
+
+
 def test_llm_sends_persona_history_key_and_streaming_flags(dashscope: DashScopeServer) -> None:
-    asyncio.run(get_llm().reply(TURN))
+    run_once(get_llm().reply(TURN))
     (request,) = dashscope.of("llm")
     assert request.authorization == f"Bearer {dashscope.api_key}"
     assert request.headers.get("X-DashScope-SSE") == "enable"
@@ -87,13 +103,13 @@ def test_llm_sends_persona_history_key_and_streaming_flags(dashscope: DashScopeS
 
 def test_llm_history_is_limited_by_setting(dashscope: DashScopeServer, settings: Any) -> None:
     settings.LLM_MAX_HISTORY = 1
-    asyncio.run(get_llm().reply(TURN))
+    run_once(get_llm().reply(TURN))
     messages = dashscope.of("llm")[0].payload["input"]["messages"]
     assert [m["role"] for m in messages] == ["system", "user"]
 
 
 def test_llm_reply_splits_into_sentences_while_streaming(dashscope: DashScopeServer) -> None:
-    sentences = asyncio.run(_collect(stream_sentences(get_llm().stream_reply(TURN))))
+    sentences = run_once(_collect(stream_sentences(get_llm().stream_reply(TURN))))
     assert sentences == [
         "You said: Where should I go in May?.",
         "I am a fake Qwen.",
@@ -117,7 +133,7 @@ def test_llm_failures_map_to_llm_error(
 ) -> None:
     dashscope.behaviour.llm_fault = fault
     with caplog.at_level(logging.DEBUG), pytest.raises(LLMError) as caught:
-        asyncio.run(get_llm().reply(TURN))
+        run_once(get_llm().reply(TURN))
     assert caught.value.code == "ERR_LLM_FAILED"
     assert caught.value.retryable is retryable
     if fault.kind != "drop":
@@ -131,7 +147,7 @@ def test_llm_wrong_key_is_not_retryable_and_never_logged(
     wrong = "sk-wrong-key-0123456789abcdef"
     settings.DASHSCOPE_API_KEY = wrong
     with caplog.at_level(logging.DEBUG), pytest.raises(LLMError) as caught:
-        asyncio.run(get_llm().reply(TURN))
+        run_once(get_llm().reply(TURN))
     assert caught.value.retryable is False
     assert "401" in str(caught.value)
     assert dashscope.of("llm")[0].authorization == f"Bearer {wrong}"
@@ -143,20 +159,20 @@ def test_llm_timeout_is_bounded_by_settings(dashscope: DashScopeServer, settings
     settings.PROVIDER_CONNECT_TIMEOUT_S = 0.5
     dashscope.behaviour.llm_fault = Fault("hang")
     with pytest.raises(LLMError) as caught:
-        asyncio.run(get_llm().reply(TURN))
+        run_once(get_llm().reply(TURN))
     assert caught.value.retryable is True
 
 
 def test_llm_refused_connection_is_retryable(dashscope: DashScopeServer, settings: Any) -> None:
     settings.DASHSCOPE_HTTP_BASE_URL = "http://127.0.0.1:9/api/v1"
     with pytest.raises(LLMError) as caught:
-        asyncio.run(get_llm().reply(TURN))
+        run_once(get_llm().reply(TURN))
     assert caught.value.retryable is True
 
 
 # --- realtime ASR ---------------------------------------------------------------------------
 def test_asr_stream_gives_interim_then_final_hypotheses(dashscope: DashScopeServer) -> None:
-    results = asyncio.run(_recognise(get_asr(), chunks=10))
+    results = run_once(_recognise(get_asr(), chunks=10))
     interim = [h for h in results if not h.final]
     final = [h for h in results if h.final]
     assert interim, results
@@ -165,7 +181,7 @@ def test_asr_stream_gives_interim_then_final_hypotheses(dashscope: DashScopeServ
 
 
 def test_asr_stream_sends_the_audio_and_parameters(dashscope: DashScopeServer) -> None:
-    asyncio.run(_recognise(get_asr(), chunks=5))
+    run_once(_recognise(get_asr(), chunks=5))
     (task,) = dashscope.of("asr")
     assert task.authorization == f"Bearer {dashscope.api_key}"
     assert task.audio_bytes == 5 * len(SILENCE_100MS)
@@ -193,7 +209,7 @@ def test_asr_stream_sends_20ms_frames_in_100ms_chunks(dashscope: DashScopeServer
         finally:
             await stream.close()
 
-    results = asyncio.run(run())
+    results = run_once(run())
     assert results[-1].final and results[-1].text == "hello world how are you"
     (task,) = dashscope.of("asr")
     assert task.audio_bytes == 23 * len(SILENCE_100MS) // 5
@@ -228,7 +244,7 @@ def test_asr_stream_results_arrive_while_the_speaker_pauses(dashscope: DashScope
             reader.cancel()
             await stream.close()
 
-    heard, total = asyncio.run(run())
+    heard, total = run_once(run())
     assert heard and not heard[0].final, "no interim result while no audio was sent"
     assert total > len(heard)  # the final came after finish()
 
@@ -250,7 +266,7 @@ def test_asr_stream_ends_itself_after_the_silence_timeout(
         finally:
             await stream.close()
 
-    results, took = asyncio.run(run())
+    results, took = run_once(run())
     assert 0.4 < took < 5, took
     (task,) = dashscope.of("asr")
     assert task.actions[-1] == "finish-task"
@@ -276,10 +292,10 @@ def test_streams_never_make_the_loop_wait_for_a_thread_to_start(
         audio = b"".join([chunk async for chunk in get_tts().stream("Hello there.", "", "en-US")])
         return results, reply, audio
 
-    asyncio.run(turn())  # the first turn of a process starts the shared starter thread
+    run_once(turn())  # the first turn of a process starts the shared starter thread
     monkeypatch.setattr(threading.Thread, "start", recording_start)
     loop_thread = threading.current_thread().name
-    results, reply, audio = asyncio.run(turn())
+    results, reply, audio = run_once(turn())
     assert results[-1].text == "hello world how are you" and reply and audio
     assert not [s for s in started_on if s.startswith(loop_thread + " →")], started_on
 
@@ -297,7 +313,7 @@ def test_asr_stream_failures_map_to_asr_error(
 ) -> None:
     dashscope.behaviour.asr_fault = fault
     with caplog.at_level(logging.DEBUG), pytest.raises(ASRError) as caught:
-        asyncio.run(_recognise(get_asr(), chunks=5))
+        run_once(_recognise(get_asr(), chunks=5))
     assert caught.value.code == "ERR_ASR_FAILED"
     assert caught.value.retryable is retryable
     _assert_secret_kept(caught.value, dashscope.api_key, caplog)
@@ -306,7 +322,7 @@ def test_asr_stream_failures_map_to_asr_error(
 def test_asr_stream_refused_handshake_is_retryable(dashscope: DashScopeServer) -> None:
     dashscope.behaviour.ws_handshake_status = 503
     with pytest.raises(ASRError) as caught:
-        asyncio.run(_recognise(get_asr(), chunks=3))
+        run_once(_recognise(get_asr(), chunks=3))
     assert caught.value.retryable is True
     assert "503" in str(caught.value)
 
@@ -314,7 +330,7 @@ def test_asr_stream_refused_handshake_is_retryable(dashscope: DashScopeServer) -
 def test_asr_stream_wrong_key_is_rejected(dashscope: DashScopeServer, settings: Any) -> None:
     settings.DASHSCOPE_API_KEY = "sk-wrong-asr-key-0123456789"
     with pytest.raises(ASRError) as caught:
-        asyncio.run(_recognise(get_asr(), chunks=3))
+        run_once(_recognise(get_asr(), chunks=3))
     assert caught.value.retryable is False
     assert "sk-wrong-asr-key" not in str(caught.value)
 
@@ -325,14 +341,14 @@ def test_asr_stream_timeout_after_finish_is_bounded(
     settings.PROVIDER_TIMEOUT_S = 0.5
     dashscope.behaviour.asr_fault = Fault("hang")
     with pytest.raises(ASRError) as caught:
-        asyncio.run(_recognise(get_asr(), chunks=2))
+        run_once(_recognise(get_asr(), chunks=2))
     assert caught.value.retryable is True
 
 
 # --- file ASR -------------------------------------------------------------------------------
 def test_file_asr_sends_the_public_url(dashscope: DashScopeServer) -> None:
     url = "https://bucket.example.com/session/utterance.wav?sig=abc"
-    text = asyncio.run(get_asr().recognize_file("/nonexistent.wav", url, "zh-CN"))
+    text = run_once(get_asr().recognize_file("/nonexistent.wav", url, "zh-CN"))
     assert text == "hello from the uploaded file"
     (request,) = dashscope.of("file-asr")
     assert request.payload["model"] == "qwen3-asr-flash"
@@ -342,7 +358,7 @@ def test_file_asr_sends_the_public_url(dashscope: DashScopeServer) -> None:
 
 def test_file_asr_without_public_url_refuses_clearly(dashscope: DashScopeServer) -> None:
     with pytest.raises(ASRError) as caught:
-        asyncio.run(get_asr().recognize_file("/tmp/x.wav", "", "en-US"))
+        run_once(get_asr().recognize_file("/tmp/x.wav", "", "en-US"))
     assert caught.value.retryable is False
     assert dashscope.of("file-asr") == []
 
@@ -356,7 +372,7 @@ def test_file_asr_failures_map_to_asr_error(
 ) -> None:
     dashscope.behaviour.file_asr_fault = fault
     with pytest.raises(ASRError) as caught:
-        asyncio.run(get_asr().recognize_file("", "https://example.com/a.wav", "en-US"))
+        run_once(get_asr().recognize_file("", "https://example.com/a.wav", "en-US"))
     assert caught.value.retryable is retryable
 
 
@@ -365,14 +381,14 @@ def test_file_asr_timeout_is_bounded(dashscope: DashScopeServer, settings: Any) 
     settings.PROVIDER_CONNECT_TIMEOUT_S = 0.5
     dashscope.behaviour.file_asr_fault = Fault("hang")
     with pytest.raises(ASRError) as caught:
-        asyncio.run(get_asr().recognize_file("", "https://example.com/a.wav", "en-US"))
+        run_once(get_asr().recognize_file("", "https://example.com/a.wav", "en-US"))
     assert caught.value.retryable is True
 
 
 # --- TTS ------------------------------------------------------------------------------------
 def test_tts_streams_audio_chunks_for_the_text(dashscope: DashScopeServer) -> None:
     text = "Hello there, traveller. May is lovely in Lisbon."
-    chunks = asyncio.run(_collect(get_tts().stream(text, "longxiaochun_v2", "en-US")))
+    chunks = run_once(_collect(get_tts().stream(text, "longxiaochun_v2", "en-US")))
     assert len(chunks) > 1
     audio = b"".join(chunks)
     assert get_tts().sample_rate == 24000
@@ -389,7 +405,7 @@ def test_tts_streams_audio_chunks_for_the_text(dashscope: DashScopeServer) -> No
 def test_tts_espeak_voice_names_fall_back_to_the_default_voice(
     dashscope: DashScopeServer,
 ) -> None:
-    asyncio.run(get_tts().synthesize("Hi.", "en-us+f3", "en-US"))
+    run_once(get_tts().synthesize("Hi.", "en-us+f3", "en-US"))
     assert dashscope.of("tts")[0].payload["parameters"]["voice"] == "longxiaochun_v2"
 
 
@@ -406,7 +422,7 @@ def test_tts_failures_map_to_tts_error(
 ) -> None:
     dashscope.behaviour.tts_fault = fault
     with caplog.at_level(logging.DEBUG), pytest.raises(TTSError) as caught:
-        asyncio.run(get_tts().synthesize("Hello there.", "longxiaochun_v2", "en-US"))
+        run_once(get_tts().synthesize("Hello there.", "longxiaochun_v2", "en-US"))
     assert caught.value.code == "ERR_TTS_FAILED"
     assert caught.value.retryable is retryable
     _assert_secret_kept(caught.value, dashscope.api_key, caplog)
@@ -417,7 +433,7 @@ def test_tts_refused_handshake_is_reported_at_once(
 ) -> None:
     dashscope.behaviour.ws_handshake_status = 503
     with caplog.at_level(logging.DEBUG), pytest.raises(TTSError) as caught:
-        asyncio.run(get_tts().synthesize("Hello there.", "longxiaochun_v2", "en-US"))
+        run_once(get_tts().synthesize("Hello there.", "longxiaochun_v2", "en-US"))
     assert caught.value.retryable is True
     _assert_secret_kept(caught.value, dashscope.api_key, caplog)
 
@@ -428,7 +444,7 @@ def test_tts_wrong_key_is_not_retryable_and_never_logged(
     wrong = "sk-wrong-tts-key-0123456789abcdef"
     settings.DASHSCOPE_API_KEY = wrong
     with caplog.at_level(logging.DEBUG), pytest.raises(TTSError) as caught:
-        asyncio.run(get_tts().synthesize("Hello there.", "longxiaochun_v2", "en-US"))
+        run_once(get_tts().synthesize("Hello there.", "longxiaochun_v2", "en-US"))
     assert caught.value.retryable is False
     _assert_secret_kept(caught.value, wrong, caplog)
 
@@ -437,7 +453,7 @@ def test_tts_timeout_is_bounded(dashscope: DashScopeServer, settings: Any) -> No
     settings.PROVIDER_TIMEOUT_S = 0.5
     dashscope.behaviour.tts_fault = Fault("hang")
     with pytest.raises(TTSError) as caught:
-        asyncio.run(get_tts().synthesize("Hello there.", "longxiaochun_v2", "en-US"))
+        run_once(get_tts().synthesize("Hello there.", "longxiaochun_v2", "en-US"))
     assert caught.value.retryable is True
 
 
@@ -446,7 +462,7 @@ def _preconnected_tts(settings: Any, dashscope: DashScopeServer, size: int = 2) 
     """The TTS provider after one sentence, with `size` sockets open for its voice."""
     settings.DASHSCOPE_TTS_PRECONNECT = size
     tts = get_tts()
-    assert asyncio.run(tts.synthesize("First.", "longxiaochun_v2", "en-US"))
+    assert run_once(tts.synthesize("First.", "longxiaochun_v2", "en-US"))
     key = tts.key("longxiaochun_v2", "en-US")
     assert wait_for(
         lambda: tts.preconnected.ready(key) == size and dashscope.idle_connections == size, 5
@@ -459,8 +475,8 @@ def test_tts_sentences_after_the_first_start_on_connections_opened_before(
 ) -> None:
     tts = _preconnected_tts(settings, dashscope)
     asked = time.monotonic()
-    second = asyncio.run(tts.synthesize("Second one.", "longxiaochun_v2", "en-US"))
-    third = asyncio.run(tts.synthesize("And a third.", "longxiaochun_v2", "en-US"))
+    second = run_once(tts.synthesize("Second one.", "longxiaochun_v2", "en-US"))
+    third = run_once(tts.synthesize("And a third.", "longxiaochun_v2", "en-US"))
     assert len(second) > 0 and len(third) > len(second)
     _, *later = sorted(dashscope.of("tts"), key=lambda task: task.started_at or 0)
     assert [task.texts for task in later] == [["Second one."], ["And a third."]]
@@ -478,7 +494,7 @@ def test_tts_connections_the_service_closed_are_not_used(
     tts = _preconnected_tts(settings, dashscope)
     dashscope.close_idle()
     asked = time.monotonic()
-    assert asyncio.run(tts.synthesize("Still here.", "longxiaochun_v2", "en-US"))
+    assert run_once(tts.synthesize("Still here.", "longxiaochun_v2", "en-US"))
     assert dashscope.of("tts")[-1].texts == ["Still here."]
     assert dashscope.of("tts")[-1].opened_at > asked  # a new connection, not a closed one
 
@@ -488,7 +504,7 @@ def test_tts_another_voice_does_not_take_a_connection_opened_for_the_first(
 ) -> None:
     tts = _preconnected_tts(settings, dashscope, size=1)
     asked = time.monotonic()
-    assert asyncio.run(tts.synthesize("Hello.", "longwan_v2", "zh-CN"))
+    assert run_once(tts.synthesize("Hello.", "longwan_v2", "zh-CN"))
     task = dashscope.of("tts")[-1]
     assert task.payload["parameters"]["voice"] == "longwan_v2"
     assert task.payload["parameters"]["language_hints"] == ["zh"]
@@ -508,7 +524,7 @@ def test_tts_without_preconnecting_opens_one_connection_per_sentence(
 ) -> None:
     settings.DASHSCOPE_TTS_PRECONNECT = 0
     for text in ("One.", "Two."):
-        assert asyncio.run(get_tts().synthesize(text, "longxiaochun_v2", "en-US"))
+        assert run_once(get_tts().synthesize(text, "longxiaochun_v2", "en-US"))
     time.sleep(0.2)
     assert dashscope.idle_connections == 0
     assert len(dashscope.of("ws")) == 0 and len(dashscope.of("tts")) == 2
@@ -525,9 +541,9 @@ def test_tts_stream_can_be_abandoned_after_the_first_chunk(dashscope: DashScopeS
             return chunk
         return b""
 
-    assert asyncio.run(first_chunk())
+    assert run_once(first_chunk())
     # The next utterance works as usual.
-    assert asyncio.run(get_tts().synthesize("Next.", "", "en-US"))
+    assert run_once(get_tts().synthesize("Next.", "", "en-US"))
 
 
 def test_llm_stream_can_be_abandoned_after_the_first_piece(dashscope: DashScopeServer) -> None:
@@ -540,5 +556,5 @@ def test_llm_stream_can_be_abandoned_after_the_first_piece(dashscope: DashScopeS
             return piece
         return ""
 
-    assert asyncio.run(first_piece()) == "You "
-    assert asyncio.run(get_llm().reply(TURN)).startswith("You said")
+    assert run_once(first_piece()) == "You "
+    assert run_once(get_llm().reply(TURN)).startswith("You said")

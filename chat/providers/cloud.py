@@ -7,9 +7,14 @@ are set before every call from settings (tests point them at a loopback server).
 
 from __future__ import annotations
 
+import asyncio
+import atexit
+import contextlib
 import logging
+import weakref
+from collections.abc import Coroutine
 from http import HTTPStatus
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from django.conf import settings
 
@@ -17,6 +22,7 @@ from chat.providers.base import ProviderError
 
 logger = logging.getLogger(__name__)
 E = TypeVar("E", bound=ProviderError)
+R = TypeVar("R")
 
 # Provider error codes that describe a passing condition: trying again may help.
 _RETRYABLE_CODES = (
@@ -60,6 +66,68 @@ def guard_secrets(*secrets: str) -> None:
         log = logging.getLogger(name)
         if _filter not in log.filters:
             log.addFilter(_filter)
+
+
+# The asyncio HTTP session of each event loop for the DashScope SDK's asyncio calls.
+_http_sessions: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def dashscope_http_session() -> Any:
+    """The running loop's `aiohttp.ClientSession` for the SDK's asyncio calls (`session=`).
+
+    Connections stay open between replies (no TLS handshake per reply). Proxies come from the
+    environment (`HTTPS_PROXY`, `NO_PROXY`), read once here: the SDK's own session reads them,
+    and `~/.netrc`, on an executor thread at every request (two thread hops before each reply).
+    """
+    import aiohttp
+    import dashscope
+    from aiohttp.helpers import get_env_proxy_for_url
+    from dashscope.api_entities.aio_session import get_ssl_context
+    from yarl import URL
+
+    loop = asyncio.get_running_loop()
+    session = _http_sessions.get(loop)
+    if session is None or session.closed:
+        proxy = None
+        with contextlib.suppress(LookupError):
+            proxy, _ = get_env_proxy_for_url(URL(dashscope.base_http_api_url))
+        session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(ssl=get_ssl_context()), proxy=proxy
+        )
+        _http_sessions[loop] = session
+    return session
+
+
+async def close_dashscope_http_session() -> None:
+    """Close the running loop's session (a loop that ends before the process does)."""
+    session = _http_sessions.pop(asyncio.get_running_loop(), None)
+    if session is not None:
+        await session.close()
+
+
+@atexit.register
+def _close_http_sessions() -> None:
+    """At exit: close the sessions of loops still open (the web process's)."""
+    for loop, session in list(_http_sessions.items()):
+        if not session.closed and not loop.is_closed() and not loop.is_running():
+            with contextlib.suppress(Exception):
+                loop.run_until_complete(session.close())
+    _http_sessions.clear()
+
+
+def run_once(coro: Coroutine[Any, Any, R]) -> R:
+    """`asyncio.run` for a loop that ends afterwards (a command, a test), closing the loop's
+    DashScope HTTP session before it ends (the web process's loop keeps its own for life)."""
+
+    async def main() -> R:
+        try:
+            return await coro
+        finally:
+            await close_dashscope_http_session()
+
+    return asyncio.run(main())
 
 
 def configure_dashscope() -> str:

@@ -3,7 +3,6 @@ and one per avatar with a cloned voice: usable or not (its turns then speak the 
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
@@ -11,6 +10,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from avatars.checks import STAGE as VOICE_STAGE
 from avatars.checks import check_cloned_voices
 from chat.providers.checks import STAGES, check_all
+from chat.providers.cloud import run_once
 
 
 class Command(BaseCommand):
@@ -27,7 +27,7 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         chosen = options["stage"] or [*STAGES, VOICE_STAGE]
         stages = tuple(stage for stage in chosen if stage in STAGES)
-        results = asyncio.run(check_all(stages)) if stages else []
+        results = run_once(check_all(stages)) if stages else []
         if VOICE_STAGE in chosen:
             results += check_cloned_voices()
         for result in results:

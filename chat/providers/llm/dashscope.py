@@ -1,24 +1,34 @@
-"""Qwen through DashScope: `dashscope.Generation` streaming with incremental output.
+"""Qwen through DashScope: `dashscope.AioGeneration` streaming with incremental output.
 
-The SDK's HTTP client is blocking, so the call runs on a worker thread and each piece reaches
-the event loop through a `ThreadBridge`. HTTP errors come back as responses (not raised); both
-they and network exceptions become `LLMError`.
+The SDK's asyncio client runs on the event loop itself: no worker thread, no hand-over per
+piece; its HTTP session is the loop's (`dashscope_http_session`), so replies reuse kept-alive
+connections and no request waits for an executor thread.
+HTTP errors come back as responses (not raised); both they and network exceptions become
+`LLMError`. The wait for each piece, the first included, is bounded by the connect and the
+read timeouts together.
 """
 
 from __future__ import annotations
 
-import threading
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from http import HTTPStatus
 from typing import Any
 
-from dashscope import Generation
+from dashscope import AioGeneration
 from django.conf import settings
 
 from chat.providers.base import ChatTurn, LLMError, LLMProvider
-from chat.providers.bridge import ThreadBridge, spawn
-from chat.providers.cloud import configure_dashscope, failure, timed_out
+from chat.providers.cloud import (
+    configure_dashscope,
+    dashscope_http_session,
+    failure,
+    timed_out,
+)
 from chat.providers.llm import chat_messages
+
+WHAT = "DashScope LLM"
 
 
 class DashScopeLLM(LLMProvider):
@@ -41,56 +51,44 @@ class DashScopeLLM(LLMProvider):
             settings.LLM_MAX_HISTORY,
         )
 
-    def _generate(
-        self, messages: list[dict[str, str]], bridge: ThreadBridge[str], stop: threading.Event
-    ) -> None:
-        """Worker thread: run the streaming call and post each new piece."""
+    async def stream_reply(self, turn: ChatTurn) -> AsyncIterator[str]:
         key = configure_dashscope()
+        wait = self.timeout_s + self.connect_timeout_s
+        responses: Any = None
         try:
-            responses: Any = Generation.call(
-                model=self.model,
-                messages=messages,
-                result_format="message",
-                stream=True,
-                incremental_output=True,
-                api_key=key,
-                # requests: connect bound, then the longest wait for the next piece.
-                request_timeout=(self.connect_timeout_s, self.timeout_s),
-            )
-            for response in responses:
-                if stop.is_set():
-                    return
-                if response.status_code != HTTPStatus.OK:
-                    bridge.fail(
-                        failure(
+            async with asyncio.timeout(wait) as deadline:
+                responses = await AioGeneration.call(
+                    model=self.model,
+                    messages=chat_messages(turn, self.max_history),
+                    result_format="message",
+                    stream=True,
+                    incremental_output=True,
+                    api_key=key,
+                    session=dashscope_http_session(),
+                    request_timeout=self.timeout_s,  # the SDK's longest wait between pieces
+                )
+                async for response in responses:
+                    if response.status_code != HTTPStatus.OK:
+                        raise failure(
                             LLMError,
-                            "DashScope LLM",
+                            WHAT,
                             status=response.status_code,
                             code=response.code,
                             message=response.message,
                             secrets=(key,),
                         )
-                    )
-                    return
-                choice = response.output.choices[0]
-                piece = choice.message.content
-                if isinstance(piece, str) and piece:
-                    bridge.put(piece)
+                    piece = response.output.choices[0].message.content
+                    deadline.reschedule(None)  # the consumer's time is not the provider's
+                    if isinstance(piece, str) and piece:
+                        yield piece
+                    deadline.reschedule(asyncio.get_running_loop().time() + wait)
+        except LLMError:
+            raise
+        except TimeoutError:
+            raise timed_out(LLMError, WHAT, wait) from None
         except Exception as exc:  # noqa: BLE001 - every SDK failure becomes LLMError
-            bridge.fail(failure(LLMError, "DashScope LLM", exc=exc, secrets=(key,)))
-            return
-        bridge.end()
-
-    async def stream_reply(self, turn: ChatTurn) -> AsyncIterator[str]:
-        bridge: ThreadBridge[str] = ThreadBridge()
-        stop = threading.Event()
-        messages = chat_messages(turn, self.max_history)
-        spawn(self._generate, messages, bridge, stop, name="dashscope-llm")
-        wait = self.timeout_s + self.connect_timeout_s
-        try:
-            async for piece in bridge.iterate(
-                wait, lambda: timed_out(LLMError, "DashScope LLM", wait)
-            ):
-                yield piece
+            raise failure(LLMError, WHAT, exc=exc, secrets=(key,)) from None
         finally:
-            stop.set()
+            if responses is not None:  # an abandoned stream gives its connection back now
+                with contextlib.suppress(Exception):
+                    await responses.aclose()
