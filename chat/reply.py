@@ -143,6 +143,9 @@ class Reply:
         self._send = send
         self.sink = sink
         self.message: Message | None = None
+        # run in the reply's first database call, before its message is made: what a new turn
+        # stops first (one thread hop fewer before the LLM is asked)
+        self.before: Callable[[], object] | None = None
         self.text = ""
         self.request_id = ""
         self.speaking = False
@@ -150,6 +153,19 @@ class Reply:
         self._started = time.perf_counter()
         self._task: asyncio.Task[Any] | None = None
         self._counted = 0  # reply characters counted against the limits (chat.limits)
+
+    def _open(self) -> list[dict[str, str]]:
+        """The one database call before the LLM is asked: `before`, the reply's message (a
+        redelivered upload step brings the one its lost run made) and the history before it."""
+        if self.before is not None:
+            self.before()
+        if self.message is None:
+            self.message = sessions.add_message(
+                self.request.session_id,
+                sessions.ASSISTANT,
+                reply_to_id=self.request.user_message_id,
+            )
+        return sessions.history(self.request.session_id, self.message)
 
     async def send(self, event: dict[str, Any]) -> None:
         await self._send(event)
@@ -161,11 +177,7 @@ class Reply:
         request = self.request
         self._task = asyncio.current_task()
         logs.bind(request.session_id, request.user_message_id)
-        if self.message is None:  # else a redelivered upload step produces it again
-            self.message = await database_sync_to_async(sessions.add_message)(
-                request.session_id, sessions.ASSISTANT, reply_to_id=request.user_message_id
-            )
-        history = await database_sync_to_async(sessions.history)(request.session_id, self.message)
+        history = await database_sync_to_async(self._open)()
         turn = ChatTurn(
             persona=request.persona,
             history=history,

@@ -10,6 +10,7 @@ object (it is the handler's `SessionContext`). An upload turn's work runs in a s
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from typing import Any, Protocol
 
@@ -154,8 +155,10 @@ class SessionTurns:
         kind: str = "text",
         asr_ms: float | None = None,
     ) -> None:
-        """Answer a user message; a reply still running is superseded (cancelled) first."""
-        await self.interrupt()
+        """Answer a user message; a reply still running is superseded (cancelled) first, and
+        the upload turn and renders in flight are stopped in the new reply's first database
+        call (`interrupt()` without a database call of its own)."""
+        await self.stop_reply()
         if self.avatar.voice_source == VoiceSource.CLONED:  # the operator may change it
             await database_sync_to_async(refresh_voice)(self.avatar)
         request = ReplyRequest.of(
@@ -169,6 +172,7 @@ class SessionTurns:
             asr_ms=asr_ms,
         )
         self.reply = Reply(request, self.send_event, self.sink())
+        self.reply.before = functools.partial(stopping.stop_turn, self.session_id)
         self.reply_task = asyncio.ensure_future(self._run_reply(self.reply))
 
     async def _run_reply(self, reply: Reply) -> None:
