@@ -97,6 +97,59 @@ class _Callback(ResultCallback):
         self.fail(lambda: failure(TTSError, WHAT, code=code, message=text, secrets=(self.key,)))
 
 
+class _SocketApp(websocket.WebSocketApp):
+    """websocket-client's app with a read loop of its own: the same callbacks for what the
+    SDK uses (open, text and binary messages, error, close), without reconnects or pings.
+
+    websocket-client's `run_forever` makes local functions that refer to each other and to
+    the app: every socket (one per sentence) left a reference cycle of ~75 objects, with the
+    synthesizer, its events and buffers attached, for the cyclic collector. At 20 talking
+    sessions a process its passes freed ~25 000 such objects at a time and held the event
+    loop, and every session's audio, for 40-80 ms. Here nothing refers back: the socket, its
+    buffers and (once the app lets go of its callbacks, at the end) the synthesizer are freed
+    as soon as the sentence is done."""
+
+    _CALLBACKS = ("on_open", "on_message", "on_data", "on_error", "on_close")
+
+    def run_forever(self, *args: Any, **kwargs: Any) -> bool:  # noqa: ARG002 - none used
+        self.keep_running = True
+        self.has_errored = False
+        sock = self.sock = websocket.WebSocket(
+            get_mask_key=self.get_mask_key, enable_multithread=True
+        )
+        close_frame = None
+        try:
+            sock.settimeout(websocket.getdefaulttimeout())
+            header = self.header() if callable(self.header) else self.header
+            sock.connect(self.url, header=header, cookie=self.cookie)
+            self._callback(self.on_open)
+            while self.keep_running:
+                opcode, frame = sock.recv_data_frame(True)  # answers pings itself
+                if opcode == websocket.ABNF.OPCODE_CLOSE:
+                    close_frame = frame
+                    break
+                if opcode in (websocket.ABNF.OPCODE_TEXT, websocket.ABNF.OPCODE_BINARY):
+                    data = frame.data
+                    if opcode == websocket.ABNF.OPCODE_TEXT:
+                        data = data.decode("utf-8")
+                    self._callback(self.on_data, data, opcode, True)
+                    self._callback(self.on_message, data)
+        except Exception as exc:  # noqa: BLE001 - reported through on_error, as the app does
+            if self.keep_running:  # not our own close()
+                self.has_errored = True
+                self._callback(self.on_error, exc)
+        finally:
+            self.keep_running = False
+            self.sock = None
+            sock.close(timeout=0)
+            sock.frame_buffer.recv = None  # a bound method of the socket: a cycle of its own
+            code, reason = self._get_close_args(close_frame)
+            self._callback(self.on_close, code, reason)
+            for name in self._CALLBACKS:  # the synthesizer is free to go
+                setattr(self, name, None)
+        return self.has_errored
+
+
 class _Synthesizer(SpeechSynthesizer):
     """Reports refused, rejected and dropped connections at once instead of timing out, and
     connects without the SDK's 100 ms polling."""
@@ -114,7 +167,7 @@ class _Synthesizer(SpeechSynthesizer):
         """Open the websocket and wait for the handshake to end (the SDK's `__connect` sleeps
         in 100 ms steps until it sees the socket open: a tenth of a second on every sentence).
         A refusal has already been reported through the callback when this raises."""
-        self.ws = websocket.WebSocketApp(
+        self.ws = _SocketApp(
             self.url,
             header=self.request.get_websocket_headers(
                 headers=self.headers, workspace=self.workspace
