@@ -6,6 +6,8 @@ import asyncio
 import contextlib
 import gc
 import logging
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -26,7 +28,7 @@ from chat.providers.base import (
 )
 from chat.providers.cloud import run_once
 from chat.providers.text import stream_sentences
-from harness.procs import wait_for
+from harness.procs import ROOT, child_env, wait_for
 from tests.fakes.dashscope_server import DashScopeServer, Fault
 
 TURN = ChatTurn(
@@ -87,6 +89,40 @@ def test_llm_goes_through_the_proxy_of_the_environment(
     reply = run_once(get_llm().reply(TURN))
     assert reply.startswith("You said")
     assert dashscope.of("llm")
+
+
+@pytest.mark.parametrize("loop_at_exit", ["open", "closed", "running on a thread"])
+def test_the_http_session_ends_with_its_process_without_an_error(loop_at_exit: str) -> None:
+    """The loop's HTTP session lives as long as the process: at exit it is closed whether its
+    loop is still open (a web process), closed, or running on a thread of its own (a worker's
+    publishing loop), with no "unclosed session" error in the log."""
+    script = f"""
+import asyncio, os, threading
+import django
+django.setup()
+from chat.providers.cloud import dashscope_http_session
+async def made():
+    return dashscope_http_session()
+loop = asyncio.new_event_loop()
+if {loop_at_exit!r} == "running on a thread":
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+    asyncio.run_coroutine_threadsafe(made(), loop).result(10)
+else:
+    loop.run_until_complete(made())
+    if {loop_at_exit!r} == "closed":
+        loop.close()
+print("made")
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        env=child_env(DJANGO_SETTINGS_MODULE="echoproject.settings"),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0 and "made" in done.stdout, done.stderr
+    assert "nclosed" not in done.stderr, done.stderr
 
 
 def test_llm_sends_persona_history_key_and_streaming_flags(dashscope: DashScopeServer) -> None:

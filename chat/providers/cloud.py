@@ -109,11 +109,17 @@ async def close_dashscope_http_session() -> None:
 
 @atexit.register
 def _close_http_sessions() -> None:
-    """At exit: close the sessions of loops still open (the web process's)."""
+    """At exit: close the sessions left open (the web process's, a worker's)."""
     for loop, session in list(_http_sessions.items()):
-        if not session.closed and not loop.is_closed() and not loop.is_running():
-            with contextlib.suppress(Exception):
+        if session.closed:
+            continue
+        with contextlib.suppress(Exception):
+            if loop.is_running():  # on a thread of its own (a worker's publishing loop)
+                asyncio.run_coroutine_threadsafe(session.close(), loop).result(2)
+            elif not loop.is_closed():
                 loop.run_until_complete(session.close())
+            else:  # its sockets went with their loop
+                session.detach()
     _http_sessions.clear()
 
 
