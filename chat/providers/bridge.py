@@ -40,6 +40,9 @@ class ThreadBridge(Generic[T]):
         self._ended = False  # an end or an error is queued
 
     def _post(self, kind: str, value: object) -> None:
+        if asyncio._get_running_loop() is self._loop:  # the loop's own code (the recogniser)
+            self._deliver(kind, value)  # no wake-up through the loop's pipe needed
+            return
         try:
             self._loop.call_soon_threadsafe(self._deliver, kind, value)
         except RuntimeError:  # the loop is closed: nobody is listening any more

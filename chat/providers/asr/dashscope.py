@@ -111,7 +111,7 @@ class _DashScopeStream(ASRStream):
             responses = await self._request.aio_call()
             async for part in responses:
                 if part.status_code != HTTPStatus.OK:
-                    self._fail(part.status_code, part.code, part.message)
+                    self._fail(status=part.status_code, code=part.code, message=part.message)
                     return
                 sentence = (part.output or {}).get("sentence")
                 if isinstance(sentence, dict) and sentence.get("text"):
@@ -122,18 +122,13 @@ class _DashScopeStream(ASRStream):
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - every SDK failure becomes ASRError
-            error = failure(ASRError, WHAT, exc=exc, secrets=(self._key,))
-            self.error = error
-            self._bridge.fail(error)
+            self._fail(exc=exc)
             return
         self._bridge.end()
 
-    def _fail(self, status: Any, code: Any, message: Any) -> None:
-        error = failure(
-            ASRError, WHAT, status=status, code=code, message=message, secrets=(self._key,)
-        )
-        self.error = error
-        self._bridge.fail(error)
+    def _fail(self, **why: Any) -> None:
+        self.error = failure(ASRError, WHAT, secrets=(self._key,), **why)
+        self._bridge.fail(self.error)
 
     async def feed(self, pcm: bytes) -> None:
         if self.error is not None:
