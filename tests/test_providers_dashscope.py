@@ -6,11 +6,13 @@ import asyncio
 import contextlib
 import gc
 import logging
+import ssl
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,10 +28,11 @@ from chat.providers.base import (
     ProviderError,
     TTSError,
 )
-from chat.providers.cloud import run_once
+from chat.providers.cloud import forget_websocket_tls_context, run_once
 from chat.providers.text import stream_sentences
 from harness.procs import ROOT, child_env, wait_for
 from tests.fakes.dashscope_server import DashScopeServer, Fault
+from tests.fakes.tls import loopback_tls
 
 TURN = ChatTurn(
     persona="You are Aria, a travel guide.",
@@ -604,6 +607,69 @@ def test_tts_without_preconnecting_opens_one_connection_per_sentence(
     time.sleep(0.2)
     assert dashscope.idle_connections == 0
     assert len(dashscope.of("ws")) == 0 and len(dashscope.of("tts")) == 2
+
+
+# --- CosyVoice over TLS ----------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tls_dashscope_server(tmp_path_factory: Any) -> Iterator[tuple[DashScopeServer, Path]]:
+    """The loopback DashScope over TLS (`wss://`), and its CA's certificate file."""
+    ca, server_tls = loopback_tls(tmp_path_factory.mktemp("tls"))
+    server = DashScopeServer(tls=server_tls).start()
+    yield server, ca
+    server.stop()
+
+
+@pytest.fixture
+def tls_tts(
+    dashscope: DashScopeServer,
+    tls_dashscope_server: tuple[DashScopeServer, Path],
+    settings: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[tuple[DashScopeServer, Path]]:
+    """TTS pointed at the TLS fake; the CA bundle is the system's until a test names one."""
+    server, ca = tls_dashscope_server
+    server.reset()
+    monkeypatch.delenv("WEBSOCKET_CLIENT_CA_BUNDLE", raising=False)
+    forget_websocket_tls_context()
+    settings.DASHSCOPE_WEBSOCKET_BASE_URL = server.websocket_url
+    yield server, ca
+    reset_providers()
+    forget_websocket_tls_context()
+
+
+def test_tts_over_tls_loads_the_ca_certificates_once_for_every_socket(
+    tls_tts: tuple[DashScopeServer, Path], settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server, ca = tls_tts
+    monkeypatch.setenv("WEBSOCKET_CLIENT_CA_BUNDLE", str(ca))
+    loads: list[Any] = []
+    load = ssl.SSLContext.load_verify_locations
+
+    def counted(context: ssl.SSLContext, *args: Any, **kwargs: Any) -> None:
+        loads.append((args, kwargs))
+        load(context, *args, **kwargs)
+
+    monkeypatch.setattr(ssl.SSLContext, "load_verify_locations", counted)
+    settings.DASHSCOPE_TTS_PRECONNECT = 2
+    tts = get_tts()
+    texts = ["First one.", "Second one.", "And a third."]
+    for text in texts:
+        assert len(run_once(tts.synthesize(text, "longxiaochun_v2", "en-US"))) > 0
+    tasks = sorted(server.of("tts"), key=lambda task: task.started_at or 0)
+    assert [task.texts for task in tasks] == [[text] for text in texts]
+    assert wait_for(lambda: server.idle_connections == 2, 5), "spent sockets not replaced"
+    # five sockets or more (three sentences, two opened ahead), one loading of the CA file
+    assert len(loads) == 1
+
+
+def test_tts_over_tls_refuses_a_server_its_ca_bundle_does_not_trust(
+    tls_tts: tuple[DashScopeServer, Path], settings: Any
+) -> None:
+    server, _ = tls_tts  # the system's CAs: the fake's own CA is not among them
+    settings.DASHSCOPE_TTS_PRECONNECT = 0
+    with pytest.raises(TTSError):
+        run_once(get_tts().synthesize("Hello there.", "longxiaochun_v2", "en-US"))
+    assert server.of("tts") == []
 
 
 # --- abandoning streams (barge-in) ----------------------------------------------------------

@@ -11,6 +11,9 @@ import asyncio
 import atexit
 import contextlib
 import logging
+import os
+import ssl
+import threading
 import weakref
 from collections.abc import Coroutine
 from http import HTTPStatus
@@ -98,6 +101,35 @@ def dashscope_http_session() -> Any:
         )
         _http_sessions[loop] = session
     return session
+
+
+_tls_lock = threading.Lock()
+_tls_context: ssl.SSLContext | None = None
+
+
+def websocket_tls_context() -> ssl.SSLContext:
+    """The TLS context of every websocket-client connection (CosyVoice's `wss://` sockets).
+
+    Left to itself, websocket-client builds a new context for each connection and loads the
+    CA certificates into it: ~50 ms of CPU per socket, one socket per sentence. This is the
+    context it would build, once per process (sockets open on several threads at once):
+    certificates and host names verified against the system's CAs, or the file or folder
+    in WEBSOCKET_CLIENT_CA_BUNDLE, as websocket-client reads it (SSLKEYLOGFILE honoured too)."""
+    global _tls_context
+    with _tls_lock:
+        if _tls_context is None:
+            bundle = os.environ.get("WEBSOCKET_CLIENT_CA_BUNDLE")
+            cafile = bundle if bundle and os.path.isfile(bundle) else None
+            capath = bundle if bundle and os.path.isdir(bundle) else None
+            _tls_context = ssl.create_default_context(cafile=cafile, capath=capath)
+        return _tls_context
+
+
+def forget_websocket_tls_context() -> None:
+    """The next connection builds the context again (after WEBSOCKET_CLIENT_CA_BUNDLE changed)."""
+    global _tls_context
+    with _tls_lock:
+        _tls_context = None
 
 
 async def close_dashscope_http_session() -> None:

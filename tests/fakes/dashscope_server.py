@@ -22,6 +22,7 @@ import functools
 import json
 import math
 import re
+import ssl
 import struct
 import threading
 import time
@@ -116,9 +117,11 @@ class ClonedVoice:
 
 
 class LoopbackServer:
-    """An aiohttp application on 127.0.0.1 in a background thread with its own event loop."""
+    """An aiohttp application on 127.0.0.1 in a background thread with its own event loop;
+    over TLS with the server context `tls`."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
+        self.tls = tls
         self.port = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -138,7 +141,7 @@ class LoopbackServer:
             self.routes(app)
             self._runner = web.AppRunner(app, shutdown_timeout=0.5, access_log=None)
             await self._runner.setup()
-            site = web.TCPSite(self._runner, "127.0.0.1", 0)
+            site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=self.tls)
             await site.start()
             self.port = self._runner.addresses[0][1]
 
@@ -203,8 +206,10 @@ def tone(seconds: float, sample_rate: int = 22050) -> bytes:
 
 
 class DashScopeServer(LoopbackServer):
-    def __init__(self, api_key: str = "sk-fake-dashscope-5d41402abc4b2a76") -> None:
-        super().__init__()
+    def __init__(
+        self, api_key: str = "sk-fake-dashscope-5d41402abc4b2a76", tls: ssl.SSLContext | None = None
+    ) -> None:
+        super().__init__(tls)
         self.api_key = api_key
         self.behaviour = Behaviour()
         self.received: list[Received] = []
@@ -214,11 +219,11 @@ class DashScopeServer(LoopbackServer):
 
     @property
     def http_base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/api/v1"
+        return f"http{'s' if self.tls else ''}://127.0.0.1:{self.port}/api/v1"
 
     @property
     def websocket_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/api-ws/v1/inference"
+        return f"ws{'s' if self.tls else ''}://127.0.0.1:{self.port}/api-ws/v1/inference"
 
     def reset(self) -> None:
         self.behaviour = Behaviour()

@@ -32,7 +32,12 @@ from django.conf import settings
 
 from chat.providers.base import TTSError, TTSProvider, Voice
 from chat.providers.bridge import ThreadBridge, spawn
-from chat.providers.cloud import configure_dashscope, failure, timed_out
+from chat.providers.cloud import (
+    configure_dashscope,
+    failure,
+    timed_out,
+    websocket_tls_context,
+)
 
 log = logging.getLogger(__name__)
 
@@ -107,15 +112,18 @@ class _SocketApp(websocket.WebSocketApp):
     sessions a process its passes freed ~25 000 such objects at a time and held the event
     loop, and every session's audio, for 40-80 ms. Here nothing refers back: the socket, its
     buffers and (once the app lets go of its callbacks, at the end) the synthesizer are freed
-    as soon as the sentence is done."""
+    as soon as the sentence is done. Over TLS every socket shares the process's one context
+    (`websocket_tls_context`) instead of websocket-client's new one, with the CA certificates
+    loaded again, per socket."""
 
     _CALLBACKS = ("on_open", "on_message", "on_data", "on_error", "on_close")
 
     def run_forever(self, *args: Any, **kwargs: Any) -> bool:  # noqa: ARG002 - none used
         self.keep_running = True
         self.has_errored = False
+        tls = {"context": websocket_tls_context()} if self.url.startswith("wss:") else None
         sock = self.sock = websocket.WebSocket(
-            get_mask_key=self.get_mask_key, enable_multithread=True
+            get_mask_key=self.get_mask_key, sslopt=tls, enable_multithread=True
         )
         close_frame = None
         try:
