@@ -56,6 +56,7 @@ def main(argv: list[str]) -> None:
     ]
     close_oversized_messages_cleanly()
     forget_own_metrics_at_exit()
+    preload()
     tune_gc()
     cli = CommandLineInterface()
     cli.server_class = _server_waiting_for_every_consumer()
@@ -136,6 +137,20 @@ def _server_waiting_for_every_consumer() -> type:
             return defer.Deferred.fromFuture(asyncio.gather(*instances, return_exceptions=True))
 
     return WaitingServer
+
+
+def preload() -> None:
+    """Import, at start-up, what sessions use: the WebRTC media stack (aiortc, PyAV, libopus)
+    and the configured providers' backends, and let those make their process-wide state (the
+    DashScope SDK's TLS contexts). Imported by the first session instead, they held the event
+    loop, and every other session's audio in the process, for 0.3-0.5 s of CPU each (on a
+    restart all sessions come back at once); and being loaded before `tune_gc` freezes the
+    heap, none of it is scanned by the collector's full passes later."""
+    import chat.realtime.handler  # noqa: F401 - the media stack a WebRTC session runs on
+    from chat.providers import registry
+
+    for stage in ("asr", "llm", "tts"):
+        registry.backend_class(stage).preload()
 
 
 # young generation every 50 000 net allocations, the middle one every 10 of those; the oldest

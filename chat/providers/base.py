@@ -51,6 +51,11 @@ class Configurable:
     def from_settings(cls) -> Self:
         return cls()
 
+    @classmethod
+    def preload(cls) -> None:
+        """Make what every instance shares and the first call would otherwise make while other
+        sessions wait (a web process calls this at start-up; the class's module is loaded)."""
+
     def close(self) -> None:
         """Release what the backend holds open (connections kept ready); it is not used again."""
 

@@ -52,6 +52,11 @@ def backend_name(stage: str) -> str:
     return _STAGES[stage].name()
 
 
+def backend_class(stage: str) -> Any:
+    """The configured backend's class for `stage` (its module imported)."""
+    return _STAGES[stage].backend_class()
+
+
 def build(stage: str, name: str | None = None) -> Any:
     """A new backend instance for `stage`, the configured one unless `name` is given."""
     return _STAGES[stage].build(name)

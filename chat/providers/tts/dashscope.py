@@ -368,6 +368,11 @@ class DashScopeTTS(TTSProvider):
         self._refused: dict[str, float] = {}  # cloned voice id -> when it may be tried again
 
     @classmethod
+    def preload(cls) -> None:
+        if settings.DASHSCOPE_WEBSOCKET_BASE_URL.startswith("wss:"):
+            websocket_tls_context()
+
+    @classmethod
     def from_settings(cls) -> DashScopeTTS:
         return cls(
             settings.DASHSCOPE_TTS_MODEL,
