@@ -14,6 +14,7 @@ audio frames, for milliseconds each time a turn opens a stream.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import queue
 import threading
@@ -38,15 +39,31 @@ class ThreadBridge(Generic[T]):
         self._queue: asyncio.Queue[tuple[str, object]] = asyncio.Queue()
         self._closed = False  # the consumer has seen the end
         self._ended = False  # an end or an error is queued
+        # posted from threads, not yet handed to the loop; one wake-up carries them all
+        self._incoming: collections.deque[tuple[str, object]] = collections.deque()
+        self._lock = threading.Lock()
+        self._flush_scheduled = False
 
     def _post(self, kind: str, value: object) -> None:
         if asyncio._get_running_loop() is self._loop:  # the loop's own code (the recogniser)
             self._deliver(kind, value)  # no wake-up through the loop's pipe needed
             return
+        self._incoming.append((kind, value))
+        with self._lock:
+            if self._flush_scheduled:  # a wake-up is on its way and will take this one too
+                return
+            self._flush_scheduled = True
         try:
-            self._loop.call_soon_threadsafe(self._deliver, kind, value)
+            self._loop.call_soon_threadsafe(self._flush)
         except RuntimeError:  # the loop is closed: nobody is listening any more
             pass
+
+    def _flush(self) -> None:
+        with self._lock:  # before draining: a post after this point schedules its own flush
+            self._flush_scheduled = False
+        incoming = self._incoming
+        while incoming:
+            self._deliver(*incoming.popleft())
 
     def _deliver(self, kind: str, value: object) -> None:
         if kind != _ITEM:
@@ -87,12 +104,16 @@ class ThreadBridge(Generic[T]):
         and `on_timeout()` when nothing came within `timeout` seconds (None: wait for ever)."""
         if self._closed:
             raise StopAsyncIteration
-        try:
-            kind, value = await asyncio.wait_for(self._queue.get(), timeout)
-        except TimeoutError:
-            self._closed = True
-            assert on_timeout is not None, "a timeout needs its error"
-            raise on_timeout() from None
+        if not self._queue.empty():  # no timer, no suspension: chunks often come in runs
+            kind, value = self._queue.get_nowait()
+        else:
+            try:  # a timeout, not wait_for: that wraps every wait in a task of its own
+                async with asyncio.timeout(timeout):
+                    kind, value = await self._queue.get()
+            except TimeoutError:
+                self._closed = True
+                assert on_timeout is not None, "a timeout needs its error"
+                raise on_timeout() from None
         if kind == _ITEM:
             return value  # type: ignore[return-value]
         self._closed = True
