@@ -16,7 +16,7 @@ from aiortc import RTCPeerConnection, RTCRtpSender
 
 from chat import protocol
 from chat.realtime.handler import RealtimeHandler
-from chat.realtime.peer import ice_servers_from_settings, offers_dtx
+from chat.realtime.peer import PeerSession, ice_servers_from_settings, offers_dtx
 from harness.peer import with_dtx
 from tests.audio import read_wav, rms, speak
 from tests.fixtures_realtime import (
@@ -557,6 +557,39 @@ def test_the_end_of_speech_is_found_when_the_client_goes_quiet_with_dtx() -> Non
         quiet_frames = client.mic.frames_sent - sent_before - round(speech.duration / 0.02)
         assert quiet_frames < 40, quiet_frames  # the microphone was in DTX meanwhile
         await close_session(handler, client)
+
+    run(body())
+
+
+def test_silence_in_a_dtx_pause_keeps_up_with_the_clock_when_the_loop_wakes_late() -> None:
+    """In a DTX pause mid-utterance the server hands the VAD the silence the clock says has
+    passed. On a loaded process, whose loop wakes late every time, it still falls behind by
+    at most a wake-up (the VAD's end of speech is not late by the lateness of every step) and
+    never runs ahead of the clock (no burst of made-up audio)."""
+
+    async def body() -> None:
+        heard: list[tuple[float, int]] = []
+
+        async def on_audio(pcm: bytes) -> None:
+            heard.append((time.monotonic(), len(pcm) // 2))
+
+        peer = PeerSession(on_audio=on_audio, on_state=lambda state: None)
+        peer.pause_is_silence = lambda: True  # the user went quiet mid-utterance
+        reader = asyncio.create_task(peer._read_audio())
+        await asyncio.sleep(0)
+        peer._inbound.push(bytes(640))  # a last 20 ms frame, then nothing (Opus DTX)
+        until = time.monotonic() + 1.0
+        while time.monotonic() < until:  # a busy loop: held 15 ms in every 25
+            time.sleep(0.015)  # noqa: ASYNC251 - holding the loop is the point
+            await asyncio.sleep(0.01)
+        reader.cancel()
+        await asyncio.gather(reader, return_exceptions=True)
+        await peer.close()
+        (start, _), *gaps = heard
+        silence_s = sum(samples for _, samples in gaps) / 16000
+        elapsed_s = heard[-1][0] - start
+        assert elapsed_s > 0.8
+        assert elapsed_s - 0.08 < silence_s <= elapsed_s + 0.001, (silence_s, elapsed_s)
 
     run(body())
 

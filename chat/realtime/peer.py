@@ -14,6 +14,7 @@ import contextlib
 import logging
 import re
 import threading
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -57,8 +58,13 @@ BATCH_FRAMES = 5
 # since the silence is handed on at the end of each wait: 100 ms made the end of speech ~40 ms
 # later than without DTX (bench.realtime's media path); a packet this late mid-speech only
 # shifts the rest of the utterance by this much silence (and only after a quiet frame).
+# What is handed on is the silence owed by the clock since the last frame, in whole 20 ms
+# frames, not a fixed GAP_WAIT_S per wake-up: a loop that wakes a few ms late under load
+# would otherwise lose those ms at every step, ten steps before the VAD's end (a ~40 ms later
+# end of speech in every turn of a loaded process).
 GAP_WAIT_S = 0.04
-_GAP_SILENCE = bytes(int(GAP_WAIT_S * SAMPLE_RATE) * 2)
+_GAP_FRAME_S = 0.02
+_GAP_FRAME = bytes(int(_GAP_FRAME_S * SAMPLE_RATE) * 2)
 
 
 class WebRTCError(Exception):
@@ -368,16 +374,21 @@ class PeerSession:
         """The microphone's 16 kHz mono PCM16 → on_audio, until it ends."""
         inbound = self._inbound
         held: list[bytes] = []
+        heard_until = time.monotonic()  # the audio handed on so far reaches this instant
         while True:
             if self.pause_is_silence is not None and self.pause_is_silence():
                 # a DTX pause must still read as silence: wait for a frame a while only
                 if not await inbound.wait(GAP_WAIT_S):
-                    await self._deliver(_GAP_SILENCE)
+                    owed = int((time.monotonic() - heard_until) / _GAP_FRAME_S)
+                    if owed > 0:
+                        heard_until += owed * _GAP_FRAME_S
+                        await self._deliver(_GAP_FRAME * owed)
                     continue
             else:
                 await inbound.wait()
             if not inbound.chunks:
                 return  # ended
+            heard_until = time.monotonic()
             pcm = inbound.chunks.popleft()
             if self.wants_audio is not None and not self.wants_audio():
                 held.clear()
