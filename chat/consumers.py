@@ -18,6 +18,7 @@ import uuid
 from typing import Any
 from urllib.parse import parse_qs
 
+from autobahn.exception import Disconnected
 from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
@@ -184,12 +185,20 @@ class ChatConsumer(AsyncWebsocketConsumer):
             event[field] = self._absolute(event[field])
         data = json.dumps(event, ensure_ascii=False)
         try:
-            await self.send(text_data=data)
-        except UnicodeEncodeError:  # a lone surrogate from a provider or a worker's event
-            await self.send(text_data=scrub(data))
+            try:
+                await self.send(text_data=data)
+            except UnicodeEncodeError:  # a lone surrogate from a provider or a worker's event
+                await self.send(text_data=scrub(data))
+        except Disconnected:
+            pass  # see send_bytes
 
     async def send_bytes(self, data: bytes) -> None:
-        await self.send(bytes_data=data)
+        try:
+            await self.send(bytes_data=data)
+        except Disconnected:
+            # The client closed its socket and daphne has not yet told us (its disconnect is
+            # on its way and ends the session): what was still on its way to it is dropped.
+            pass
 
     async def send_error(
         self,

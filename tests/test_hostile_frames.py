@@ -564,3 +564,43 @@ def test_web_process_shuts_down_cleanly_with_sessions_open(log_dir: Path, sig: i
         assert 1011 not in codes
     finally:
         proc.stop()
+
+
+def test_a_client_that_closes_while_events_stream_to_it_leaves_no_error(log_dir: Path) -> None:
+    """Events still on their way to a session whose client has just closed its socket (a
+    reply streaming, a worker's progress) are dropped quietly: the client is gone and its
+    disconnect ends the session; no 'Attempt to send on a closed protocol' escapes."""
+    from asgiref.sync import async_to_sync
+    from channels.layers import get_channel_layer
+
+    proc, port = daphne_with(log_dir, "daphne-closing-client")
+
+    def stream(group: str, count: int) -> None:
+        async def send_all() -> None:
+            layer = get_channel_layer()
+            for n in range(count):
+                event = {"type": "text_delta", "delta": f"piece {n} ", "message_id": "m"}
+                await layer.group_send(group, {"type": "session.event", "event": event})
+
+        async_to_sync(send_all)()
+
+    async def one() -> None:
+        ws = await websockets.connect(f"ws://127.0.0.1:{port}/ws/chat/")
+        init = json.loads(await ws.recv())
+        group = await asyncio.to_thread(
+            lambda: ChatSession.objects.get(pk=init["session_id"]).group
+        )
+        streaming = asyncio.create_task(asyncio.to_thread(stream, group, 200))
+        await ws.recv()  # the first piece: the rest are on their way
+        await ws.close()
+        await streaming
+
+    try:
+        for _ in range(40):
+            run(one())
+        time.sleep(1.0)
+        log = proc.log_tail(400_000)
+        assert "closed protocol" not in log
+        assert "Exception inside application" not in log
+    finally:
+        proc.stop()
