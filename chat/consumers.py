@@ -11,6 +11,7 @@ ends here: its turns stop, its tasks are cancelled, the socket closes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -185,20 +186,19 @@ class ChatConsumer(AsyncWebsocketConsumer):
             event[field] = self._absolute(event[field])
         data = json.dumps(event, ensure_ascii=False)
         try:
-            try:
-                await self.send(text_data=data)
-            except UnicodeEncodeError:  # a lone surrogate from a provider or a worker's event
-                await self.send(text_data=scrub(data))
-        except Disconnected:
-            pass  # see send_bytes
+            await self._send(text_data=data)
+        except UnicodeEncodeError:  # a lone surrogate from a provider or a worker's event
+            await self._send(text_data=scrub(data))
 
     async def send_bytes(self, data: bytes) -> None:
-        try:
-            await self.send(bytes_data=data)
-        except Disconnected:
-            # The client closed its socket and daphne has not yet told us (its disconnect is
-            # on its way and ends the session): what was still on its way to it is dropped.
-            pass
+        await self._send(bytes_data=data)
+
+    async def _send(self, **frame: Any) -> None:
+        """One frame to the client. When the client has closed its socket and daphne has not
+        yet told us (its disconnect is on its way and ends the session), what was still on its
+        way to it is dropped."""
+        with contextlib.suppress(Disconnected):
+            await self.send(**frame)
 
     async def send_error(
         self,

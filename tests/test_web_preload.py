@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from typing import Any
 
 from harness.procs import ROOT, child_env
 
@@ -45,9 +46,10 @@ print(json.dumps({
 STACKS = ("aiortc", "aioice", "av", "pylibsrtp", "dashscope", "aiohttp", "websocket")
 
 
-def _start_up(**env: str) -> dict[str, object]:
+def _in_a_fresh_process(script: str, **env: str) -> Any:
+    """What `script`, run in a new Python process with `env`, prints last (JSON)."""
     out = subprocess.run(
-        [sys.executable, "-c", SCRIPT],
+        [sys.executable, "-c", script],
         cwd=ROOT,
         env=child_env(**env),
         capture_output=True,
@@ -59,7 +61,8 @@ def _start_up(**env: str) -> dict[str, object]:
 
 
 def test_the_first_session_imports_nothing_of_the_media_stack_or_the_cloud_sdks() -> None:
-    seen = _start_up(
+    seen = _in_a_fresh_process(
+        SCRIPT,
         ASR_BACKEND="dashscope",
         LLM_BACKEND="dashscope",
         TTS_BACKEND="dashscope",
@@ -73,21 +76,14 @@ def test_the_first_session_imports_nothing_of_the_media_stack_or_the_cloud_sdks(
 
 
 def test_an_offline_web_process_still_never_imports_the_cloud_sdks() -> None:
-    script_env = {"ASR_BACKEND": "pocketsphinx", "LLM_BACKEND": "persona", "TTS_BACKEND": "espeak"}
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-c",
+    modules = set(
+        _in_a_fresh_process(
             "import django, json, sys; django.setup(); from echoproject.web import preload; "
             "preload(); print(json.dumps(sorted(sys.modules)))",
-        ],
-        cwd=ROOT,
-        env=child_env(**script_env),
-        capture_output=True,
-        text=True,
-        timeout=120,
+            ASR_BACKEND="pocketsphinx",
+            LLM_BACKEND="persona",
+            TTS_BACKEND="espeak",
+        )
     )
-    assert out.returncode == 0, out.stderr[-2000:]
-    modules = set(json.loads(out.stdout.strip().splitlines()[-1]))
     assert "aiortc" in modules  # the media stack is loaded
     assert not {m for m in modules if m.split(".")[0] in ("dashscope", "openai", "websocket")}

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections.abc import AsyncIterator
 from http import HTTPStatus
 from typing import Any
@@ -31,8 +30,6 @@ from django.conf import settings
 from chat.providers.base import SPEECH_RATE, ASRError, ASRProvider, ASRStream, Hypothesis
 from chat.providers.bridge import ThreadBridge, run_in_daemon
 from chat.providers.cloud import configure_dashscope, failure, timed_out
-
-logger = logging.getLogger(__name__)
 
 WHAT = "DashScope ASR"
 # The SDK's websocket session has only a total timeout: the longest stream we allow.
@@ -119,8 +116,6 @@ class _DashScopeStream(ASRStream):
                         bool(sentence.get("sentence_end")) or sentence.get("end_time") is not None
                     )
                     self._bridge.put(Hypothesis(sentence["text"], final=final))
-        except asyncio.CancelledError:
-            raise
         except Exception as exc:  # noqa: BLE001 - every SDK failure becomes ASRError
             self._fail(exc=exc)
             return
