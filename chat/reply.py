@@ -146,6 +146,7 @@ class Reply:
         # run in the reply's first database call, before its message is made: what a new turn
         # stops first (one thread hop fewer before the LLM is asked)
         self.before: Callable[[], object] | None = None
+        self.history: list[dict[str, str]] | None = None  # read by `open`
         self.text = ""
         self.request_id = ""
         self.speaking = False
@@ -154,9 +155,11 @@ class Reply:
         self._task: asyncio.Task[Any] | None = None
         self._counted = 0  # reply characters counted against the limits (chat.limits)
 
-    def _open(self) -> list[dict[str, str]]:
-        """The one database call before the LLM is asked: `before`, the reply's message (a
-        redelivered upload step brings the one its lost run made) and the history before it."""
+    def open(self) -> None:
+        """The reply's database work before the LLM is asked: `before`, the reply's message (a
+        redelivered upload step brings the one its lost run made) and the history before it.
+        `run()` calls it in a thread hop of its own unless the caller made it part of one
+        (chat.turns records the user's message in the same call)."""
         if self.before is not None:
             self.before()
         if self.message is None:
@@ -165,7 +168,7 @@ class Reply:
                 sessions.ASSISTANT,
                 reply_to_id=self.request.user_message_id,
             )
-        return sessions.history(self.request.session_id, self.message)
+        self.history = sessions.history(self.request.session_id, self.message)
 
     async def send(self, event: dict[str, Any]) -> None:
         await self._send(event)
@@ -177,10 +180,11 @@ class Reply:
         request = self.request
         self._task = asyncio.current_task()
         logs.bind(request.session_id, request.user_message_id)
-        history = await database_sync_to_async(self._open)()
+        if self.history is None:
+            await database_sync_to_async(self.open)()
         turn = ChatTurn(
             persona=request.persona,
-            history=history,
+            history=self.history or [],
             avatar_name=request.avatar_name,
             greeting=request.greeting,
             language=request.language,

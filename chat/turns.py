@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from channels.db import database_sync_to_async
@@ -22,7 +23,7 @@ from redis.exceptions import RedisError
 from avatars.models import Avatar, VoiceSource
 from avatars.voices import refresh_voice
 from chat import limits, observe, protocol, sessions, stopping
-from chat.models import ChatSession
+from chat.models import ChatSession, Message
 from chat.protocol import Err
 from chat.reply import AudioSink, Reply, ReplyRequest, WebRTCSink, WebSocketSink
 from chat.uploads import UploadRefused, accept_upload, check_and_decode_async
@@ -80,10 +81,7 @@ class SessionTurns:
             return
         if not await self.admit(ref, audio=False):
             return
-        user = await database_sync_to_async(sessions.add_message)(
-            self.session_id, sessions.USER, text, ref=ref
-        )
-        await self.start_reply(user.id, ref)
+        await self.answer(text, ref)
 
     async def upload(self, data: bytes, ref: str | None) -> None:
         """A recorded utterance (a binary frame): decoded here, answered by a speech worker.
@@ -112,11 +110,13 @@ class SessionTurns:
         timings = {"asr_ms": round(asr_ms, 1)} if asr_ms is not None else {}
         if not await self.admit(None, audio=True):
             return
-        user = await database_sync_to_async(sessions.add_message)(
-            self.session_id, sessions.USER, text, timings=timings
+
+        async def announce(user: Message) -> None:
+            await self.send_event(protocol.asr_result(text, utterance_id, user.id, None))
+
+        await self.answer(
+            text, None, kind="realtime", asr_ms=asr_ms, timings=timings, announce=announce
         )
-        await self.send_event(protocol.asr_result(text, utterance_id, user.id, None))
-        await self.start_reply(user.id, None, kind="realtime", asr_ms=asr_ms)
 
     async def admit(self, ref: str | None, *, audio: bool) -> bool:
         """Whether a new user turn is within the limits of the session's subject (it is then
@@ -147,33 +147,54 @@ class SessionTurns:
             return WebSocketSink(self.transport.send_bytes)
         return None
 
-    async def start_reply(
+    async def answer(
         self,
-        user_message_id: int,
+        text: str,
         ref: str | None,
         *,
         kind: str = "text",
         asr_ms: float | None = None,
+        timings: dict[str, float] | None = None,
+        announce: Callable[[Message], Awaitable[None]] | None = None,
     ) -> None:
-        """Answer a user message; a reply still running is superseded (cancelled) first, and
-        the upload turn and renders in flight are stopped in the new reply's first database
-        call (`interrupt()` without a database call of its own)."""
+        """Record a user message and answer it; a reply still running is superseded
+        (cancelled). `announce` is told of the stored message before that (the realtime
+        `asr_result`). One database call records the message, stops the upload turn and renders
+        in flight, makes the reply's own message and reads the history (`Reply.open`): the LLM
+        is asked after one thread hop instead of two. When a reply is superseded, the new one
+        opens in a call of its own once the old one has stopped, so that what the old one had
+        started meanwhile (renders of its sentences) is stopped too."""
+        superseding = self.replying()
+        sink = self.sink()
+
+        def open_turn() -> tuple[Message, Reply]:
+            if self.avatar.voice_source == VoiceSource.CLONED:  # the operator may change it
+                refresh_voice(self.avatar)
+            user = sessions.add_message(
+                self.session_id, sessions.USER, text, ref=ref, timings=timings or {}
+            )
+            request = ReplyRequest.of(
+                self.session_id,
+                self.session.mode,
+                self.language,
+                self.avatar,
+                user.id,
+                ref,
+                kind=kind,
+                asr_ms=asr_ms,
+            )
+            reply = Reply(request, self.send_event, sink)
+            reply.before = functools.partial(stopping.stop_turn, self.session_id)
+            if not superseding:
+                reply.open()
+            return user, reply
+
+        user, reply = await database_sync_to_async(open_turn)()
+        if announce is not None:
+            await announce(user)
         await self.stop_reply()
-        if self.avatar.voice_source == VoiceSource.CLONED:  # the operator may change it
-            await database_sync_to_async(refresh_voice)(self.avatar)
-        request = ReplyRequest.of(
-            self.session_id,
-            self.session.mode,
-            self.language,
-            self.avatar,
-            user_message_id,
-            ref,
-            kind=kind,
-            asr_ms=asr_ms,
-        )
-        self.reply = Reply(request, self.send_event, self.sink())
-        self.reply.before = functools.partial(stopping.stop_turn, self.session_id)
-        self.reply_task = asyncio.ensure_future(self._run_reply(self.reply))
+        self.reply = reply
+        self.reply_task = asyncio.ensure_future(self._run_reply(reply))
 
     async def _run_reply(self, reply: Reply) -> None:
         try:

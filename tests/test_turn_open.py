@@ -1,0 +1,102 @@
+"""How a session's turn opens its reply (chat.turns.SessionTurns.answer): the user's message is
+stored and announced, the reply's message made and the history read, and a reply still running
+is superseded, with the LLM asked once, with the right conversation."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from channels.db import database_sync_to_async
+
+from avatars.models import Avatar
+from chat import sessions
+from chat.models import Message
+from chat.providers.cloud import run_once
+from chat.turns import SessionTurns
+from tests.fakes.dashscope_server import DashScopeServer
+from tests.fixtures_realtime import wait_until
+
+pytestmark = pytest.mark.usefixtures("live_avatars")
+
+
+class Recorder:
+    """The connection of a session, as the turns see it."""
+
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+
+    async def send_event(self, event: dict[str, Any]) -> None:
+        self.events.append(event)
+
+    async def send_bytes(self, data: bytes) -> None:
+        pass
+
+    def of(self, kind: str) -> list[dict[str, Any]]:
+        return [e for e in self.events if e["type"] == kind]
+
+
+async def _open() -> tuple[SessionTurns, Recorder]:
+    avatar = await Avatar.objects.aget(slug="aria")
+    session = await database_sync_to_async(sessions.open_session)(avatar, "voice", "en-US", {})
+    transport = Recorder()
+    return SessionTurns(transport, session, avatar, "en-US", "test-subject"), transport
+
+
+def _llm_messages(dashscope: DashScopeServer) -> list[list[dict[str, str]]]:
+    return [r.payload["input"]["messages"] for r in dashscope.of("llm")]
+
+
+def test_an_utterance_is_stored_announced_and_answered(dashscope: DashScopeServer) -> None:
+    async def body() -> tuple[SessionTurns, Recorder]:
+        turns, transport = await _open()
+        await turns.user_utterance("Where should I go in May?", "u1")
+        assert turns.reply_task is not None
+        await asyncio.wait_for(turns.reply_task, 10)
+        return turns, transport
+
+    turns, transport = run_once(asyncio.wait_for(body(), 30))
+    kinds = [e["type"] for e in transport.events]
+    assert kinds[0] == "asr_result" and "text_response" in kinds
+    [result], [response] = transport.of("asr_result"), transport.of("text_response")
+    user = Message.objects.get(pk=result["message_id"])
+    assert user.role == "user" and user.text == "Where should I go in May?"
+    assert result["utterance_id"] == "u1"
+    reply = Message.objects.get(pk=response["message_id"])
+    assert reply.reply_to_id == user.id and reply.text == response["text"] and reply.text
+    [messages] = _llm_messages(dashscope)
+    assert messages[-1] == {"role": "user", "content": "Where should I go in May?"}
+    assert all(m["content"] for m in messages)  # not the reply's own, still empty message
+
+
+def test_an_utterance_supersedes_a_reply_still_streaming(dashscope: DashScopeServer) -> None:
+    dashscope.behaviour.token_delay = 0.1  # the first reply is still streaming when cut
+
+    async def body() -> Recorder:
+        turns, transport = await _open()
+        await turns.text("My name is Ada.", "t1")
+        await wait_until(lambda: bool(transport.of("text_delta")), 10, "the first reply")
+        first = turns.reply_task
+        await turns.user_utterance("Do you remember me?", "u2")
+        assert first is not None and first.done()  # superseded before the new one started
+        assert turns.reply_task is not None and turns.reply_task is not first
+        dashscope.behaviour.token_delay = 0.0
+        await asyncio.wait_for(turns.reply_task, 10)
+        return transport
+
+    transport = run_once(asyncio.wait_for(body(), 30))
+    kinds = [e["type"] for e in transport.events]
+    cut, done = transport.of("text_response")
+    assert cut.get("interrupted") is True and not done.get("interrupted")
+    [result] = transport.of("asr_result")
+    # the utterance is announced first, then the old reply ends, then the new one answers
+    assert kinds.index("asr_result") < transport.events.index(cut) < transport.events.index(done)
+    assert done["reply_to"] == result["message_id"] != cut["reply_to"]
+    assert Message.objects.get(pk=cut["message_id"]).error_code == "INTERRUPTED"
+    first, second = _llm_messages(dashscope)
+    assert first[-1] == {"role": "user", "content": "My name is Ada."}
+    assert second[-2:] == [
+        {"role": "user", "content": "My name is Ada."},
+        {"role": "user", "content": "Do you remember me?"},
+    ]
