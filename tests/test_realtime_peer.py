@@ -8,6 +8,7 @@ import datetime
 import gc
 import json
 import time
+from collections import deque
 from typing import Any
 
 import numpy as np
@@ -608,3 +609,38 @@ def test_dtx_is_read_from_the_opus_fmtp_only() -> None:
     assert "a=rtpmap:96 opus/48000/2\r\na=fmtp:96 usedtx=1\r\n" in with_dtx(bare)
     other = "v=0\r\na=rtpmap:96 opus/48000/2\r\na=rtpmap:0 PCMU/8000\r\na=fmtp:0 usedtx=1\r\n"
     assert not offers_dtx(other)
+
+
+def test_a_dtx_packet_in_a_pause_comes_after_the_pause_silence() -> None:
+    """Opus DTX sends a packet per 400 ms in silence. Each one that ends a wait of the pause
+    comes after the silence owed since the last wake-up, so that the audio handed on keeps to
+    the clock: the VAD's end of speech is not a wait later whenever a packet beat a wake-up."""
+
+    async def body() -> None:
+        heard: list[int] = []  # samples handed on, cumulated, at each packet's delivery
+
+        async def on_audio(pcm: bytes) -> None:
+            total = (heard[-1] if heard else 0) + len(pcm) // 2
+            heard.append(total)
+
+        peer = PeerSession(on_audio=on_audio, on_state=lambda state: None)
+        peer.pause_is_silence = lambda: True  # the user went quiet mid-utterance
+        reader = asyncio.create_task(peer._read_audio())
+        await asyncio.sleep(0)
+        start = time.monotonic()
+        peer._inbound.push(bytes(640))  # a last 20 ms frame, then DTX packets only
+        behind: list[float] = []
+        for n in range(1, 6):  # between two wake-ups of the pause's waits
+            await asyncio.sleep(start + 0.4 * n + 0.035 - time.monotonic())
+            pushed = time.monotonic()
+            peer._inbound.push(bytes(640))
+            await wait_until(lambda: peer._inbound.chunks == deque(), 2, "the packet")
+            await asyncio.sleep(0)
+            # the audio handed on so far against the clock at the packet's end
+            behind.append((pushed - start + 0.02) - heard[-1] / 16000)
+        reader.cancel()
+        await asyncio.gather(reader, return_exceptions=True)
+        await peer.close()
+        assert all(-0.015 < late < 0.012 for late in behind), behind
+
+    run(body())

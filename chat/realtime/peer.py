@@ -61,10 +61,18 @@ BATCH_FRAMES = 5
 # What is handed on is the silence owed by the clock since the last frame, in whole 20 ms
 # frames, not a fixed GAP_WAIT_S per wake-up: a loop that wakes a few ms late under load
 # would otherwise lose those ms at every step, ten steps before the VAD's end (a ~40 ms later
-# end of speech in every turn of a loaded process).
+# end of speech in every turn of a loaded process). Likewise a packet that ends a wait (a DTX
+# silence packet, one per 400 ms) comes after the silence owed up to where its own audio
+# begins: handed on alone, it stood for up to a whole wait (the client's first DTX packet comes
+# ~600 ms into its silence, just when the VAD ends the utterance).
 GAP_WAIT_S = 0.04
 _GAP_FRAME_S = 0.02
 _GAP_FRAME = bytes(int(_GAP_FRAME_S * SAMPLE_RATE) * 2)
+
+
+def _silence(seconds: float) -> bytes:
+    """That much PCM16 silence at SAMPLE_RATE (none for a negative span)."""
+    return bytes(max(0, int(seconds * SAMPLE_RATE)) * 2)
 
 
 class WebRTCError(Exception):
@@ -375,10 +383,12 @@ class PeerSession:
         inbound = self._inbound
         held: list[bytes] = []
         heard_until = time.monotonic()  # the audio handed on so far reaches this instant
+        paused = False  # a wait for a frame timed out since the last frame
         while True:
             if self.pause_is_silence is not None and self.pause_is_silence():
                 # a DTX pause must still read as silence: wait for a frame a while only
                 if not await inbound.wait(GAP_WAIT_S):
+                    paused = True
                     owed = int((time.monotonic() - heard_until) / _GAP_FRAME_S)
                     if owed > 0:
                         heard_until += owed * _GAP_FRAME_S
@@ -388,7 +398,17 @@ class PeerSession:
                 await inbound.wait()
             if not inbound.chunks:
                 return  # ended
-            heard_until = time.monotonic()
+            now = time.monotonic()
+            if paused and self.pause_is_silence is not None and self.pause_is_silence():
+                # the frame that ends a pause (a DTX packet): the silence since the last
+                # wake-up comes before it, to the sample, or every such frame would put the
+                # VAD's end of speech up to a wait later
+                await self._deliver(b"".join(held))
+                held = []
+                ends = len(inbound.chunks[0]) / 2 / SAMPLE_RATE  # its audio ends as it comes
+                await self._deliver(_silence(now - ends - heard_until))
+            paused = False
+            heard_until = now
             pcm = inbound.chunks.popleft()
             if self.wants_audio is not None and not self.wants_audio():
                 held.clear()
