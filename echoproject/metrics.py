@@ -89,6 +89,12 @@ AUDIO_UNDERRUNS = Counter(
     "Times the reply's speech on a WebRTC track ran dry before the reply ended (silence heard "
     "in the middle of the avatar's speech)",
 )
+LOOP_LAG = Histogram(
+    "echo_event_loop_lag_seconds",
+    "How late a web process's event loop ran a timer that was due (sampled twice a second): "
+    "the time every session of the process waited for the loop, at that moment",
+    buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)
 AUDIO_LATE_FRAMES = Counter(
     "echo_audio_late_frames",
     "Reply speech frames a WebRTC track sent more than 20 ms after their real-time instant (the "
@@ -137,6 +143,10 @@ def render_speed(render_s: float, video_s: float) -> None:
 
 def limit_refused(limit: str) -> None:
     LIMIT_REFUSALS.labels(limit).inc()
+
+
+def loop_lag(seconds: float) -> None:
+    LOOP_LAG.observe(max(0.0, seconds))
 
 
 def audio_underrun() -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Callable
 
 
 def main(argv: list[str]) -> None:
@@ -58,6 +59,7 @@ def main(argv: list[str]) -> None:
     forget_own_metrics_at_exit()
     preload()
     tune_gc()
+    watch_loop_lag()
     cli = CommandLineInterface()
     cli.server_class = _server_waiting_for_every_consumer()
     cli.run(args)
@@ -193,6 +195,41 @@ def tune_gc() -> None:
         LoopingCall(IdleCollector().tick).start(IDLE_CHECK_S, now=False)
     elif mode == "off":  # diagnostic only: no cyclic collection at all
         gc.disable()
+
+
+LOOP_LAG_EVERY_S = 0.5
+
+
+def watch_loop_lag() -> None:
+    """Sample how late the event loop runs a due timer into `echo_event_loop_lag_seconds`:
+    an overloaded web process shows there before its sessions' audio breaks up."""
+    import daphne.server  # noqa: F401 - installs the asyncio reactor the timers run on
+    from twisted.internet import reactor
+
+    LoopLag(reactor.callLater, time.monotonic).start()
+
+
+class LoopLag:
+    """A timer every LOOP_LAG_EVERY_S that records how far past its due instant it ran."""
+
+    def __init__(
+        self,
+        call_later: Callable[[float, Callable[[], None]], object],
+        clock: Callable[[], float],
+        every_s: float = LOOP_LAG_EVERY_S,
+    ) -> None:
+        self.call_later, self.clock, self.every_s = call_later, clock, every_s
+        self.due = 0.0
+
+    def start(self) -> None:
+        self.due = self.clock() + self.every_s
+        self.call_later(self.every_s, self.tick)
+
+    def tick(self) -> None:
+        from echoproject import metrics
+
+        metrics.loop_lag(self.clock() - self.due)
+        self.start()
 
 
 class IdleCollector:

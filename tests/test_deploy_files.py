@@ -109,6 +109,7 @@ def test_prometheus_configuration_scrapes_what_the_service_exports() -> None:
         metrics.RENDER_RTF,
         metrics.PROVIDER_ERRORS,
         metrics.AUDIO_UNDERRUNS,
+        metrics.LOOP_LAG,
         metrics.WEBRTC_CONNECTIONS,
         metrics.SESSIONS,
     ):

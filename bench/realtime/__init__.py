@@ -15,7 +15,9 @@ does; `--no-dtx` for one that sends every 20 ms). Then, in this process:
 3. Capacity (`capacity`): for each count of `--sessions`, that many connected sessions nobody
    talks on (CPU % of a core per session), then talking turn after turn: CPU per session, the
    p99 gap between consecutive reply frames at the clients, speech frames the server sent late
-   (its /metrics), the overhead to first reply audio; the largest count that meets the targets
+   (its /metrics), how often the web processes' loops ran a due timer over 20 / 50 ms late
+   (`echo_event_loop_lag_seconds`), the overhead to first reply audio; the largest count that
+   meets the targets
    (gap p99 < 60 ms, no late frames, overhead p99 < 50 ms) is printed last.
    `--idle N` measures N idle sessions without and with DTX, alternately (A B A B).
 

@@ -76,6 +76,17 @@ def metric(port: int, name: str, label: str = "") -> float:
     )
 
 
+def loop_lag(port: int) -> tuple[float, float, float]:
+    """The web processes' loop-lag samples so far: all, those over 20 ms, those over 50 ms."""
+    name = "echo_event_loop_lag_seconds"
+    count = metric(port, f"{name}_count")
+    return (
+        count,
+        count - metric(port, f"{name}_bucket", 'le="0.02"'),
+        count - metric(port, f"{name}_bucket", 'le="0.05"'),
+    )
+
+
 def stage_totals(port: int) -> dict[str, tuple[float, float]]:
     """(seconds, count) of each realtime turn stage the web process timed itself."""
     return {
@@ -311,6 +322,7 @@ async def talking(
     try:
         await asyncio.sleep(2.0)
         late0 = metric(port, "echo_audio_late_frames_total")
+        lag0 = loop_lag(port)
         under0 = metric(port, "echo_audio_underruns_total")
         stages0 = stage_totals(port)
         stop_at = time.monotonic() + seconds + 8.0
@@ -334,6 +346,7 @@ async def talking(
         else:
             load, client_late = await asyncio.wait_for(local, 180)
         late = metric(port, "echo_audio_late_frames_total") - late0
+        lag = [now - then for now, then in zip(loop_lag(port), lag0, strict=True)]
         underruns = metric(port, "echo_audio_underruns_total") - under0
         server_stages = stage_means(stages0, stage_totals(port))
     finally:
@@ -354,6 +367,10 @@ async def talking(
         "loop_ran_pct": round(100 * loop_ran, 1),
         "loop_waited_for_cpu_pct": round(100 * loop_waited, 1),
         "load_average_1min": round(os.getloadavg()[0], 2),
+        # of the web processes' loop-lag samples (echo_event_loop_lag_seconds, two a second
+        # each), the share that ran over 20 ms and over 50 ms late
+        "loop_lag_over_20ms_pct": round(100 * lag[1] / lag[0], 1) if lag[0] else None,
+        "loop_lag_over_50ms_pct": round(100 * lag[2] / lag[0], 1) if lag[0] else None,
         "gap_ms": summary(load.gaps_ms),
         "gaps_over_60ms": sum(g > GAP_P99_MS for g in load.gaps_ms),
         "late_frames": int(late),
