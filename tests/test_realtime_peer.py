@@ -8,7 +8,6 @@ import datetime
 import gc
 import json
 import time
-from collections import deque
 from typing import Any
 
 import numpy as np
@@ -634,7 +633,7 @@ def test_a_dtx_packet_in_a_pause_comes_after_the_pause_silence() -> None:
             await asyncio.sleep(start + 0.4 * n + 0.035 - time.monotonic())
             pushed = time.monotonic()
             peer._inbound.push(bytes(640))
-            await wait_until(lambda: peer._inbound.chunks == deque(), 2, "the packet")
+            await wait_until(lambda: not peer._inbound.chunks, 2, "the packet")
             await asyncio.sleep(0)
             # the audio handed on so far against the clock at the packet's end
             behind.append((pushed - start + 0.02) - heard[-1] / 16000)
