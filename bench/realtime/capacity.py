@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from bench.realtime.clients import Events, connect, first_loud, gaps_ms, open_session
-from bench.realtime.figures import p99, summary
+from bench.realtime.figures import median, p99, summary
 from chat.realtime.speaker import SAMPLE_RATE
 from harness.peer import ClientPeer
 from harness.procs import cpu_s
@@ -113,6 +113,8 @@ class Load:
     gaps_ms: list[float] = field(default_factory=list)
     # ms from the end of speech to each event, to see which stage a queue builds up in
     stages_ms: dict[str, list[float]] = field(default_factory=dict)
+    # per measured turn, ms from the end of speech to each stage and to the first audio
+    turns: list[dict[str, float]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
 
@@ -178,9 +180,12 @@ async def talker(
             if turn:  # the first turn warms up
                 load.first_audio_ms.append((audio_at - end) * 1000)
                 load.gaps_ms.extend(gaps_ms(peer.levels, audio_at, cut))
+                stages = {"audio": (audio_at - end) * 1000}
                 for kind in STAGES:
                     if (found := session.find(kind, end)) is not None:
-                        load.stages_ms.setdefault(kind, []).append((found[0] - end) * 1000)
+                        stages[kind] = (found[0] - end) * 1000
+                        load.stages_ms.setdefault(kind, []).append(stages[kind])
+                load.turns.append(stages)
             await session.send(type="interrupt")
             await asyncio.sleep(1.0)
             turn += 1
@@ -270,6 +275,7 @@ class ClientProcesses:
             load.first_audio_ms += part.first_audio_ms
             load.gaps_ms += part.gaps_ms
             load.errors += part.errors
+            load.turns += part.turns
             for kind, values in part.stages_ms.items():
                 load.stages_ms.setdefault(kind, []).extend(values)
             late += lateness
@@ -381,12 +387,29 @@ async def talking(
         "client_late_frames": client_late,
         "first_audio_ms": summary(load.first_audio_ms),
         "overhead_ms": summary(overhead),
+        "slowest_turns": slowest_turns(load.turns),
         "errors": load.errors[:3],
         "error_count": len(load.errors),
     }
     row["meets_targets"] = meets(row, load.gaps_ms, overhead)
     await asyncio.sleep(3.0)
     return row
+
+
+def slowest_turns(turns: list[dict[str, float]], count: int = 3) -> list[str]:
+    """Where the slowest turns (by first audio) lost their time: each stage's ms beyond that
+    stage's median over all turns, in the order of the chain."""
+    order = (*STAGES, "audio")
+    medians = {
+        kind: median([turn[kind] for turn in turns if kind in turn])
+        for kind in order
+        if any(kind in turn for turn in turns)
+    }
+    slowest = sorted(turns, key=lambda turn: turn["audio"], reverse=True)[:count]
+    return [
+        ", ".join(f"{kind} {turn[kind] - medians[kind]:+.0f}" for kind in order if kind in turn)
+        for turn in slowest
+    ]
 
 
 def meets(row: dict[str, Any], gaps: list[float], overhead: list[float]) -> bool:
