@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import WSCloseCode
 
 from chat.providers import get_asr, get_llm, get_tts, reset_providers
 from chat.providers.asr import dashscope as dashscope_asr
@@ -318,6 +319,32 @@ def test_asr_stream_results_arrive_while_the_speaker_pauses(dashscope: DashScope
     heard, total = run_once(run())
     assert heard and not heard[0].final, "no interim result while no audio was sent"
     assert total > len(heard)  # the final came after finish()
+
+
+def test_asr_stream_final_text_does_not_wait_for_the_socket_close(
+    dashscope: DashScopeServer,
+) -> None:
+    """The results end at the service's task-finished, so the final text is not held back by
+    the close handshake that follows (one more round trip to the service); the socket is then
+    still closed cleanly."""
+    held = threading.Event()
+    dashscope.behaviour.asr_close_held = held
+
+    async def run() -> list[Hypothesis]:
+        stream = get_asr().stream("en-US", 16000)
+        try:
+            await stream.feed(SILENCE_100MS)
+            await stream.finish()
+            return await asyncio.wait_for(_collect(stream.results()), 5)  # close still held
+        finally:
+            held.set()
+            await stream.close()
+
+    results = run_once(run())
+    assert results[-1].final and results[-1].text == "hello world how are you"
+    (task,) = dashscope.of("asr")
+    assert wait_for(lambda: task.close_code is not None, 5)
+    assert task.close_code == WSCloseCode.OK
 
 
 def test_asr_stream_ends_itself_after_the_silence_timeout(

@@ -65,6 +65,8 @@ class Behaviour:
     token_delay: float = 0.0  # LLM: seconds between pieces
     asr_result_delay: float = 0.0  # ASR: seconds before each result message
     asr_interim_every_bytes: int = 6400  # ASR: an interim result per this much audio
+    # ASR: after task-finished, the client's close is not answered until this is set
+    asr_close_held: threading.Event | None = None
     tts_first_chunk_delay: float = 0.0  # TTS: seconds before the first audio chunk
     tts_chunk_delay: float = 0.0  # TTS: seconds between chunks
     tts_seconds_per_char: float = 0.06  # TTS: audio length per character of text
@@ -92,6 +94,7 @@ class Received:
     actions: list[str] = field(default_factory=list)
     opened_at: float = field(default_factory=time.monotonic)  # request or handshake
     started_at: float | None = None  # websocket: when the first message (run-task) came
+    close_code: int | None = None  # ASR websocket: how the client closed it (1000: cleanly)
 
 
 @dataclass
@@ -666,8 +669,11 @@ class DashScopeServer(LoopbackServer):
                     await self._event(
                         ws, task_id, "task-finished", payload={"output": {}, "usage": None}
                     )
+                    if (held := self.behaviour.asr_close_held) is not None:
+                        await asyncio.to_thread(held.wait, 30)  # the close frame waits unread
             else:
-                return
+                break
+        item.close_code = ws.close_code
 
     async def _tts(
         self,

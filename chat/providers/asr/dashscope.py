@@ -6,8 +6,10 @@ the results come back on the loop, with no thread, no event loop of its own and 
 between threads per stream. (The SDK's `Recognition` runs each stream on two threads of its
 own and a private event loop: the final text crossed three threads on its way to the session,
 each crossing a wait for the GIL on a busy machine, and every stream left a reference cycle
-of ~80 objects for the cyclic collector.) File recognition needs the file's public URL: the
-service cannot reach local paths or private hosts.
+of ~80 objects for the cyclic collector.) The results end at the service's task-finished: the
+socket's close handshake, one more round trip to the service, follows off the turn's path.
+File recognition needs the file's public URL: the service cannot reach local paths or private
+hosts.
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ CHUNK_MS = 100
 # A stream no audio comes to for this long ends itself, as the SDK's silence timer ends it.
 SILENCE_TIMEOUT_S = float(Recognition.SILENCE_TIMEOUT_S)
 _END = None  # queued after the last audio
+# After task-finished, how long a closing stream waits for the socket's close handshake.
+CLOSE_WAIT_S = 2.0
 
 
 def _language_code(language: str) -> str:
@@ -83,6 +87,11 @@ class _DashScopeStream(ASRStream):
         # The SDK's sender iterates its input synchronously (it would block the loop while
         # it waits for audio): this stream's own sender takes its place.
         self._request._send_continue_task_data = self._send
+        # The SDK reads results until task-finished, then closes the socket (a round trip to
+        # the service) before its iteration ends: the results end at task-finished instead.
+        self._sdk_receive = self._request._receive_streaming_data_task
+        self._request._receive_streaming_data_task = self._receive
+        self._complete = False  # task-finished came: every result is in
         self._task: asyncio.Task[None] | None = None
 
     def _start(self) -> None:
@@ -103,10 +112,18 @@ class _DashScopeStream(ASRStream):
             await ws.send_bytes(chunk)
         await self._request._send_finished_task(ws)
 
+    async def _receive(self, ws: Any) -> AsyncIterator[tuple[bool, Any]]:
+        async for message in self._sdk_receive(ws):
+            yield message
+        self._complete = True
+        self._bridge.end()
+
     async def _run(self) -> None:
         try:
             responses = await self._request.aio_call()
             async for part in responses:
+                if self._complete:
+                    continue  # the socket's close went wrong after the task had finished
                 if part.status_code != HTTPStatus.OK:
                     self._fail(status=part.status_code, code=part.code, message=part.message)
                     return
@@ -117,9 +134,11 @@ class _DashScopeStream(ASRStream):
                     )
                     self._bridge.put(Hypothesis(sentence["text"], final=final))
         except Exception as exc:  # noqa: BLE001 - every SDK failure becomes ASRError
-            self._fail(exc=exc)
+            if not self._complete:
+                self._fail(exc=exc)
             return
-        self._bridge.end()
+        if not self._complete:
+            self._bridge.end()
 
     def _fail(self, **why: Any) -> None:
         self.error = failure(ASRError, WHAT, secrets=(self._key,), **why)
@@ -158,7 +177,12 @@ class _DashScopeStream(ASRStream):
         self._bridge.abandon()
         self._finished = True
         task, self._task = self._task, None
-        if task is not None and not task.done():
+        if task is None or task.done():
+            return
+        if self._complete:  # only the socket's close is left: let it end cleanly
+            with contextlib.suppress(TimeoutError, Exception):
+                await asyncio.wait_for(asyncio.shield(task), CLOSE_WAIT_S)
+        if not task.done():
             task.cancel()  # closes the websocket
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
