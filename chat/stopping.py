@@ -34,14 +34,16 @@ def unfinished_renders(session_id: uuid.UUID | str) -> list[str]:
     )
 
 
-def stop_turn(session_id: uuid.UUID | str) -> bool:
+def stop_turn(session_id: uuid.UUID | str, *, renders: bool = True) -> bool:
     """Revoke the session's upload turn and renders in flight. True if there was one.
+    `renders=False`: the session has none to look for (a voice session's replies render none).
 
     With Redis unreachable past the clients' retries this stops nothing and says so in the
     log; the tasks then find the session ended (or their files deleted) and stop by themselves.
     """
     try:
-        turn_ids, render_ids = inflight.take_turn(session_id), unfinished_renders(session_id)
+        turn_ids = inflight.take_turn(session_id)
+        render_ids = unfinished_renders(session_id) if renders else []
         revoke_tasks(turn_ids)
         cancel_renders(render_ids)
     except (redis.RedisError, OSError, OperationalError) as exc:

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 from channels.db import database_sync_to_async
 from django.conf import settings
+from django.db import transaction
 from kombu.exceptions import OperationalError
 from redis.exceptions import RedisError
 
@@ -159,34 +160,41 @@ class SessionTurns:
     ) -> None:
         """Record a user message and answer it; a reply still running is superseded
         (cancelled). `announce` is told of the stored message before that (the realtime
-        `asr_result`). One database call records the message, stops the upload turn and renders
-        in flight, makes the reply's own message and reads the history (`Reply.open`): the LLM
-        is asked after one thread hop instead of two. When a reply is superseded, the new one
-        opens in a call of its own once the old one has stopped, so that what the old one had
-        started meanwhile (renders of its sentences) is stopped too."""
+        `asr_result`). One database call stops the upload turn and renders in flight, then
+        records the message, makes the reply's own message and reads the history (`Reply.open`)
+        in one transaction: the LLM is asked after one thread hop and one commit. When a reply
+        is superseded, the new one opens in a call of its own once the old one has stopped, so
+        that what the old one had started meanwhile (renders of its sentences) is stopped too."""
         superseding = self.replying()
         sink = self.sink()
+        stop = functools.partial(
+            stopping.stop_turn, self.session_id, renders=self.session.mode == "video"
+        )
 
         def open_turn() -> tuple[Message, Reply]:
             if self.avatar.voice_source == VoiceSource.CLONED:  # the operator may change it
                 refresh_voice(self.avatar)
-            user = sessions.add_message(
-                self.session_id, sessions.USER, text, ref=ref, timings=timings or {}
-            )
-            request = ReplyRequest.of(
-                self.session_id,
-                self.session.mode,
-                self.language,
-                self.avatar,
-                user.id,
-                ref,
-                kind=kind,
-                asr_ms=asr_ms,
-            )
-            reply = Reply(request, self.send_event, sink)
-            reply.before = functools.partial(stopping.stop_turn, self.session_id)
             if not superseding:
-                reply.open()
+                stop()  # outside the transaction: its Redis round trip holds no lock
+            with transaction.atomic():
+                user = sessions.add_message(
+                    self.session_id, sessions.USER, text, ref=ref, timings=timings or {}
+                )
+                request = ReplyRequest.of(
+                    self.session_id,
+                    self.session.mode,
+                    self.language,
+                    self.avatar,
+                    user.id,
+                    ref,
+                    kind=kind,
+                    asr_ms=asr_ms,
+                )
+                reply = Reply(request, self.send_event, sink)
+                if superseding:
+                    reply.before = stop
+                else:
+                    reply.open()
             return user, reply
 
         user, reply = await database_sync_to_async(open_turn)()

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from channels.db import database_sync_to_async
+from django.db.backends.utils import CursorWrapper
 
 from avatars.models import Avatar
 from chat import sessions
@@ -37,9 +38,9 @@ class Recorder:
         return [e for e in self.events if e["type"] == kind]
 
 
-async def _open() -> tuple[SessionTurns, Recorder]:
+async def _open(mode: str = "voice") -> tuple[SessionTurns, Recorder]:
     avatar = await Avatar.objects.aget(slug="aria")
-    session = await database_sync_to_async(sessions.open_session)(avatar, "voice", "en-US", {})
+    session = await database_sync_to_async(sessions.open_session)(avatar, mode, "en-US", {})
     transport = Recorder()
     return SessionTurns(transport, session, avatar, "en-US", "test-subject"), transport
 
@@ -100,3 +101,32 @@ def test_an_utterance_supersedes_a_reply_still_streaming(dashscope: DashScopeSer
         {"role": "user", "content": "My name is Ada."},
         {"role": "user", "content": "Do you remember me?"},
     ]
+
+
+@pytest.mark.parametrize("mode", ["voice", "video"])
+def test_a_turn_stores_its_two_messages_in_one_transaction(
+    dashscope: DashScopeServer, monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
+    """The user's message and the reply's are written together (one commit, never the one
+    without the other), and only a video session, whose replies render, looks for renders to
+    stop."""
+    statements: list[tuple[str, bool]] = []
+    execute = CursorWrapper.execute
+
+    def recorded(cursor: CursorWrapper, sql: str, params: Any = None) -> Any:
+        statements.append((sql, cursor.db.in_atomic_block))
+        return execute(cursor, sql, params)
+
+    async def body() -> None:
+        turns, _ = await _open(mode)
+        monkeypatch.setattr(CursorWrapper, "execute", recorded)
+        await turns.user_utterance("Where should I go in May?", "u1")
+        monkeypatch.setattr(CursorWrapper, "execute", execute)  # the reply's own calls follow
+        assert turns.reply_task is not None
+        await asyncio.wait_for(turns.reply_task, 10)
+
+    run_once(asyncio.wait_for(body(), 30))
+    inserts = [atomic for sql, atomic in statements if sql.startswith('INSERT INTO "chat_message"')]
+    assert inserts == [True, True]
+    looked_for_renders = any("render_task_id" in sql.partition("WHERE")[2] for sql, _ in statements)
+    assert looked_for_renders == (mode == "video")
