@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import json
 import logging
 import ssl
 import subprocess
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import websocket
 from aiohttp import WSCloseCode
 
 from chat.providers import get_asr, get_llm, get_tts, reset_providers
@@ -31,6 +33,7 @@ from chat.providers.base import (
 )
 from chat.providers.cloud import forget_websocket_tls_context, run_once
 from chat.providers.text import stream_sentences
+from chat.providers.tts import dashscope as dashscope_tts
 from harness.procs import ROOT, child_env, wait_for
 from tests.fakes.dashscope_server import DashScopeServer, Fault
 from tests.fakes.tls import loopback_tls
@@ -592,6 +595,42 @@ def test_tts_sentences_after_the_first_start_on_connections_opened_before(
     assert all(task.authorization == f"Bearer {dashscope.api_key}" for task in later)
     # Spent sockets are replaced in the background.
     assert wait_for(lambda: dashscope.idle_connections == 2, 5), "condition not reached in time"
+
+
+def test_tts_a_sentence_on_a_socket_opened_ahead_keeps_no_thread_waiting(
+    dashscope: DashScopeServer, settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sentence on a socket opened ahead sends run-task from the loop, and its text and
+    finish-task from the socket's own thread as soon as task-started comes: no worker thread
+    is started for it, or blocked through the round trips (on a busy machine every hand-over
+    between threads waits for the GIL)."""
+    tts = _preconnected_tts(settings, dashscope)
+    sent_on: list[tuple[str, str]] = []
+    send = websocket.WebSocketApp.send
+
+    def recording_send(app: websocket.WebSocketApp, data: Any, *args: Any) -> Any:
+        action = json.loads(data)["header"]["action"] if isinstance(data, str) else "?"
+        sent_on.append((threading.current_thread().name, action))
+        return send(app, data, *args)
+
+    spawned: list[str] = []
+    spawn = dashscope_tts.spawn
+
+    def recording_spawn(target: Any, *args: Any, name: str) -> Any:
+        spawned.append(name)
+        return spawn(target, *args, name=name)
+
+    monkeypatch.setattr(websocket.WebSocketApp, "send", recording_send)
+    monkeypatch.setattr(dashscope_tts, "spawn", recording_spawn)
+    loop_thread = threading.current_thread().name
+    audio = run_once(tts.synthesize("Second one.", "longxiaochun_v2", "en-US"))
+    assert len(audio) > 0
+    (first_thread, first), *rest = sent_on
+    assert (first_thread, first) == (loop_thread, "run-task")
+    assert [action for _, action in rest] == ["continue-task", "finish-task"]
+    assert all(thread.startswith("dashscope-tts-ws") for thread, _ in rest), sent_on
+    assert "dashscope-tts" not in spawned, spawned
+    assert ["Second one."] in [task.texts for task in dashscope.of("tts")]
 
 
 def test_tts_connections_the_service_closed_are_not_used(

@@ -1,13 +1,15 @@
 """CosyVoice through DashScope: `tts_v2.SpeechSynthesizer` in streaming mode.
 
 One synthesizer per utterance (an instance is single-use). The SDK delivers audio on its
-websocket thread; chunks reach the loop through a `ThreadBridge`. Three SDK habits are designed
-around: it never notices a dropped connection, it waits 5 s on a refused or rejected one, and
-it opens a new connection for every utterance, polling for the open socket every 100 ms.
-`_Synthesizer` therefore overrides the websocket's close and error hooks to report both at
-once and waits for the handshake's own end; `_Preconnected` keeps sockets open ahead of the
-next sentences, so a sentence starts with its `run-task` instead of a handshake. Every wait
-carries a timeout from settings.
+websocket thread; chunks reach the loop through a `ThreadBridge`. Four SDK habits are designed
+around: it never notices a dropped connection, it waits 5 s on a refused or rejected one, it
+opens a new connection for every utterance, polling for the open socket every 100 ms, and its
+streaming calls block a thread through the task's round trips. `_Synthesizer` therefore
+overrides the websocket's close and error hooks to report both at once, waits for the
+handshake's own end, and sends a sentence's text from the socket's own thread when the task
+has started (`speak`); `_Preconnected` keeps sockets open ahead of the next sentences, so a
+sentence starts with its `run-task`, sent from the loop, instead of a handshake on a thread.
+Every wait carries a timeout from settings.
 
 An avatar's cloned voice is tried first; when the service refuses it (not ready, deleted, made
 for another model) before any audio came, the sentence is spoken with the avatar's preset and a
@@ -169,6 +171,7 @@ class _Synthesizer(SpeechSynthesizer):
         self._connect_timeout_s = connect_timeout_s
         self._settled = threading.Event()  # the handshake ended: open, refused or failed
         self.opened_at: float | None = None
+        self._sentence: str | None = None  # `speak`: the text, until task-started comes
         super().__init__(*args, callback=reporter, **kwargs)
 
     def connect(self) -> None:
@@ -189,6 +192,27 @@ class _Synthesizer(SpeechSynthesizer):
         self._settled.wait(self._connect_timeout_s)
         if not self.is_open():
             raise TimeoutError(f"no connection within {self._connect_timeout_s:g} s")
+
+    def speak(self, text: str) -> None:
+        """One sentence, as the SDK's `streaming_call(text)` and `streaming_complete()` send
+        it, with no thread blocked through their two round trips: run-task goes out now; the
+        text and finish-task go out from the socket's own thread as soon as task-started comes
+        (`on_message`), and the socket's read loop ends with the task."""
+        self._sentence = text
+        self._is_first = False
+        self._start_stream_timestamp = time.time() * 1000  # the SDK's own first-audio log
+        self._SpeechSynthesizer__send_str(self.request.get_start_request(self.additional_params))
+
+    def on_message(self, ws: Any, message: Any) -> None:
+        super().on_message(ws, message)
+        if self._sentence is not None and self.start_event.is_set():
+            text, self._sentence = self._sentence, None
+            if self._receiver_error is None:  # task-started, not task-failed
+                self._is_started = True
+                self._SpeechSynthesizer__send_str(self.request.get_continue_request(text))
+                self._SpeechSynthesizer__send_str(self.request.get_finish_request())
+        if self.complete_event.is_set() and self.ws is not None:
+            self.ws.keep_running = False  # the task ended: this socket's read loop too
 
     # The SDK calls this (name-mangled) when a task starts on an unconnected synthesizer.
     def _SpeechSynthesizer__connect(self, timeout_seconds: float = 5) -> None:  # noqa: N802
@@ -411,15 +435,16 @@ class DashScopeTTS(TTSProvider):
             return self.default_voice
         return voice
 
-    def _synthesize(self, synthesizer: _Synthesizer, text: str, callback: _Callback) -> None:
-        """Worker thread: send the text, wait for the end; errors go to the bridge."""
+    def _speak(self, synthesizer: _Synthesizer, text: str, callback: _Callback) -> None:
+        """Start the sentence (connecting first unless its socket was opened ahead); errors
+        go to the bridge. The audio, the end and the service's errors come through the
+        callback, on the socket's thread; `_run`'s deadline bounds the wait for them."""
         try:
-            synthesizer.streaming_call(text)
-            synthesizer.streaming_complete(complete_timeout_millis=int(self.timeout_s * 1000))
+            if not synthesizer.is_open():
+                synthesizer.connect()
+            synthesizer.speak(text)
         except Exception as exc:  # noqa: BLE001 - every SDK failure becomes TTSError
             callback.fail(functools.partial(self._error, exc, callback.key))
-        else:
-            callback.end()
 
     @staticmethod
     def _error(exc: Exception, key: str) -> TTSError:
@@ -492,7 +517,10 @@ class DashScopeTTS(TTSProvider):
         self, synthesizer: _Synthesizer, text: str, bridge: ThreadBridge[bytes]
     ) -> AsyncIterator[bytes]:
         callback = synthesizer._reporter
-        spawn(self._synthesize, synthesizer, text, callback, name="dashscope-tts")
+        if synthesizer.is_open():  # opened ahead: run-task goes out from the loop, no thread
+            self._speak(synthesizer, text, callback)
+        else:  # the handshake blocks: on a thread of its own
+            spawn(self._speak, synthesizer, text, callback, name="dashscope-tts")
         try:
             async for chunk in bridge.iterate(
                 self.timeout_s, lambda: timed_out(TTSError, WHAT, self.timeout_s)
