@@ -109,13 +109,23 @@ def stage_means(before: dict[str, tuple[float, float]], after: dict[str, Any]) -
 
 @dataclass
 class Load:
-    first_audio_ms: list[float] = field(default_factory=list)
     gaps_ms: list[float] = field(default_factory=list)
-    # ms from the end of speech to each event, to see which stage a queue builds up in
-    stages_ms: dict[str, list[float]] = field(default_factory=dict)
-    # per measured turn, ms from the end of speech to each stage and to the first audio
+    # per measured turn, ms from the end of speech to each event (STAGES) and to the first
+    # loud frame ("audio"), to see which stage a queue builds up in
     turns: list[dict[str, float]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+
+    @property
+    def first_audio_ms(self) -> list[float]:
+        return [turn["audio"] for turn in self.turns]
+
+    @property
+    def stages_ms(self) -> dict[str, list[float]]:
+        return {
+            kind: values
+            for kind in STAGES
+            if (values := [turn[kind] for turn in self.turns if kind in turn])
+        }
 
 
 async def open_many(url: str, count: int, **client: Any) -> list[tuple[Events, ClientPeer]]:
@@ -178,13 +188,11 @@ async def talker(
             await asyncio.sleep(2.0)
             cut = time.monotonic()
             if turn:  # the first turn warms up
-                load.first_audio_ms.append((audio_at - end) * 1000)
                 load.gaps_ms.extend(gaps_ms(peer.levels, audio_at, cut))
                 stages = {"audio": (audio_at - end) * 1000}
                 for kind in STAGES:
                     if (found := session.find(kind, end)) is not None:
                         stages[kind] = (found[0] - end) * 1000
-                        load.stages_ms.setdefault(kind, []).append(stages[kind])
                 load.turns.append(stages)
             await session.send(type="interrupt")
             await asyncio.sleep(1.0)
@@ -272,12 +280,9 @@ class ClientProcesses:
         for conn in self.conns:
             fields, lateness = await loop.run_in_executor(None, conn.recv)
             part = Load(**fields)
-            load.first_audio_ms += part.first_audio_ms
             load.gaps_ms += part.gaps_ms
             load.errors += part.errors
             load.turns += part.turns
-            for kind, values in part.stages_ms.items():
-                load.stages_ms.setdefault(kind, []).extend(values)
             late += lateness
         for proc in self.procs:
             proc.join(10)

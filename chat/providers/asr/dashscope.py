@@ -180,7 +180,7 @@ class _DashScopeStream(ASRStream):
         if task is None or task.done():
             return
         if self._complete:  # only the socket's close is left: let it end cleanly
-            with contextlib.suppress(TimeoutError, Exception):
+            with contextlib.suppress(Exception):  # TimeoutError included
                 await asyncio.wait_for(asyncio.shield(task), CLOSE_WAIT_S)
         if not task.done():
             task.cancel()  # closes the websocket

@@ -199,7 +199,6 @@ class _Synthesizer(SpeechSynthesizer):
         text and finish-task go out from the socket's own thread as soon as task-started comes
         (`on_message`), and the socket's read loop ends with the task."""
         self._sentence = text
-        self._is_first = False
         self._start_stream_timestamp = time.time() * 1000  # the SDK's own first-audio log
         self._SpeechSynthesizer__send_str(self.request.get_start_request(self.additional_params))
 
@@ -208,15 +207,10 @@ class _Synthesizer(SpeechSynthesizer):
         if self._sentence is not None and self.start_event.is_set():
             text, self._sentence = self._sentence, None
             if self._receiver_error is None:  # task-started, not task-failed
-                self._is_started = True
                 self._SpeechSynthesizer__send_str(self.request.get_continue_request(text))
                 self._SpeechSynthesizer__send_str(self.request.get_finish_request())
         if self.complete_event.is_set() and self.ws is not None:
             self.ws.keep_running = False  # the task ended: this socket's read loop too
-
-    # The SDK calls this (name-mangled) when a task starts on an unconnected synthesizer.
-    def _SpeechSynthesizer__connect(self, timeout_seconds: float = 5) -> None:  # noqa: N802
-        self.connect()
 
     def _on_open(self, ws: Any) -> None:
         self.opened_at = time.monotonic()
