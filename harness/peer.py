@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -171,6 +172,9 @@ class ClientPeer:
     silence for each 20 ms of a pause between frames (what a browser plays; unless `keep_audio` is False,
     as the capacity benchmark's many clients do); `levels`: (arrival time, RMS) of every frame
     received. `prefetch`: frames the playout (jitter) buffer holds back (aiortc's default: 4).
+    `lose(n)`, given the count of microphone RTP packets sent so far (the nth one, counted
+    from 1), says whether that one is lost on the way (a lossy network); `mic_packets` counts
+    them, lost ones included.
     """
 
     def __init__(
@@ -180,6 +184,7 @@ class ClientPeer:
         dtx: bool = True,
         keep_audio: bool = True,
         prefetch: int | None = None,
+        lose: Callable[[int], bool] | None = None,
     ) -> None:
         # ice_servers: the init frame's list, as a browser passes it to RTCPeerConnection
         self.pc = RTCPeerConnection(
@@ -189,6 +194,8 @@ class ClientPeer:
         )
         self.dtx = dtx
         self.keep_audio = keep_audio
+        self.lose = lose
+        self.mic_packets = 0
         self.mic = MicTrack()
         self.pc.addTrack(self.mic)
         # what the server sends is decoded as it arrives, as the server decodes the microphone
@@ -238,6 +245,17 @@ class ClientPeer:
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=answer_sdp, type="answer"))
         self.mic.encode_opus = _sends_opus(self.pc)
         self.mic.dtx = self.dtx and self.mic.encode_opus and offers_dtx(answer_sdp)
+        transport = self.pc.getSenders()[0].transport
+        send = transport._send_rtp
+
+        async def counted(data: bytes) -> None:
+            if not 192 <= data[1] <= 223:  # RTP, not RTCP (RFC 5761's split of the types)
+                self.mic_packets += 1
+                if self.lose is not None and self.lose(self.mic_packets):
+                    return
+            await send(data)
+
+        transport._send_rtp = counted
 
     def audio_since(self, since: float) -> np.ndarray:
         parts = [pcm for at, pcm in self.received if at >= since]

@@ -643,3 +643,42 @@ def test_a_dtx_packet_in_a_pause_comes_after_the_pause_silence() -> None:
         assert all(-0.015 < late < 0.012 for late in behind), behind
 
     run(body())
+
+
+def test_a_lost_microphone_packet_delays_none_of_the_audio_after_it() -> None:
+    """On a lossy path one packet of the microphone never comes. The server conceals it and
+    hands every later frame on as it arrives: what it has heard keeps up with what the client
+    sent, and keeps its length. (aiortc's own buffer stopped for 14 packets and then stayed
+    14 packets, 280 ms, behind for the rest of the connection: every later end of speech and
+    barge-in that much later.)"""
+
+    async def body() -> None:
+        heard = [0]  # 16 kHz samples handed on
+
+        async def on_audio(pcm: bytes) -> None:
+            heard[0] += len(pcm) // 2
+
+        async def on_state(state: str) -> None:
+            pass
+
+        peer = PeerSession(on_audio=on_audio, on_state=on_state)
+        # a packet per 20 ms (no DTX); the 60th is lost on the way
+        client = ClientPeer(dtx=False, keep_audio=False, lose=lambda n: n == 60)
+        answer = await peer.accept_offer(await client.offer())
+        await client.accept(answer.sdp)
+
+        def behind_ms() -> float:
+            return client.mic_packets * 20 - heard[0] / 16
+
+        await wait_until(lambda: client.mic_packets >= 50 and heard[0] > 0, 10, "the microphone")
+        before = behind_ms()
+        await wait_until(lambda: client.mic_packets >= 110, 10, "50 packets after the loss")
+        after = [behind_ms()]
+        for _ in range(5):
+            await asyncio.sleep(0.1)
+            after.append(behind_ms())
+        await client.close()
+        await peer.close()
+        assert max(after) - before < 50, (before, after)
+
+    run(body())

@@ -29,5 +29,6 @@ queueing reply audio to hearing it at the client.
     .venv/bin/python -m bench.realtime --turns 20 --ws-turns 10 --sessions 10,20,30,40
 
 `--client-prefetch N` sets the client peers' playout (jitter) buffer (aiortc's default holds
-4 frames back, ~80 ms); BENCH_TRACE=1 prints the events and loud frames around every barge-in.
+4 frames back, ~80 ms); `--mic-loss P` loses P % of the clients' microphone packets on the way
+(a lossy network); BENCH_TRACE=1 prints the events and loud frames around every barge-in.
 """

@@ -57,6 +57,12 @@ def arguments() -> argparse.Namespace:
         type=int,
         help="frames the clients' aiortc jitter buffer holds back (default: aiortc's 4)",
     )
+    parser.add_argument(
+        "--mic-loss",
+        type=float,
+        default=0.0,
+        help="per cent of the clients' microphone packets lost on the way (seeded)",
+    )
     parser.add_argument("--serve-fake", help=argparse.SUPPRESS)
     return parser.parse_args()
 
@@ -69,10 +75,14 @@ async def measure(
     args: argparse.Namespace, url: str, web: tuple[list[int], int, int]
 ) -> dict[str, Any]:
     from bench.realtime import capacity
-    from bench.realtime.clients import load_pcm
+    from bench.realtime.clients import Loss, load_pcm
     from bench.realtime.turns import MIC_RATE, media_baseline, webrtc_turns, websocket_turns
 
-    client = {"dtx": not args.no_dtx, "prefetch": args.client_prefetch}
+    client = {
+        "dtx": not args.no_dtx,
+        "prefetch": args.client_prefetch,
+        "lose": Loss(args.mic_loss / 100) if args.mic_loss else None,
+    }
     utterance, barge = load_pcm(fake.UTTERANCE, MIC_RATE), load_pcm(fake.BARGE, MIC_RATE)
     out: dict[str, Any] = {}
     out["media"] = await media_baseline(utterance, max(3, args.turns // 2), **client)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import random
 import time
 from typing import Any
 
@@ -17,6 +18,18 @@ from harness.peer import ClientPeer, speech_bounds
 
 # A received 20 ms frame louder than this is reply speech (the fake's tone is ~2100).
 LOUD_RMS = 300.0
+
+
+class Loss:
+    """`--mic-loss`: each microphone packet is lost with probability `share`, from a seeded
+    generator (the same losses in every run of a process)."""
+
+    def __init__(self, share: float, seed: int = 1) -> None:
+        self.share = share
+        self._random = random.Random(seed)
+
+    def __call__(self, packet: int) -> bool:
+        return self._random.random() < self.share
 
 
 class Events:

@@ -141,6 +141,18 @@ class OpusDecoder(_State):
             return b""
         return ctypes.string_at(self._out, samples * 2)
 
+    def conceal(self, samples: int) -> bytes:
+        """PCM16 standing in for `samples` of lost packets (libopus's loss concealment,
+        which fades to silence over a long loss), at most MAX_PACKET_MS of it."""
+        if self._state is None:
+            return b""
+        step = self.rate // 400  # a multiple of 2.5 ms, as libopus requires
+        samples = min(samples, self._max_samples) // step * step
+        if samples <= 0:
+            return b""
+        done = self._lib.opus_decode(self._state, None, 0, self._out, samples, 0)
+        return ctypes.string_at(self._out, done * 2) if done > 0 else b""
+
 
 class OpusEncoder(_State):
     """Mono PCM16 at `rate` Hz → one Opus packet per frame, tuned for speech (see above)."""

@@ -29,12 +29,14 @@ from aiortc import (
     RTCSessionDescription,
 )
 from aiortc.codecs import get_decoder
-from aiortc.jitterbuffer import JitterBuffer, JitterFrame
+from aiortc.jitterbuffer import JitterFrame
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+from aiortc.rtp import RtpPacket
 from aiortc.sdp import candidate_from_sdp
 
 from chat.providers.base import SPEECH_RATE
+from chat.realtime.jitter import InOrder
 from chat.realtime.opus import SPEECH_COMPLEXITY, OpusDecoder
 from chat.realtime.pcm import frame_pcm
 from chat.realtime.speaker import SpeakerTrack, send_with
@@ -118,22 +120,6 @@ def parse_candidate(candidate: str, sdp_mid: str | None, sdp_mline_index: int | 
     return parsed
 
 
-# aiortc holds each received audio frame until 4 more have arrived (~80 ms) to smooth playout.
-# The microphone here feeds a VAD and a recogniser, not a loudspeaker: a frame is released as
-# soon as the next packet shows it is complete (~20 ms), packets are still put in order, and the
-# end of the user's speech (and a barge-in) is seen 60-80 ms earlier (bench/realtime.py).
-AUDIO_IN_PREFETCH = 0
-
-
-def low_latency_audio_in(pc: RTCPeerConnection) -> None:
-    """Replace the jitter buffer of every audio receiver by one without prefetch."""
-    for transceiver in pc.getTransceivers():
-        receiver = transceiver.receiver
-        name = "_RTCRtpReceiver__jitter_buffer"  # private in aiortc 1.16 (requirements pin it)
-        if transceiver.kind == "audio" and isinstance(getattr(receiver, name, None), JitterBuffer):
-            setattr(receiver, name, JitterBuffer(capacity=16, prefetch=AUDIO_IN_PREFETCH))
-
-
 async def drain(track: MediaStreamTrack) -> None:
     """Read and drop a track until it ends: one whose media is not used (video) or is decoded
     elsewhere (`InlineDecoding`), so that aiortc's queue stays empty and its end is read."""
@@ -183,7 +169,9 @@ class InlineDecoding:
     mono PCM16 and pushed to `inbound` (Opus by libopus at that rate; any other codec by
     aiortc's own decoder and a resampler). The receiver's decoder thread waits in `get()`
     until the receiver stops. `wanted()` says whether anyone listens: while nobody does,
-    frames are dropped undecoded (and the decoder starts afresh after).
+    frames are dropped undecoded (and the decoder starts afresh after). With `in_order` the
+    receiver's jitter buffer gives way to `jitter.InOrder`: each packet is decoded as it
+    arrives in sequence, and lost ones are concealed, as long as the last frame was.
     """
 
     def __init__(self, inbound: Inbound, wanted: Callable[[], bool] | None = None) -> None:
@@ -193,14 +181,42 @@ class InlineDecoding:
         self._opus: OpusDecoder | None = None
         self._skipped = False
         self._other: tuple[str, Any, av.AudioResampler] | None = None
+        self._codecs: dict[int, RTCRtpCodecParameters] = {}
+        self._in_order: InOrder | None = None
+        self._last_samples = 0  # the length of the last frame pushed (16 kHz samples)
+        self._last_opus = False  # and whether libopus decoded it
 
-    def install(self, receiver: Any) -> None:
-        """Before the receiver starts (aiortc 1.16's private name; requirements pin it)."""
+    def install(self, receiver: Any, *, in_order: bool = False) -> None:
+        """Before the receiver starts (aiortc 1.16's private names; requirements pin it)."""
         receiver._RTCRtpReceiver__decoder_queue = self
+        if in_order:
+            self._codecs = receiver._RTCRtpReceiver__codecs  # filled as the receiver starts
+            self._in_order = InOrder(self._arrived, self._lost)
+            receiver._RTCRtpReceiver__jitter_buffer = self._in_order
+
+    def _arrived(self, packet: RtpPacket) -> None:
+        codec = self._codecs.get(packet.payload_type)
+        if codec is not None:
+            self.put((codec, JitterFrame(packet._data, packet.timestamp)))  # type: ignore[attr-defined]
+
+    def _lost(self, count: int) -> None:
+        """`count` packets will not come: the decoder's concealment stands in for them (as
+        long as the last frame each), so that the audio keeps its length."""
+        if self._skipped or (self.wanted is not None and not self.wanted()):
+            return
+        samples = count * self._last_samples
+        if self._last_opus and self._opus is not None:
+            pcm = self._opus.conceal(samples)
+        else:
+            pcm = bytes(samples * 2)
+        if pcm:
+            self.inbound.push(pcm)
 
     def put(self, item: tuple[RTCRtpCodecParameters, JitterFrame] | None) -> None:
         if item is None:  # the receiver stops
             self._stopped.set()
+            if self._in_order is not None:
+                self._in_order.stop()
             if self._opus is not None:
                 self._opus.close()
             self.inbound.end()
@@ -209,7 +225,8 @@ class InlineDecoding:
         if self.wanted is not None and not self.wanted():
             self._skipped = True
             return
-        if codec.name.lower() == "opus":
+        self._last_opus = codec.name.lower() == "opus"
+        if self._last_opus:
             if self._opus is None:
                 self._opus = OpusDecoder(SAMPLE_RATE)
             elif self._skipped:
@@ -219,6 +236,7 @@ class InlineDecoding:
             pcm = self._decode_other(codec, frame)
         self._skipped = False
         if pcm:
+            self._last_samples = len(pcm) // 2
             self.inbound.push(pcm)
 
     def _decode_other(self, codec: RTCRtpCodecParameters, frame: JitterFrame) -> bytes:
@@ -318,7 +336,6 @@ class PeerSession:
             raise WebRTCError("invalid SDP offer: no media section")
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
         self._remote_set = True
-        low_latency_audio_in(self.pc)
         pending, self._pending_candidates = self._pending_candidates, []
         for candidate in pending:
             await self.pc.addIceCandidate(candidate)
@@ -374,7 +391,7 @@ class PeerSession:
             # One microphone, decoded as it arrives (`InlineDecoding`); its track gets no
             # frames and only ends. Further audio tracks are read and dropped.
             self._audio_in = True
-            InlineDecoding(self._inbound, self.wants_audio).install(receiver)
+            InlineDecoding(self._inbound, self.wants_audio).install(receiver, in_order=True)
             self._tasks.spawn(self._read_audio(), "webrtc-audio-in")
         self._tasks.spawn(drain(track), "webrtc-discard-in")
 
