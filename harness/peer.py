@@ -221,7 +221,7 @@ class ClientPeer:
         ended = asyncio.ensure_future(drain(track))
         try:
             while await inbound.wait() and inbound.chunks:
-                pcm = np.frombuffer(inbound.chunks.popleft(), dtype=np.int16)
+                pcm = np.frombuffer(inbound.chunks.popleft()[0], dtype=np.int16)
                 now = time.monotonic()
                 self.levels.append((now, rms(pcm)))
                 if not self.keep_audio:

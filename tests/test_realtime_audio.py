@@ -164,6 +164,26 @@ def test_vad_finds_one_utterance_in_speech_between_silences() -> None:
     assert 1 + len(speech) / 16000 < end < 1 + len(speech) / 16000 + 1.0
 
 
+def test_vad_says_how_much_quiet_still_ends_the_utterance() -> None:
+    """`quiet_left_s` (what a DTX pause waits for before it is handed on as silence) is what
+    the VAD then needs: that much more quiet ends the utterance, and one frame less does not."""
+    vad = EnergyVAD()
+    assert vad.quiet_left_s is None  # nothing to end
+    loud = (3000 * np.sin(np.arange(320) / 3)).astype(np.int16)
+    quiet = np.zeros(320, dtype=np.int16)
+    while vad.update(loud) != "speech_start":
+        pass
+    assert vad.quiet_left_s == vad.config.end_ms / 1000
+    for _ in range(7):
+        vad.update(quiet)
+    left = vad.quiet_left_s
+    assert left == (vad.config.end_ms - 7 * 20) / 1000
+    frames = round(left / 0.02)
+    assert [vad.update(quiet) for _ in range(frames - 1)] == [None] * (frames - 1)
+    assert vad.update(quiet) == "speech_end"
+    assert vad.quiet_left_s is None
+
+
 def test_vad_detects_speech_at_the_very_start_of_a_stream() -> None:
     events = vad_events(np.concatenate([speech_16k(), np.zeros(16000, dtype=np.int16)]))
     assert [e for e, _ in events] == ["speech_start", "speech_end"]

@@ -682,3 +682,41 @@ def test_a_lost_microphone_packet_delays_none_of_the_audio_after_it() -> None:
         assert max(after) - before < 50, (before, after)
 
     run(body())
+
+
+def test_a_late_packet_in_a_quiet_stretch_adds_no_silence_and_a_dtx_pause_is_heard_whole() -> None:
+    """Mid-utterance, after a quiet frame: a packet 100 ms late on the network (its RTP
+    timestamp follows the frame before) adds no silence, so the VAD does not hear the quiet
+    stretch longer than it was and end the utterance early; a DTX pause after it (the next
+    packet stamped as far on as it comes later) is heard as that much silence."""
+
+    async def body() -> None:
+        heard: list[bytes] = []
+
+        async def on_audio(pcm: bytes) -> None:
+            heard.append(pcm)
+
+        peer = PeerSession(on_audio=on_audio, on_state=lambda state: None)
+        peer.pause_is_silence = lambda: True  # the user went quiet mid-utterance
+        reader = asyncio.create_task(peer._read_audio())
+        await asyncio.sleep(0)
+        frame = b"\x01\x00" * 320  # 20 ms, told apart from the silence handed on
+        peer._inbound.push(frame, 0.0)
+        await asyncio.sleep(0.1)  # the next packet is late
+        peer._inbound.push(frame, 0.02)
+        late_at = time.monotonic()  # its audio (media 0.02-0.04) ends as it comes
+        await wait_until(lambda: len(b"".join(heard)) >= 1280, 2, "the late packet")
+        assert b"".join(heard) == frame * 2  # nothing between them
+        heard.clear()
+        await asyncio.sleep(0.4)  # DTX
+        start = 0.04 + (time.monotonic() - late_at) - 0.02
+        peer._inbound.push(frame, start)
+        await wait_until(lambda: heard and heard[-1] == frame, 2, "the DTX packet")
+        reader.cancel()
+        await asyncio.gather(reader, return_exceptions=True)
+        await peer.close()
+        silence = b"".join(heard)[:-640]
+        assert silence == bytes(len(silence))
+        assert abs(len(silence) / 2 / 16000 - (start - 0.04)) < 0.002, (len(silence), start)
+
+    run(body())

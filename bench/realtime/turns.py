@@ -49,6 +49,7 @@ class BarePeer:
             on_audio=self._on_audio,
             on_state=self._on_state,
             pause_is_silence=self._pause_is_silence,
+            quiet_left=lambda: self.vad.quiet_left_s,
         )
         self.speaker = self.peer.speaker
         self.speaker.report_metrics = False  # this process's, not the web process's

@@ -198,6 +198,7 @@ class RealtimeHandler:
             batch_audio=self._may_batch_audio,
             wants_audio=self._listens_over_webrtc,
             pause_is_silence=self._pause_is_silence,
+            quiet_left=self._quiet_left,
             on_state=self._on_peer_state,
             ice_servers=session_ice_servers(self.ctx.session_id),
             timeout_s=float(settings.WEBRTC_TIMEOUT_S),
@@ -394,6 +395,11 @@ class RealtimeHandler:
             return False
         vad = listener.vad
         return vad.last_db < vad.threshold_db - (vad.config.hysteresis_db if vad.speaking else 0)
+
+    def _quiet_left(self) -> float | None:
+        """Seconds of quiet the VAD of the utterance being heard still needs to end it."""
+        span = self._span
+        return None if span is None else span.listener.vad.quiet_left_s
 
     def _may_batch_audio(self) -> bool:
         """Whether the microphone's frames may reach the listener 100 ms at a time: not while

@@ -53,20 +53,19 @@ AudioPredicate = Callable[[], bool]
 # 20 ms frames are resampled and handed on this many at a time: one resampler call and one
 # callback (and so one pass through the listener) per 100 ms instead of five.
 BATCH_FRAMES = 5
-# A client in Opus DTX (silence: one packet per ~400 ms) sends no frames for long stretches.
-# While speech is under way the VAD must still hear that silence to end the utterance: after
-# this long without a frame, this much silence is handed on, and again until a frame arrives.
-# (The decoded frames' timestamps do not show the pause: the decoder numbers them on.) Short,
-# since the silence is handed on at the end of each wait: 100 ms made the end of speech ~40 ms
-# later than without DTX (bench.realtime's media path); a packet this late mid-speech only
-# shifts the rest of the utterance by this much silence (and only after a quiet frame).
-# What is handed on is the silence owed by the clock since the last frame, in whole 20 ms
-# frames, not a fixed GAP_WAIT_S per wake-up: a loop that wakes a few ms late under load
-# would otherwise lose those ms at every step, ten steps before the VAD's end (a ~40 ms later
-# end of speech in every turn of a loaded process). Likewise a packet that ends a wait (a DTX
-# silence packet, one per 400 ms) comes after the silence owed up to where its own audio
-# begins: handed on alone, it stood for up to a whole wait (the client's first DTX packet comes
-# ~600 ms into its silence, just when the VAD ends the utterance).
+# A client in Opus DTX (silence: one packet per ~400 ms) sends no packets for long stretches.
+# While speech is under way the VAD must still hear that silence to end the utterance. A pause
+# in the packets may also be a packet late on the network, though, and silence handed on for it
+# would lengthen the quiet (the VAD would end early by the lateness). So a pause is left alone
+# for LATE_S, or only as long as the VAD still needs quiet to end the utterance if that is
+# shorter (`quiet_left`: the end of speech is not delayed); past that it is DTX, and the silence
+# the clock owes since the last frame is handed on at once, then at every GAP_WAIT_S, in whole
+# 20 ms frames (the sum, not a fixed amount per wake-up: a loop that wakes a few ms late under
+# load would lose those ms at every step). When the packet
+# that ends a pause comes, the pause's length in media time (its RTP timestamp against the end
+# of the frame before; never more than the clock saw) is what the VAD hears in all: the silence
+# not handed on yet comes first, to the sample, and a late packet adds none.
+LATE_S = 0.12
 GAP_WAIT_S = 0.04
 _GAP_FRAME_S = 0.02
 _GAP_FRAME = bytes(int(_GAP_FRAME_S * SAMPLE_RATE) * 2)
@@ -129,15 +128,17 @@ async def drain(track: MediaStreamTrack) -> None:
 
 
 class Inbound:
-    """Received audio (16 kHz mono PCM16 chunks) not yet read, filled on the loop."""
+    """Received audio not yet read, filled on the loop: 16 kHz mono PCM16 chunks, each with
+    where it starts in the stream's media time (seconds from its RTP timestamp; None when
+    not known)."""
 
     def __init__(self) -> None:
-        self.chunks: deque[bytes] = deque()
+        self.chunks: deque[tuple[bytes, float | None]] = deque()
         self.ended = False
         self._waiter: asyncio.Future[bool] | None = None
 
-    def push(self, pcm: bytes) -> None:
-        self.chunks.append(pcm)
+    def push(self, pcm: bytes, start: float | None = None) -> None:
+        self.chunks.append((pcm, start))
         self._wake(True)
 
     def end(self) -> None:
@@ -185,6 +186,8 @@ class InlineDecoding:
         self._in_order: InOrder | None = None
         self._last_samples = 0  # the length of the last frame pushed (16 kHz samples)
         self._last_opus = False  # and whether libopus decoded it
+        self._media_end: float | None = None  # where it ends in media time
+        self._rtp: tuple[int, int] | None = None  # (last RTP timestamp, unwrapped)
 
     def install(self, receiver: Any, *, in_order: bool = False) -> None:
         """Before the receiver starts (aiortc 1.16's private names; requirements pin it)."""
@@ -210,7 +213,22 @@ class InlineDecoding:
         else:
             pcm = bytes(samples * 2)
         if pcm:
-            self.inbound.push(pcm)
+            self._push(pcm, self._media_end)
+
+    def _push(self, pcm: bytes, start: float | None) -> None:
+        self._last_samples = len(pcm) // 2
+        self._media_end = None if start is None else start + self._last_samples / SAMPLE_RATE
+        self.inbound.push(pcm, start)
+
+    def _media_start(self, timestamp: int, clock_rate: int) -> float:
+        """A frame's RTP timestamp as seconds of media time (unwrapped past 2**32)."""
+        if self._rtp is None:
+            unwrapped = 0
+        else:
+            last, unwrapped = self._rtp
+            unwrapped += (timestamp - last + 2**31) % 2**32 - 2**31
+        self._rtp = (timestamp, unwrapped)
+        return unwrapped / clock_rate
 
     def put(self, item: tuple[RTCRtpCodecParameters, JitterFrame] | None) -> None:
         if item is None:  # the receiver stops
@@ -235,9 +253,9 @@ class InlineDecoding:
         else:
             pcm = self._decode_other(codec, frame)
         self._skipped = False
+        start = self._media_start(frame.timestamp, codec.clockRate)
         if pcm:
-            self._last_samples = len(pcm) // 2
-            self.inbound.push(pcm)
+            self._push(pcm, start)
 
     def _decode_other(self, codec: RTCRtpCodecParameters, frame: JitterFrame) -> bytes:
         if self._other is None or self._other[0] != codec.name or self._skipped:
@@ -269,7 +287,8 @@ class PeerSession:
     are read (aiortc's queue stays empty) but neither resampled nor handed on.
     `pause_is_silence` says whether a pause in the client's packets now is Opus DTX silence
     (the end of the user's speech is awaited and the last frame was quiet): then it is handed on
-    as silence (see `GAP_WAIT_S`).
+    as silence (see `LATE_S`), from the moment `quiet_left` (seconds of quiet the VAD still
+    needs to end the utterance, None if unknown) says it would end it, if that comes sooner.
 
     The answer asks the client for Opus DTX (`usedtx=1`), and the speaker uses DTX too when
     the client's offer asked for it: an idle session then moves a packet per ~400 ms each way
@@ -286,12 +305,14 @@ class PeerSession:
         batch_audio: AudioPredicate | None = None,
         wants_audio: AudioPredicate | None = None,
         pause_is_silence: AudioPredicate | None = None,
+        quiet_left: Callable[[], float | None] | None = None,
         opus_complexity: int = SPEECH_COMPLEXITY,
     ) -> None:
         self.on_audio = on_audio
         self.batch_audio = batch_audio
         self.wants_audio = wants_audio
         self.pause_is_silence = pause_is_silence
+        self.quiet_left = quiet_left
         self.on_state = on_state
         self.timeout_s = timeout_s
         self.pc = RTCPeerConnection(
@@ -399,15 +420,23 @@ class PeerSession:
         """The microphone's 16 kHz mono PCM16 → on_audio, until it ends."""
         inbound = self._inbound
         held: list[bytes] = []
-        heard_until = time.monotonic()  # the audio handed on so far reaches this instant
+        last_at = time.monotonic()  # when the last frame came
+        heard_until = last_at  # the audio handed on so far reaches this instant
+        media_end: float | None = None  # where the last frame ends in media time
         paused = False  # a wait for a frame timed out since the last frame
         while True:
             if self.pause_is_silence is not None and self.pause_is_silence():
                 # a DTX pause must still read as silence: wait for a frame a while only
-                if not await inbound.wait(GAP_WAIT_S):
+                due = last_at + self._silence_after()  # silence is handed on from then
+                wait = GAP_WAIT_S
+                if heard_until == last_at:  # none handed on yet
+                    first = max(due, last_at + _GAP_FRAME_S)
+                    wait = min(GAP_WAIT_S, max(0.001, first - time.monotonic()))
+                if not await inbound.wait(wait):
                     paused = True
-                    owed = int((time.monotonic() - heard_until) / _GAP_FRAME_S)
-                    if owed > 0:
+                    now = time.monotonic()
+                    owed = int((now - heard_until) / _GAP_FRAME_S)
+                    if now >= due and owed > 0:
                         heard_until += owed * _GAP_FRAME_S
                         await self._deliver(_GAP_FRAME * owed)
                     continue
@@ -416,17 +445,21 @@ class PeerSession:
             if not inbound.chunks:
                 return  # ended
             now = time.monotonic()
+            pcm, start = inbound.chunks.popleft()
+            seconds = len(pcm) / 2 / SAMPLE_RATE
             if paused and self.pause_is_silence is not None and self.pause_is_silence():
-                # the frame that ends a pause (a DTX packet): the silence since the last
-                # wake-up comes before it, to the sample, or every such frame would put the
-                # VAD's end of speech up to a wait later
+                # the frame that ends a pause: the pause's silence not handed on yet comes
+                # first (as long as the pause lasted in media time, if that is known; the
+                # clock says how long at most: the frame's audio ends as it comes)
                 await self._deliver(b"".join(held))
                 held = []
-                ends = len(inbound.chunks[0]) / 2 / SAMPLE_RATE  # its audio ends as it comes
-                await self._deliver(_silence(now - ends - heard_until))
+                pause = now - seconds - last_at
+                if start is not None and media_end is not None:
+                    pause = min(pause, start - media_end)
+                await self._deliver(_silence(pause - (heard_until - last_at)))
             paused = False
-            heard_until = now
-            pcm = inbound.chunks.popleft()
+            heard_until = last_at = now
+            media_end = None if start is None else start + seconds
             if self.wants_audio is not None and not self.wants_audio():
                 held.clear()
                 continue
@@ -435,6 +468,11 @@ class PeerSession:
                 continue
             await self._deliver(b"".join(held))
             held = []
+
+    def _silence_after(self) -> float:
+        """How long a pause in the packets waits before it is handed on as silence."""
+        left = self.quiet_left() if self.quiet_left is not None else None
+        return LATE_S if left is None else min(LATE_S, left)
 
     async def _deliver(self, pcm: bytes) -> None:
         if pcm:

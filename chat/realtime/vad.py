@@ -127,6 +127,13 @@ class EnergyVAD:
         """Speech-like frames were just heard but are not yet a start (they may be a click)."""
         return not self.speaking and self._run > 0
 
+    @property
+    def quiet_left_s(self) -> float | None:
+        """While speaking: how many seconds more of quiet end the utterance."""
+        if not self.speaking:
+            return None
+        return (self._end_frames - self._run) * self.config.frame_ms / 1000
+
     def reset(self) -> None:
         """Forget the current utterance (the noise floor is kept)."""
         self.speaking = False
