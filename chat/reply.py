@@ -402,24 +402,22 @@ class Reply:
             log.debug("could not report the interruption", exc_info=True)
 
     def _save_sync(self) -> None:
-        """Save the fields this reply owns; a render worker may be writing the others."""
+        """Save the fields this reply owns; a render worker may be writing the others. A
+        message deleted meanwhile (the session's data erased while it ran) stays deleted."""
         message = self.message
         if message is None:
             return
         stored = Message.objects.filter(pk=message.pk).values_list("timings", flat=True).first()
         message.text = self.text
         message.timings = {**(stored or {}), **self.timings}
-        message.save(
-            update_fields=[
-                "text",
-                "timings",
-                "audio",
-                "audio_url",
-                "duration_ms",
-                "error_code",
-                "error_message",
-            ]
+        fields = ("audio", "audio_url", "duration_ms", "error_code", "error_message")
+        saved = Message.objects.filter(pk=message.pk).update(
+            text=message.text,
+            timings=message.timings,
+            **{name: getattr(message, name) for name in fields},
         )
+        if not saved:
+            log.info("reply %s not saved: its message was deleted meanwhile", message.pk)
 
     async def _save(self) -> None:
         await database_sync_to_async(self._save_sync)()

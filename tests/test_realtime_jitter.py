@@ -80,6 +80,7 @@ def test_sequence_numbers_wrap_and_a_restarted_stream_is_followed() -> None:
         buffer = Buffer()
         assert buffer.add(0xFFFE, 0xFFFF, 0x10000, 0x10001) == [0xFFFE, 0xFFFF, 0, 1]
         assert buffer.add(20000, 20001) == [0xFFFE, 0xFFFF, 0, 1, 20000, 20001]
+        assert buffer.add(7, 8)[-2:] == [7, 8]  # restarted lower
 
     run(body())
 

@@ -130,3 +130,27 @@ def test_a_turn_stores_its_two_messages_in_one_transaction(
     assert inserts == [True, True]
     looked_for_renders = any("render_task_id" in sql.partition("WHERE")[2] for sql, _ in statements)
     assert looked_for_renders == (mode == "video")
+
+
+def test_a_reply_whose_session_is_erased_while_it_runs_ends_quietly(
+    dashscope: DashScopeServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The session's messages are deleted (its data erased) while the reply streams: the reply
+    still ends and tells the client, does not bring its message back, and logs no error."""
+    dashscope.behaviour.token_delay = 0.05
+
+    async def body() -> tuple[Recorder, int]:
+        turns, transport = await _open()
+        await turns.text("Tell me a long story.", "t1")
+        await wait_until(lambda: bool(transport.of("text_delta")), 10, "the reply")
+        await Message.objects.filter(session_id=turns.session_id).adelete()
+        assert turns.reply_task is not None
+        await asyncio.wait_for(turns.reply_task, 10)
+        return transport, turns.session_id
+
+    caplog.set_level("INFO")
+    transport, session_id = run_once(asyncio.wait_for(body(), 30))
+    assert transport.of("text_response")
+    assert not Message.objects.filter(session_id=session_id).exists()
+    assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")]
+    assert any("deleted meanwhile" in r.getMessage() for r in caplog.records)

@@ -28,8 +28,10 @@ from aiortc.rtp import RtpPacket
 REORDER_WAIT_S = 0.04
 # More packets than this held (a long burst after a loss) go on without waiting.
 MAX_HELD = 16
-# A jump this far ahead is a new stream (the sender restarted its numbering), not a loss.
+# A jump this far ahead, or back by more than MAX_BEHIND, is a new stream (the sender restarted
+# its numbering), not a loss or a late packet.
 RESTART_AHEAD = 3000
+MAX_BEHIND = 100
 
 _SEQ = 0x10000
 
@@ -63,7 +65,7 @@ class InOrder:
         if self._next is None:
             self._next = seq
         ahead = (seq - self._next) % _SEQ
-        if ahead >= _SEQ // 2:
+        if ahead >= _SEQ - MAX_BEHIND:
             return False, None  # a duplicate, or one that came after it was given up
         if ahead > RESTART_AHEAD:
             self._held.clear()
