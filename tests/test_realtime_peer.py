@@ -511,14 +511,15 @@ def test_a_quiet_microphone_reaches_the_listener_100_ms_at_a_time_and_speech_per
 
 
 def test_opus_dtx_is_asked_for_and_used_both_ways_only_when_the_client_offers_it() -> None:
-    """The answer asks the client for Opus DTX; a client that offered it sends about a packet
-    per 400 ms in silence and the server's speaker does the same; a client that did not offer
-    it gets a packet every 20 ms, as before."""
+    """The answer asks the client for Opus DTX (and in-band FEC); a client that offered it
+    sends about a packet per 400 ms in silence and the server's speaker does the same; a client
+    that did not offer it gets a packet every 20 ms, as before."""
 
     async def body() -> None:
         for dtx in (True, False):
             handler, ctx, client = await open_session(dtx=dtx)
-            assert "usedtx=1" in ctx.of_type("answer")[-1]["sdp"]
+            answer = ctx.of_type("answer")[-1]["sdp"]
+            assert "usedtx=1" in answer and "useinbandfec=1" in answer
             speaker = handler.speaker()
             assert speaker is not None and speaker.dtx is dtx and client.mic.dtx is dtx
             await asyncio.sleep(0.5)  # past the hangover of silence frames after the start

@@ -10,8 +10,9 @@ packet per 400 ms in a DTX pause), after the VAD had ended the utterance without
 
 `InOrder` takes its place on the server's audio receiver: a packet in sequence goes on at
 once; one that comes early is held until the packets before it arrive, or for `REORDER_WAIT_S`
-at most, after which the missing packets count as lost (the decoder conceals them) and what
-was held goes on.
+at most, after which the missing packets count as lost (the decoder rebuilds the last of
+them from the copy the next packet carries when the client sends Opus in-band FEC, and conceals
+the others) and what was held goes on.
 """
 
 from __future__ import annotations
@@ -38,13 +39,14 @@ _SEQ = 0x10000
 
 class InOrder:
     """Takes the place of an aiortc audio receiver's jitter buffer (its `add`): packets are
-    given to `deliver` in sequence-number order as soon as they can be, `lost(n)` is told of n
-    packets given up. Runs on the event loop, as the receiver does."""
+    given to `deliver` in sequence-number order as soon as they can be, `lost(n, packet)` is
+    told of n packets given up just before `packet`. Runs on the event loop, as the receiver
+    does."""
 
     def __init__(
         self,
         deliver: Callable[[RtpPacket], None],
-        lost: Callable[[int], None],
+        lost: Callable[[int, RtpPacket], None],
         wait_s: float = REORDER_WAIT_S,
     ) -> None:
         self._deliver = deliver
@@ -102,7 +104,7 @@ class InOrder:
         if not self._held or self._next is None:
             return
         first = min(self._held, key=lambda seq: (seq - self._next) % _SEQ)  # type: ignore[operator]
-        self._lost((first - self._next) % _SEQ)
+        self._lost((first - self._next) % _SEQ, self._held[first])
         self._next = first
         self._release()
         if self._held:

@@ -40,6 +40,8 @@ _APPLICATION_VOIP = 2048
 _SET_BITRATE = 4002
 _SET_COMPLEXITY = 4010
 _GET_COMPLEXITY = 4011
+_SET_INBAND_FEC = 4012
+_SET_PACKET_LOSS_PERC = 4014
 
 
 _INT_P = ctypes.POINTER(ctypes.c_int)
@@ -141,6 +143,21 @@ class OpusDecoder(_State):
             return b""
         return ctypes.string_at(self._out, samples * 2)
 
+    def recover(self, next_packet: bytes, samples: int) -> bytes:
+        """PCM16 for the `samples` lost just before `next_packet`, from the redundant copy
+        of them that packet carries (Opus in-band FEC, which browsers add when the receiver
+        reports loss); the loss concealment where it carries none."""
+        if self._state is None or not next_packet:
+            return self.conceal(samples)
+        step = self.rate // 400
+        samples = min(samples, self._max_samples) // step * step
+        if samples <= 0:
+            return b""
+        done = self._lib.opus_decode(
+            self._state, next_packet, len(next_packet), self._out, samples, 1
+        )
+        return ctypes.string_at(self._out, done * 2) if done > 0 else self.conceal(samples)
+
     def conceal(self, samples: int) -> bytes:
         """PCM16 standing in for `samples` of lost packets (libopus's loss concealment,
         which fades to silence over a long loss), at most MAX_PACKET_MS of it."""
@@ -160,13 +177,22 @@ class OpusEncoder(_State):
     _destroy = "opus_encoder_destroy"
 
     def __init__(
-        self, rate: int, bitrate: int = SPEECH_BITRATE, complexity: int = SPEECH_COMPLEXITY
+        self,
+        rate: int,
+        bitrate: int = SPEECH_BITRATE,
+        complexity: int = SPEECH_COMPLEXITY,
+        fec_loss_pct: int = 0,
     ) -> None:
+        """`fec_loss_pct` > 0: in-band FEC for that expected loss, as a browser encodes once
+        its peer reports loss."""
         super().__init__()
         self.rate = rate
         self._out = ctypes.create_string_buffer(1500)  # an RTP payload's worth
         self._create("opus_encoder_create", rate, 1, _APPLICATION_VOIP)
-        for request, value in ((_SET_BITRATE, bitrate), (_SET_COMPLEXITY, complexity)):
+        settings = [(_SET_BITRATE, bitrate), (_SET_COMPLEXITY, complexity)]
+        if fec_loss_pct > 0:
+            settings += [(_SET_INBAND_FEC, 1), (_SET_PACKET_LOSS_PERC, fec_loss_pct)]
+        for request, value in settings:
             result = self._lib.opus_encoder_ctl(
                 ctypes.c_void_p(self._state), ctypes.c_int(request), ctypes.c_int(value)
             )

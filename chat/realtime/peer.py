@@ -172,7 +172,8 @@ class InlineDecoding:
     until the receiver stops. `wanted()` says whether anyone listens: while nobody does,
     frames are dropped undecoded (and the decoder starts afresh after). With `in_order` the
     receiver's jitter buffer gives way to `jitter.InOrder`: each packet is decoded as it
-    arrives in sequence, and lost ones are concealed, as long as the last frame was.
+    arrives in sequence, and lost ones are concealed, as long as the last frame was (the last
+    of them rebuilt from the next packet's FEC copy, where the client sends one).
     """
 
     def __init__(self, inbound: Inbound, wanted: Callable[[], bool] | None = None) -> None:
@@ -202,14 +203,19 @@ class InlineDecoding:
         if codec is not None:
             self.put((codec, JitterFrame(packet._data, packet.timestamp)))  # type: ignore[attr-defined]
 
-    def _lost(self, count: int) -> None:
-        """`count` packets will not come: the decoder's concealment stands in for them (as
-        long as the last frame each), so that the audio keeps its length."""
+    def _lost(self, count: int, following: RtpPacket) -> None:
+        """`count` packets before `following` will not come: the decoder stands in for them
+        (as long as the last frame each), so that the audio keeps its length; the last of them
+        from the copy `following` may carry (Opus in-band FEC), the others concealed."""
         if self._skipped or (self.wanted is not None and not self.wanted()):
             return
         samples = count * self._last_samples
         if self._last_opus and self._opus is not None:
-            pcm = self._opus.conceal(samples)
+            last = self._last_samples
+            pcm = self._opus.conceal(samples - last) + self._opus.recover(
+                following._data,  # type: ignore[attr-defined]
+                last,
+            )
         else:
             pcm = bytes(samples * 2)
         if pcm:
@@ -543,9 +549,12 @@ def offers_dtx(sdp: str) -> bool:
 
 
 def _ask_for_dtx(pc: RTCPeerConnection) -> None:
-    """`usedtx=1` on the Opus codec of every audio transceiver: the answer asks the client to
-    send silence as Opus DTX (browsers do: a packet per ~400 ms instead of per 20 ms)."""
+    """`usedtx=1` and `useinbandfec=1` on the Opus codec of every audio transceiver: the answer
+    asks the client to send silence as Opus DTX (browsers do: a packet per ~400 ms instead of
+    per 20 ms), and to add in-band FEC once it hears of loss (a lost frame is then rebuilt
+    from the next packet, see `InlineDecoding`)."""
     for transceiver in pc.getTransceivers():
         for codec in getattr(transceiver, "_codecs", None) or []:
             if codec.mimeType.lower() == "audio/opus":
                 codec.parameters["usedtx"] = 1
+                codec.parameters["useinbandfec"] = 1
