@@ -173,8 +173,8 @@ class ClientPeer:
     as the capacity benchmark's many clients do); `levels`: (arrival time, RMS) of every frame
     received. `prefetch`: frames the playout (jitter) buffer holds back (aiortc's default: 4).
     `lose(n)`, given the count of microphone RTP packets sent so far (the nth one, counted
-    from 1), says whether that one is lost on the way (a lossy network); `mic_packets` counts
-    them, lost ones included.
+    from 1), says whether that one is lost on the way (a lossy network); with it,
+    `mic_packets` counts them, lost ones included.
     """
 
     def __init__(
@@ -245,17 +245,21 @@ class ClientPeer:
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=answer_sdp, type="answer"))
         self.mic.encode_opus = _sends_opus(self.pc)
         self.mic.dtx = self.dtx and self.mic.encode_opus and offers_dtx(answer_sdp)
+        if self.lose is not None:  # the packets go straight out otherwise
+            self._lossy(self.lose)
+
+    def _lossy(self, lose: Callable[[int], bool]) -> None:
         transport = self.pc.getSenders()[0].transport
         send = transport._send_rtp
 
-        async def counted(data: bytes) -> None:
-            if not 192 <= data[1] <= 223:  # RTP, not RTCP (RFC 5761's split of the types)
+        async def lossy(data: bytes) -> None:
+            if not 192 <= data[1] <= 223:  # RTP; RTCP's packet types are 192-223 there
                 self.mic_packets += 1
-                if self.lose is not None and self.lose(self.mic_packets):
+                if lose(self.mic_packets):
                     return
             await send(data)
 
-        transport._send_rtp = counted
+        transport._send_rtp = lossy
 
     def audio_since(self, since: float) -> np.ndarray:
         parts = [pcm for at, pcm in self.received if at >= since]

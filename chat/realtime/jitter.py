@@ -56,10 +56,6 @@ class InOrder:
         self._held: dict[int, RtpPacket] = {}
         self._timer: asyncio.TimerHandle | None = None
 
-    @property
-    def capacity(self) -> int:
-        return MAX_HELD
-
     def add(self, packet: RtpPacket) -> tuple[bool, Any]:
         """aiortc's interface: (send a picture loss indication?, a frame to decode); frames
         go to `deliver` instead, so this returns none."""

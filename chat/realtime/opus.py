@@ -147,27 +147,23 @@ class OpusDecoder(_State):
         """PCM16 for the `samples` lost just before `next_packet`, from the redundant copy
         of them that packet carries (Opus in-band FEC, which browsers add when the receiver
         reports loss); the loss concealment where it carries none."""
-        if self._state is None or not next_packet:
-            return self.conceal(samples)
-        step = self.rate // 400
-        samples = min(samples, self._max_samples) // step * step
-        if samples <= 0:
-            return b""
-        done = self._lib.opus_decode(
-            self._state, next_packet, len(next_packet), self._out, samples, 1
-        )
-        return ctypes.string_at(self._out, done * 2) if done > 0 else self.conceal(samples)
+        return self._stand_in(next_packet, samples) or self.conceal(samples)
 
     def conceal(self, samples: int) -> bytes:
         """PCM16 standing in for `samples` of lost packets (libopus's loss concealment,
         which fades to silence over a long loss), at most MAX_PACKET_MS of it."""
-        if self._state is None:
-            return b""
+        return self._stand_in(None, samples)
+
+    def _stand_in(self, packet: bytes | None, samples: int) -> bytes:
+        """libopus's audio for lost samples: from `packet`'s FEC copy, or concealed (None)."""
         step = self.rate // 400  # a multiple of 2.5 ms, as libopus requires
         samples = min(samples, self._max_samples) // step * step
-        if samples <= 0:
+        if self._state is None or samples <= 0:
             return b""
-        done = self._lib.opus_decode(self._state, None, 0, self._out, samples, 0)
+        fec = 1 if packet else 0
+        done = self._lib.opus_decode(
+            self._state, packet or None, len(packet or b""), self._out, samples, fec
+        )
         return ctypes.string_at(self._out, done * 2) if done > 0 else b""
 
 

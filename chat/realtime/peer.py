@@ -61,10 +61,10 @@ BATCH_FRAMES = 5
 # shorter (`quiet_left`: the end of speech is not delayed); past that it is DTX, and the silence
 # the clock owes since the last frame is handed on at once, then at every GAP_WAIT_S, in whole
 # 20 ms frames (the sum, not a fixed amount per wake-up: a loop that wakes a few ms late under
-# load would lose those ms at every step). When the packet
-# that ends a pause comes, the pause's length in media time (its RTP timestamp against the end
-# of the frame before; never more than the clock saw) is what the VAD hears in all: the silence
-# not handed on yet comes first, to the sample, and a late packet adds none.
+# load would lose those ms at every step). When the packet that ends a pause comes, the pause's
+# length in media time (its RTP timestamp against the end of the frame before; never more than
+# the clock saw) is what the VAD hears in all: the silence not handed on yet comes first, to the
+# sample, and a late packet adds none.
 LATE_S = 0.12
 GAP_WAIT_S = 0.04
 _GAP_FRAME_S = 0.02
@@ -185,9 +185,9 @@ class InlineDecoding:
         self._other: tuple[str, Any, av.AudioResampler] | None = None
         self._codecs: dict[int, RTCRtpCodecParameters] = {}
         self._in_order: InOrder | None = None
-        self._last_samples = 0  # the length of the last frame pushed (16 kHz samples)
+        self._last_samples = 0  # the length of the last frame decoded (16 kHz samples)
         self._last_opus = False  # and whether libopus decoded it
-        self._media_end: float | None = None  # where it ends in media time
+        self._media_end: float | None = None  # where the last audio pushed ends in media time
         self._rtp: tuple[int, int] | None = None  # (last RTP timestamp, unwrapped)
 
     def install(self, receiver: Any, *, in_order: bool = False) -> None:
@@ -222,8 +222,7 @@ class InlineDecoding:
             self._push(pcm, self._media_end)
 
     def _push(self, pcm: bytes, start: float | None) -> None:
-        self._last_samples = len(pcm) // 2
-        self._media_end = None if start is None else start + self._last_samples / SAMPLE_RATE
+        self._media_end = None if start is None else start + len(pcm) / 2 / SAMPLE_RATE
         self.inbound.push(pcm, start)
 
     def _media_start(self, timestamp: int, clock_rate: int) -> float:
@@ -261,6 +260,7 @@ class InlineDecoding:
         self._skipped = False
         start = self._media_start(frame.timestamp, codec.clockRate)
         if pcm:
+            self._last_samples = len(pcm) // 2
             self._push(pcm, start)
 
     def _decode_other(self, codec: RTCRtpCodecParameters, frame: JitterFrame) -> bytes:
@@ -296,7 +296,7 @@ class PeerSession:
     as silence (see `LATE_S`), from the moment `quiet_left` (seconds of quiet the VAD still
     needs to end the utterance, None if unknown) says it would end it, if that comes sooner.
 
-    The answer asks the client for Opus DTX (`usedtx=1`), and the speaker uses DTX too when
+    The answer asks the client for Opus DTX (`usedtx=1`) and in-band FEC, and the speaker uses DTX too when
     the client's offer asked for it: an idle session then moves a packet per ~400 ms each way
     instead of one per 20 ms.
     """
@@ -374,7 +374,7 @@ class PeerSession:
                 # used: declining it spares decoding every frame.
                 transceiver.direction = "inactive"
         self.pc.addTrack(self.speaker)
-        _ask_for_dtx(self.pc)
+        _ask_for_dtx_and_fec(self.pc)
         answer = await self.pc.createAnswer()
         self.speaker.encode_opus = _sends_opus(self.pc, self.speaker)
         self.speaker.dtx = self.speaker.encode_opus and offers_dtx(sdp)
@@ -548,7 +548,7 @@ def offers_dtx(sdp: str) -> bool:
     return False
 
 
-def _ask_for_dtx(pc: RTCPeerConnection) -> None:
+def _ask_for_dtx_and_fec(pc: RTCPeerConnection) -> None:
     """`usedtx=1` and `useinbandfec=1` on the Opus codec of every audio transceiver: the answer
     asks the client to send silence as Opus DTX (browsers do: a packet per ~400 ms instead of
     per 20 ms), and to add in-band FEC once it hears of loss (a lost frame is then rebuilt
