@@ -134,6 +134,62 @@ class ReplyRequest:
             asr_ms=asr_ms,
         )
 
+    def chat_turn(self, history: list[dict[str, str]]) -> ChatTurn:
+        """What the LLM is asked, with the conversation `history` (the user's message last)."""
+        return ChatTurn(
+            persona=self.persona,
+            history=history,
+            avatar_name=self.avatar_name,
+            greeting=self.greeting,
+            language=self.language,
+        )
+
+
+class EarlyAnswer:
+    """The LLM asked before the turn's database work is done, with the conversation the session
+    expects (chat.turns): the request is on its way while the messages are stored. The reply
+    keeps it only if the conversation it then reads is the same (`Reply.run`), and asks again
+    otherwise; nothing of it reaches the client before that."""
+
+    def __init__(self, turn: ChatTurn) -> None:
+        self.turn = turn
+        self._pieces = get_llm().stream_reply(turn)
+        self._first = asyncio.ensure_future(anext(self._pieces, None))
+        self._taken = False
+
+    def pieces(self) -> AsyncIterator[str]:
+        self._taken = True
+        return self._stream()
+
+    async def _stream(self) -> AsyncIterator[str]:
+        first = await self._first
+        if first is None:
+            return
+        yield first
+        async for piece in self._pieces:
+            yield piece
+
+    async def drop(self) -> None:
+        """Abandon the request (its connection is given back)."""
+        self._taken = True
+        self._first.cancel()
+        await asyncio.gather(self._first, return_exceptions=True)
+        await self._pieces.aclose()
+
+    def drop_unless_taken(self, task: asyncio.Task[Any]) -> None:
+        """Abandon the request if `task` ends without having taken it (a reply cancelled
+        before it ran)."""
+
+        def ended(_: asyncio.Task[Any]) -> None:
+            if not self._taken:
+                _dropping.add(dropping := asyncio.ensure_future(self.drop()))
+                dropping.add_done_callback(_dropping.discard)
+
+        task.add_done_callback(ended)
+
+
+_dropping: set[asyncio.Future[None]] = set()  # abandoned early answers being closed
+
 
 class Reply:
     """Produces one reply; `run()` is meant to be a task that the session may cancel."""
@@ -147,6 +203,7 @@ class Reply:
         # stops first (one thread hop fewer before the LLM is asked)
         self.before: Callable[[], object] | None = None
         self.history: list[dict[str, str]] | None = None  # read by `open`
+        self.early: EarlyAnswer | None = None  # the LLM asked before `open` (chat.turns)
         self.text = ""
         self.request_id = ""
         self.speaking = False
@@ -182,19 +239,12 @@ class Reply:
         logs.bind(request.session_id, request.user_message_id)
         if self.history is None:
             await database_sync_to_async(self.open)()
-        turn = ChatTurn(
-            persona=request.persona,
-            history=self.history or [],
-            avatar_name=request.avatar_name,
-            greeting=request.greeting,
-            language=request.language,
-        )
-        llm = get_llm()
+        answer = await self._ask(request.chat_turn(self.history or []))
         sentences: asyncio.Queue[str | None] = asyncio.Queue()
         speech = asyncio.create_task(self._speak(_drain(sentences)))
         try:
             try:
-                pieces = self._timed(llm.stream_reply(turn), "llm_ms")
+                pieces = self._timed(answer, "llm_ms")
                 async for sentence in stream_sentences(self._deltas(pieces)):
                     sentences.put_nowait(sentence)
             finally:
@@ -219,6 +269,28 @@ class Reply:
             self._record()
             await asyncio.shield(self._save())
             await asyncio.shield(self._count_reply())  # what the LLM produced is spent
+
+    async def _ask(self, turn: ChatTurn) -> AsyncIterator[str]:
+        """The LLM's answer to `turn`: the early one if it was asked with the same conversation."""
+        early, self.early = self.early, None
+        if early is not None:
+            if early.turn == turn:
+                return early.pieces()
+            await early.drop()
+            log.info(
+                "the LLM is asked again for session %s: its conversation changed meanwhile",
+                self.request.session_id,
+            )
+        return get_llm().stream_reply(turn)
+
+    def conversation(self) -> list[dict[str, str]] | None:
+        """The session's conversation after this reply, as the next turn's history will read
+        it (a failed, interrupted or empty reply is not part of it); None if not known."""
+        if self.history is None or self.message is None:
+            return None
+        if self.message.error_code or not self.message.text:
+            return list(self.history)
+        return [*self.history, self.message.history_entry()]
 
     async def _count_reply(self) -> None:
         """Count the reply's characters against the daily limit of its subject, once."""

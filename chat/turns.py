@@ -26,7 +26,7 @@ from avatars.voices import refresh_voice
 from chat import limits, observe, protocol, sessions, stopping
 from chat.models import ChatSession, Message
 from chat.protocol import Err
-from chat.reply import AudioSink, Reply, ReplyRequest, WebRTCSink, WebSocketSink
+from chat.reply import AudioSink, EarlyAnswer, Reply, ReplyRequest, WebRTCSink, WebSocketSink
 from chat.uploads import UploadRefused, accept_upload, check_and_decode_async
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,12 @@ class SessionTurns:
         self.realtime: Any = None  # the session's realtime handler, once it has one
         self.reply: Reply | None = None
         self.reply_task: asyncio.Task[None] | None = None
+        # the conversation as the next turn's history will read it, kept from the turns of this
+        # process (a session opens empty); None while a turn elsewhere may change it (an upload
+        # turn's worker, a reply cut short). A turn asks the LLM with it before its database
+        # call ends, and again if that call reads something else (chat.reply.EarlyAnswer).
+        self.conversation: list[dict[str, str]] | None = []
+        self.latest: Reply | None = None  # the reply of the session's latest turn
 
     # --- what the realtime handler needs (chat.realtime.handler.SessionContext) ---------------
     async def send_event(self, event: dict[str, Any]) -> None:
@@ -90,6 +96,7 @@ class SessionTurns:
         try:
             pcm = await check_and_decode_async(data)
             await self.stop_reply()  # accept_upload stops the upload turn in flight
+            self.conversation = None  # the upload turn's worker adds to it
             await database_sync_to_async(accept_upload)(self.session_id, pcm, ref)
         except UploadRefused as exc:
             await self.send_error(exc.code, exc.message, ref=ref)
@@ -164,12 +171,24 @@ class SessionTurns:
         records the message, makes the reply's own message and reads the history (`Reply.open`)
         in one transaction: the LLM is asked after one thread hop and one commit. When a reply
         is superseded, the new one opens in a call of its own once the old one has stopped, so
-        that what the old one had started meanwhile (renders of its sentences) is stopped too."""
+        that what the old one had started meanwhile (renders of its sentences) is stopped too.
+
+        A turn that supersedes nothing asks the LLM before that call, with the conversation it
+        expects (`conversation`), so that the call is off the path to the first reply: the answer
+        is kept if the call reads that conversation (`Reply.run`)."""
         superseding = self.replying()
         sink = self.sink()
         stop = functools.partial(
             stopping.stop_turn, self.session_id, renders=self.session.mode == "video"
         )
+        early = None
+        if not superseding and self.conversation is not None:
+            said = Message(role=sessions.USER, text=text).history_entry()
+            expected = [*self.conversation, said][-settings.LLM_MAX_HISTORY :]
+            asked = ReplyRequest.of(
+                self.session_id, self.session.mode, self.language, self.avatar, 0, ref
+            )
+            early = EarlyAnswer(asked.chat_turn(expected))
 
         def open_turn() -> tuple[Message, Reply]:
             if self.avatar.voice_source == VoiceSource.CLONED:  # the operator may change it
@@ -197,12 +216,22 @@ class SessionTurns:
                     reply.open()
             return user, reply
 
-        user, reply = await database_sync_to_async(open_turn)()
-        if announce is not None:
-            await announce(user)
-        await self.stop_reply()
+        self.conversation = None  # until the reply has ended
+        try:
+            user, reply = await database_sync_to_async(open_turn)()
+            reply.early = early
+            self.latest, self.conversation = reply, None  # what ends meanwhile is not the latest
+            if announce is not None:
+                await announce(user)
+            await self.stop_reply()
+        except BaseException:
+            if early is not None:
+                await asyncio.shield(early.drop())
+            raise
         self.reply = reply
         self.reply_task = asyncio.ensure_future(self._run_reply(reply))
+        if early is not None:
+            early.drop_unless_taken(self.reply_task)
 
     async def _run_reply(self, reply: Reply) -> None:
         try:
@@ -214,6 +243,9 @@ class SessionTurns:
             await self.send_error(
                 Err.INTERNAL, "the reply failed", retryable=True, ref=reply.request.ref
             )
+        finally:
+            if reply is self.latest:  # not superseded: the next turn follows this one
+                self.conversation = reply.conversation()
 
     def replying(self) -> bool:
         return self.reply_task is not None and not self.reply_task.done()

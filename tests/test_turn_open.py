@@ -5,6 +5,7 @@ is superseded, with the LLM asked once, with the right conversation."""
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import pytest
@@ -154,3 +155,144 @@ def test_a_reply_whose_session_is_erased_while_it_runs_ends_quietly(
     assert not Message.objects.filter(session_id=session_id).exists()
     assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")]
     assert any("deleted meanwhile" in r.getMessage() for r in caplog.records)
+
+
+def _said(messages: list[dict[str, str]]) -> list[dict[str, str]]:
+    """The conversation in an LLM request, without the persona's system message."""
+    return [m for m in messages if m["role"] != "system"]
+
+
+def _slow_user_messages(monkeypatch: pytest.MonkeyPatch, stored: list[float]) -> None:
+    """Each user message takes 0.3 s more to store (a busy database); `stored` gets the time
+    each is done."""
+    add_message = sessions.add_message
+
+    def slow(session_id: Any, role: str, text: str = "", **fields: Any) -> Message:
+        message = add_message(session_id, role, text, **fields)
+        if role == sessions.USER:
+            time.sleep(0.3)
+            stored.append(time.monotonic())
+        return message
+
+    monkeypatch.setattr(sessions, "add_message", slow)
+
+
+def test_a_turn_asks_the_llm_while_its_messages_are_stored(
+    dashscope: DashScopeServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The database call is off the path to the reply: the LLM's request is out before the
+    user's message is stored, on the first turn of a session and on the next, and what the
+    client sees is unchanged (announced first, one answer, the whole conversation asked)."""
+    stored: list[float] = []
+    _slow_user_messages(monkeypatch, stored)
+
+    async def body() -> Recorder:
+        turns, transport = await _open()
+        for said, utterance in (("My name is Ada.", "u1"), ("Do you remember me?", "u2")):
+            await turns.user_utterance(said, utterance)
+            assert turns.reply_task is not None
+            await asyncio.wait_for(turns.reply_task, 10)
+        return transport
+
+    transport = run_once(asyncio.wait_for(body(), 30))
+    asked = [r.opened_at for r in dashscope.of("llm")]
+    assert len(asked) == len(stored) == 2  # each turn asked once
+    assert asked[0] < stored[0] and asked[1] < stored[1]
+    kinds = [e["type"] for e in transport.events]
+    assert kinds.index("asr_result") < kinds.index("text_delta")
+    first_result, second_result = transport.of("asr_result")
+    assert kinds.index("text_response") < transport.events.index(second_result)
+    first, second = (_said(messages) for messages in _llm_messages(dashscope))
+    assert first == [{"role": "user", "content": "My name is Ada."}] == second[:1]
+    assert second[1]["role"] == "assistant" and second[1]["content"].startswith("You said: My")
+    assert second[2:] == [{"role": "user", "content": "Do you remember me?"}]
+    replies = transport.of("text_response")
+    assert [r["reply_to"] for r in replies] == [
+        first_result["message_id"],
+        second_result["message_id"],
+    ]
+
+
+def test_a_conversation_changed_elsewhere_is_asked_again(dashscope: DashScopeServer) -> None:
+    """Someone else wrote to the session between two turns (here: straight into the database):
+    the LLM asked early with what the session knew is abandoned, and the reply is the answer to
+    the conversation as stored."""
+
+    def answer(messages: list[dict[str, str]]) -> str:
+        return "In Oslo." if any("Oslo" in m["content"] for m in messages) else "I do not know."
+
+    dashscope.behaviour.reply = answer
+    dashscope.behaviour.first_token_delay = 0.3  # the early answer has not begun when dropped
+
+    async def body() -> tuple[Recorder, str]:
+        turns, transport = await _open()
+        await turns.text("Hello.", "t1")
+        assert turns.reply_task is not None
+        await asyncio.wait_for(turns.reply_task, 10)
+        await database_sync_to_async(sessions.add_message)(
+            turns.session_id, sessions.USER, "I live in Oslo."
+        )
+        await turns.text("Where do I live?", "t2")
+        assert turns.reply_task is not None
+        await asyncio.wait_for(turns.reply_task, 10)
+        return transport, turns.session_id
+
+    transport, session_id = run_once(asyncio.wait_for(body(), 30))
+    _, early, again = _llm_messages(dashscope)
+    assert not any("Oslo" in m["content"] for m in early)
+    assert {"role": "user", "content": "I live in Oslo."} in again
+    _, response = transport.of("text_response")
+    assert response["text"] == "In Oslo."
+    deltas = "".join(e["delta"] for e in transport.of("text_delta") if e["ref"] == "t2")
+    assert deltas == "In Oslo."  # nothing of the abandoned answer reached the client
+    assert Message.objects.get(pk=response["message_id"]).text == "In Oslo."
+
+
+def test_after_an_interrupted_reply_the_next_turn_is_asked_once(
+    dashscope: DashScopeServer,
+) -> None:
+    """An interrupted reply is not part of the conversation the next turn reads; the session
+    knows that, so the next turn's early answer is kept (one request per turn)."""
+    dashscope.behaviour.token_delay = 0.1
+
+    async def body() -> Recorder:
+        turns, transport = await _open()
+        await turns.text("Tell me a long story.", "t1")
+        await wait_until(lambda: bool(transport.of("text_delta")), 10, "the first reply")
+        assert await turns.interrupt()
+        dashscope.behaviour.token_delay = 0.0
+        await turns.text("Never mind.", "t2")
+        assert turns.reply_task is not None
+        await asyncio.wait_for(turns.reply_task, 10)
+        return transport
+
+    transport = run_once(asyncio.wait_for(body(), 30))
+    first, second = _llm_messages(dashscope)  # asked once each
+    assert _said(second) == [
+        {"role": "user", "content": "Tell me a long story."},
+        {"role": "user", "content": "Never mind."},
+    ]
+    cut, done = transport.of("text_response")
+    assert cut.get("interrupted") is True and not done.get("interrupted")
+
+
+def test_a_reply_stopped_before_it_ran_abandons_its_early_answer(
+    dashscope: DashScopeServer,
+) -> None:
+    """The user interrupts before the reply has started: the LLM request asked early is
+    abandoned (its stream closed before its first piece) and leaves no task behind."""
+    dashscope.behaviour.first_token_delay = 0.5
+
+    async def body() -> Recorder:
+        ours = asyncio.all_tasks()
+        turns, transport = await _open()
+        await turns.text("Hello.", "t1")
+        await turns.interrupt()
+        await wait_until(lambda: asyncio.all_tasks() <= ours, 5, "the early answer to be dropped")
+        await wait_until(lambda: all(r.abandoned for r in dashscope.of("llm")), 5, "the close")
+        return transport
+
+    transport = run_once(asyncio.wait_for(body(), 30))
+    [_] = dashscope.of("llm")
+    assert not transport.of("text_delta") and not transport.of("error")
+    assert not Message.objects.exclude(text="").filter(role=sessions.ASSISTANT).exists()

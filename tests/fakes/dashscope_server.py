@@ -27,6 +27,7 @@ import struct
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -58,7 +59,9 @@ class Fault:
 class Behaviour:
     """The script the server follows; tests change fields, `reset()` restores the defaults."""
 
-    reply: str | None = None  # None: "You said: <last user message>. I am a fake Qwen."
+    # None: "You said: <last user message>. I am a fake Qwen."; a callable: its answer to the
+    # request's messages
+    reply: str | Callable[[list[dict[str, str]]], str] | None = None
     transcript: str = "hello world how are you"
     file_transcript: str = "hello from the uploaded file"
     first_token_delay: float = 0.0  # LLM: seconds before the first piece
@@ -95,6 +98,7 @@ class Received:
     opened_at: float = field(default_factory=time.monotonic)  # request or handshake
     started_at: float | None = None  # websocket: when the first message (run-task) came
     close_code: int | None = None  # ASR websocket: how the client closed it (1000: cleanly)
+    abandoned: bool = False  # LLM stream: the client went away before its last piece
 
 
 @dataclass
@@ -298,9 +302,11 @@ class DashScopeServer(LoopbackServer):
         )
 
     def _reply_for(self, payload: dict[str, Any]) -> str:
+        messages = payload.get("input", {}).get("messages", [])
+        if callable(self.behaviour.reply):
+            return self.behaviour.reply(messages)
         if self.behaviour.reply is not None:
             return self.behaviour.reply
-        messages = payload.get("input", {}).get("messages", [])
         said = next(
             (m.get("content", "") for m in reversed(messages) if m.get("role") == "user"), ""
         )
@@ -376,9 +382,13 @@ class DashScopeServer(LoopbackServer):
                 "usage": {"input_tokens": 10, "output_tokens": index},
                 "request_id": request_id,
             }
-            await response.write(
-                f"id:{index}\nevent:result\n:HTTP_STATUS/200\ndata:{json.dumps(data)}\n\n".encode()
-            )
+            try:
+                await response.write(
+                    f"id:{index}\nevent:result\n:HTTP_STATUS/200\ndata:{json.dumps(data)}\n\n".encode()
+                )
+            except ConnectionResetError:
+                item.abandoned = True
+                return response
         await response.write_eof()
         return response
 
