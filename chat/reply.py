@@ -277,6 +277,7 @@ class Reply:
             if early.turn == turn:
                 return early.pieces()
             await early.drop()
+            metrics.llm_asked_again()
             log.info(
                 "the LLM is asked again for session %s: its conversation changed meanwhile",
                 self.request.session_id,

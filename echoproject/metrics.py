@@ -100,6 +100,12 @@ AUDIO_LATE_FRAMES = Counter(
     "Reply speech frames a WebRTC track sent more than 20 ms after their real-time instant (the "
     "web process's event loop was too busy to keep the pace)",
 )
+LLM_ASKED_AGAIN = Counter(
+    "echo_llm_asked_again",
+    "Turns whose LLM request, sent while the turn's messages were being stored, was abandoned "
+    "because the stored conversation had changed meanwhile, and sent again (one request paid "
+    "for and not used each)",
+)
 
 
 # --- recording ---------------------------------------------------------------------------------
@@ -155,6 +161,10 @@ def audio_underrun() -> None:
 
 def audio_late_frame() -> None:
     AUDIO_LATE_FRAMES.inc()
+
+
+def llm_asked_again() -> None:
+    LLM_ASKED_AGAIN.inc()
 
 
 # --- export ------------------------------------------------------------------------------------

@@ -11,12 +11,14 @@ from typing import Any
 import pytest
 from channels.db import database_sync_to_async
 from django.db.backends.utils import CursorWrapper
+from prometheus_client.parser import text_string_to_metric_families
 
 from avatars.models import Avatar
 from chat import sessions
 from chat.models import Message
 from chat.providers.cloud import run_once
 from chat.turns import SessionTurns
+from echoproject import metrics
 from tests.fakes.dashscope_server import DashScopeServer
 from tests.fixtures_realtime import wait_until
 
@@ -157,6 +159,15 @@ def test_a_reply_whose_session_is_erased_while_it_runs_ends_quietly(
     assert any("deleted meanwhile" in r.getMessage() for r in caplog.records)
 
 
+def _asked_again() -> float:
+    """echo_llm_asked_again_total as this process exports it."""
+    for family in text_string_to_metric_families(metrics.exposition().decode()):
+        for sample in family.samples:
+            if sample.name == "echo_llm_asked_again_total":
+                return sample.value
+    return 0.0
+
+
 def _said(messages: list[dict[str, str]]) -> list[dict[str, str]]:
     """The conversation in an LLM request, without the persona's system message."""
     return [m for m in messages if m["role"] != "system"]
@@ -237,7 +248,9 @@ def test_a_conversation_changed_elsewhere_is_asked_again(dashscope: DashScopeSer
         await asyncio.wait_for(turns.reply_task, 10)
         return transport, turns.session_id
 
+    before = _asked_again()
     transport, session_id = run_once(asyncio.wait_for(body(), 30))
+    assert _asked_again() == before + 1  # operators see what was paid for twice
     _, early, again = _llm_messages(dashscope)
     assert not any("Oslo" in m["content"] for m in early)
     assert {"role": "user", "content": "I live in Oslo."} in again
