@@ -149,32 +149,45 @@ class EarlyAnswer:
     """The LLM asked before the turn's database work is done, with the conversation the session
     expects (chat.turns): the request is on its way while the messages are stored. The reply
     keeps it only if the conversation it then reads is the same (`Reply.run`), and asks again
-    otherwise; nothing of it reaches the client before that."""
+    otherwise; nothing of it reaches the client before that.
+
+    The provider's stream runs in a task of its own from the first piece to the last (a
+    provider's deadlines belong to the task that entered them), and hands its pieces over;
+    the reply that stops reading it, or drops it, stops that task and with it the request."""
 
     def __init__(self, turn: ChatTurn) -> None:
         self.turn = turn
-        self._pieces = get_llm().stream_reply(turn)
-        self._first = asyncio.ensure_future(anext(self._pieces, None))
+        self._queue: asyncio.Queue[str | Exception | None] = asyncio.Queue()
+        self._pump = asyncio.ensure_future(self._run(get_llm().stream_reply(turn)))
         self._taken = False
+
+    async def _run(self, pieces: AsyncIterator[str]) -> None:
+        try:
+            async for piece in pieces:
+                self._queue.put_nowait(piece)
+        except Exception as exc:  # noqa: BLE001 - raised where the reply reads it
+            self._queue.put_nowait(exc)
+        else:
+            self._queue.put_nowait(None)
 
     def pieces(self) -> AsyncIterator[str]:
         self._taken = True
         return self._stream()
 
     async def _stream(self) -> AsyncIterator[str]:
-        first = await self._first
-        if first is None:
-            return
-        yield first
-        async for piece in self._pieces:
-            yield piece
+        try:
+            while (item := await self._queue.get()) is not None:
+                if isinstance(item, Exception):
+                    raise item
+                yield item
+        finally:
+            self._pump.cancel()  # the reply stopped reading: the request ends (done: no-op)
 
     async def drop(self) -> None:
         """Abandon the request (its connection is given back)."""
         self._taken = True
-        self._first.cancel()
-        await asyncio.gather(self._first, return_exceptions=True)
-        await self._pieces.aclose()
+        self._pump.cancel()
+        await asyncio.gather(self._pump, return_exceptions=True)
 
     def drop_unless_taken(self, task: asyncio.Task[Any]) -> None:
         """Abandon the request if `task` ends without having taken it (a reply cancelled
@@ -182,13 +195,9 @@ class EarlyAnswer:
 
         def ended(_: asyncio.Task[Any]) -> None:
             if not self._taken:
-                _dropping.add(dropping := asyncio.ensure_future(self.drop()))
-                dropping.add_done_callback(_dropping.discard)
+                self._pump.cancel()
 
         task.add_done_callback(ended)
-
-
-_dropping: set[asyncio.Future[None]] = set()  # abandoned early answers being closed
 
 
 class Reply:

@@ -19,7 +19,7 @@ from chat.models import Message
 from chat.providers.cloud import run_once
 from chat.turns import SessionTurns
 from echoproject import metrics
-from tests.fakes.dashscope_server import DashScopeServer
+from tests.fakes.dashscope_server import DashScopeServer, Fault
 from tests.fixtures_realtime import wait_until
 
 pytestmark = pytest.mark.usefixtures("live_avatars")
@@ -309,3 +309,35 @@ def test_a_reply_stopped_before_it_ran_abandons_its_early_answer(
     [_] = dashscope.of("llm")
     assert not transport.of("text_delta") and not transport.of("error")
     assert not Message.objects.exclude(text="").filter(role=sessions.ASSISTANT).exists()
+
+
+def test_an_early_answer_that_stalls_mid_reply_ends_with_the_llm_error(
+    dashscope: DashScopeServer, settings: Any
+) -> None:
+    """The model sends two words, then only heartbeats (the connection stays busy, so no read
+    times out): the provider's own deadline still ends the turn with the LLM's error when the
+    request was sent early, and the session answers its next turn."""
+    settings.PROVIDER_TIMEOUT_S = 0.5
+    settings.PROVIDER_CONNECT_TIMEOUT_S = 0.5
+
+    async def turn(turns: SessionTurns, text: str, ref: str) -> None:
+        await turns.text(text, ref)
+        assert turns.reply_task is not None
+        # not cancelled from here (that might end it another way): the deadline has to
+        done, _ = await asyncio.wait({turns.reply_task}, timeout=8)
+        assert done, f"turn {ref} still running long after the provider's 1 s deadline"
+
+    async def body() -> Recorder:
+        turns, transport = await _open()
+        await turn(turns, "Hello.", "t1")
+        dashscope.behaviour.llm_fault = Fault("heartbeats")
+        await turn(turns, "Tell me about Oslo.", "t2")
+        dashscope.behaviour.llm_fault = None
+        await turn(turns, "Are you there?", "t3")
+        return transport
+
+    transport = run_once(asyncio.wait_for(body(), 30))
+    [error] = transport.of("error")
+    assert error["ref"] == "t2" and error["code"].startswith("ERR_LLM")
+    assert [r["ref"] for r in transport.of("text_response")] == ["t1", "t3"]
+    assert all(r.abandoned for r in dashscope.of("llm")[1:2])  # the stalled stream was closed

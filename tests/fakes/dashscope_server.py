@@ -33,7 +33,7 @@ from typing import Any, Literal
 
 from aiohttp import WSMsgType, web
 
-FaultKind = Literal["http", "midstream", "task-failed", "drop", "hang"]
+FaultKind = Literal["http", "midstream", "task-failed", "drop", "hang", "heartbeats"]
 HANG_S = 120.0
 
 
@@ -47,6 +47,8 @@ class Fault:
     - "task-failed": websocket `task-failed` event with `code` and `message` right after run-task.
     - "drop": cut the TCP connection after the first pieces (SSE) or the first audio.
     - "hang": accept the request and never answer.
+    - "heartbeats": stream two pieces, then only SSE heartbeats (comment lines), every 0.1 s,
+      never the rest (HTTP LLM only): the connection stays busy, the reply never comes.
     """
 
     kind: FaultKind
@@ -356,6 +358,9 @@ class DashScopeServer(LoopbackServer):
         await until(due)
         pieces = words(reply)
         for index, piece in enumerate(pieces, start=1):
+            if fault and index == 3 and fault.kind == "heartbeats":
+                await self._heartbeats(item, response)
+                return response
             if fault and index == 3 and fault.kind in ("midstream", "drop"):
                 if fault.kind == "drop":
                     self.drop(request)
@@ -391,6 +396,18 @@ class DashScopeServer(LoopbackServer):
                 return response
         await response.write_eof()
         return response
+
+    async def _heartbeats(self, item: Received, response: web.StreamResponse) -> None:
+        """Heartbeats only, until the client goes away or the server stops."""
+        assert self._stopping
+        deadline = asyncio.get_running_loop().time() + HANG_S
+        while not self._stopping.is_set() and asyncio.get_running_loop().time() < deadline:
+            try:
+                await response.write(b":heartbeat\n\n")
+            except ConnectionResetError:
+                item.abandoned = True
+                return
+            await asyncio.sleep(0.1)
 
     async def multimodal(self, request: web.Request) -> web.StreamResponse:
         item = self._record("file-asr", request)
