@@ -79,6 +79,12 @@ def history(session_id: uuid.UUID | str, before: Message | None = None) -> list[
     return [m.history_entry() for m in reversed(recent)]
 
 
+def latest(conversation: list[dict[str, str]]) -> list[dict[str, str]]:
+    """What `history` keeps of a conversation: its last LLM_MAX_HISTORY entries."""
+    keep = settings.LLM_MAX_HISTORY
+    return conversation[len(conversation) - keep :] if keep < len(conversation) else conversation
+
+
 def end_session(session_id: uuid.UUID | str, reason: EndReason | str) -> int:
     """Mark the session ended, stop its tasks and delete every file it owns.
 

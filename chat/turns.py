@@ -184,7 +184,7 @@ class SessionTurns:
         early = None
         if not superseding and self.conversation is not None:
             said = Message(role=sessions.USER, text=text).history_entry()
-            expected = [*self.conversation, said][-settings.LLM_MAX_HISTORY :]
+            expected = sessions.latest([*self.conversation, said])
             asked = ReplyRequest.of(
                 self.session_id, self.session.mode, self.language, self.avatar, 0, ref
             )

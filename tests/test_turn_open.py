@@ -341,3 +341,25 @@ def test_an_early_answer_that_stalls_mid_reply_ends_with_the_llm_error(
     assert error["ref"] == "t2" and error["code"].startswith("ERR_LLM")
     assert [r["ref"] for r in transport.of("text_response")] == ["t1", "t3"]
     assert all(r.abandoned for r in dashscope.of("llm")[1:2])  # the stalled stream was closed
+
+
+@pytest.mark.parametrize("kept", [0, 1, 3])
+def test_each_turn_is_asked_once_whatever_history_is_kept(
+    dashscope: DashScopeServer, settings: Any, kept: int
+) -> None:
+    """LLM_MAX_HISTORY cuts the conversation the LLM sees; the early request is cut the same
+    way, so no turn is asked twice."""
+    settings.LLM_MAX_HISTORY = kept
+
+    async def body() -> None:
+        turns, _ = await _open()
+        for n in range(4):
+            await turns.text(f"Message number {n}.", f"t{n}")
+            assert turns.reply_task is not None
+            await asyncio.wait_for(turns.reply_task, 10)
+
+    before = _asked_again()
+    run_once(asyncio.wait_for(body(), 30))
+    asked = [_said(messages) for messages in _llm_messages(dashscope)]
+    assert len(asked) == 4 and _asked_again() == before
+    assert all(len(conversation) == min(kept, 2 * n + 1) for n, conversation in enumerate(asked))
