@@ -165,7 +165,7 @@ class EarlyAnswer:
         try:
             async for piece in pieces:
                 self._queue.put_nowait(piece)
-        except Exception as exc:  # noqa: BLE001 - raised where the reply reads it
+        except Exception as exc:  # raised where the reply reads it
             self._queue.put_nowait(exc)
         else:
             self._queue.put_nowait(None)

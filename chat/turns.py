@@ -216,11 +216,11 @@ class SessionTurns:
                     reply.open()
             return user, reply
 
-        self.conversation = None  # until the reply has ended
+        # unknown until the new reply has ended; a superseded one ending meanwhile is not it
+        self.latest, self.conversation = None, None
         try:
             user, reply = await database_sync_to_async(open_turn)()
-            reply.early = early
-            self.latest, self.conversation = reply, None  # what ends meanwhile is not the latest
+            reply.early, self.latest = early, reply
             if announce is not None:
                 await announce(user)
             await self.stop_reply()

@@ -290,11 +290,12 @@ def test_after_an_interrupted_reply_the_next_turn_is_asked_once(
 
 
 def test_a_reply_stopped_before_it_ran_abandons_its_early_answer(
-    dashscope: DashScopeServer,
+    dashscope: DashScopeServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The user interrupts before the reply has started: the LLM request asked early is
     abandoned (its stream closed before its first piece) and leaves no task behind."""
     dashscope.behaviour.first_token_delay = 0.5
+    _slow_user_messages(monkeypatch, [])  # the request is surely out before the reply exists
 
     async def body() -> Recorder:
         ours = asyncio.all_tasks()
