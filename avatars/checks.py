@@ -7,7 +7,6 @@ fails here is one whose turns fall back to the preset.
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 from django.conf import settings
@@ -16,6 +15,7 @@ from django.db import DatabaseError
 from avatars.models import Avatar, VoiceSource
 from chat.providers.base import ProviderError, TTSProvider, Voice
 from chat.providers.checks import CheckResult
+from chat.providers.cloud import run_once
 from chat.providers.registry import backend_name, build
 from chat.providers.tts.enrollment import CosyVoiceEnrollment, VoiceNotFound
 
@@ -51,7 +51,7 @@ def _check_one(
             " clone it again (admin action) or replace the sample"
         )
     try:
-        audio = asyncio.run(tts.synthesize("Hello.", Voice(preset=voice_id), avatar.language))
+        audio = run_once(tts.synthesize("Hello.", Voice(preset=voice_id), avatar.language))
     except ProviderError as exc:
         return False, _describe(exc)
     seconds = len(audio) / 2 / tts.sample_rate

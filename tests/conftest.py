@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from django.conf import settings
 
 from tests.procs import Proc, start_celery_worker
+
+T = TypeVar("T")
 
 # Each area keeps its fixtures in its own module.
 pytest_plugins = [
@@ -65,3 +69,26 @@ def preparing_avatars(settings: Any) -> None:
     """Saving an avatar asks the render workers to prepare it, as in production (off in the
     other tests, see tests/isolation.py). List it before `live_avatars`."""
     settings.RENDER_PREPARE_AVATARS = True
+
+
+@pytest.fixture
+def on_loop() -> Iterator[Callable[[Coroutine[Any, Any, T]], T]]:
+    """Runs coroutines on one event loop that lives through the test, on a thread of its own,
+    as the web process's loop lives through many sentences; at the end the loop's DashScope
+    clients are closed and the loop stops."""
+    from chat.providers import reset_providers
+    from chat.providers.cloud import close_dashscope_http_session
+
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="test-loop", daemon=True)
+    thread.start()
+
+    def run(coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, loop).result(20)
+
+    yield run
+    reset_providers()
+    run(close_dashscope_http_session())
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(5)
+    loop.close()

@@ -5,19 +5,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import json
 import logging
 import ssl
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import websocket
 from aiohttp import WSCloseCode
 
 from chat.providers import get_asr, get_llm, get_tts, reset_providers
@@ -566,113 +564,169 @@ def test_tts_timeout_is_bounded(dashscope: DashScopeServer, settings: Any) -> No
     assert caught.value.retryable is True
 
 
-# --- pre-connected TTS sockets ---------------------------------------------------------------
-def _preconnected_tts(settings: Any, dashscope: DashScopeServer, size: int = 2) -> Any:
-    """The TTS provider after one sentence, with `size` sockets open for its voice."""
+# --- CosyVoice connections: reused, opened ahead, on the loop -------------------------------
+async def _ready(tts: Any) -> int:
+    """Sockets waiting for a sentence on the running loop."""
+    return tts.connections().ready(tts.service())
+
+
+def _tts_after_one_sentence(
+    settings: Any, dashscope: DashScopeServer, run: Callable[..., Any], size: int
+) -> Any:
+    """The TTS provider after one sentence on `run`'s loop, with `size` sockets or more
+    waiting (its own, back after its task, and those opened ahead)."""
     settings.DASHSCOPE_TTS_PRECONNECT = size
     tts = get_tts()
-    assert run_once(tts.synthesize("First.", "longxiaochun_v2", "en-US"))
-    key = tts.key("longxiaochun_v2", "en-US")
-    assert wait_for(
-        lambda: tts.preconnected.ready(key) == size and dashscope.idle_connections == size, 5
-    ), "condition not reached in time"
+    assert run(tts.synthesize("First.", "longxiaochun_v2", "en-US"))
+    assert wait_for(lambda: run(_ready(tts)) == dashscope.idle_connections >= max(size, 1), 5), (
+        "condition not reached in time"
+    )
     return tts
 
 
-def test_tts_sentences_after_the_first_start_on_connections_opened_before(
-    dashscope: DashScopeServer, settings: Any
+def test_tts_a_connection_speaks_one_sentence_after_another(
+    dashscope: DashScopeServer, settings: Any, on_loop: Callable[..., Any]
 ) -> None:
-    tts = _preconnected_tts(settings, dashscope)
+    """With nothing opened ahead, the sentences of a loop still share one connection: each
+    after the previous one's task finished, whatever its voice, with no handshake."""
+    settings.DASHSCOPE_TTS_PRECONNECT = 0
+    tts = get_tts()
+    spoken = [
+        ("One.", "longxiaochun_v2", "en-US"),
+        ("Two more.", "longxiaochun_v2", "en-US"),
+        ("Three.", "longwan_v2", "zh-CN"),
+    ]
+    for text, voice, language in spoken:
+        assert on_loop(tts.synthesize(text, voice, language))
+    tasks = dashscope.of("tts")
+    assert [task.texts for task in tasks] == [[text] for text, _, _ in spoken]
+    assert dashscope.connections == 1 and {task.connection for task in tasks} == {1}
+    assert [task.payload["parameters"]["voice"] for task in tasks] == [v for _, v, _ in spoken]
+    assert tasks[-1].payload["parameters"]["language_hints"] == ["zh"]
+    time.sleep(0.2)
+    assert dashscope.idle_connections == 1  # waiting for the next sentence
+
+
+def test_tts_sentences_start_on_connections_open_before_they_were_asked_for(
+    dashscope: DashScopeServer, settings: Any, on_loop: Callable[..., Any]
+) -> None:
+    tts = _tts_after_one_sentence(settings, dashscope, on_loop, size=2)
     asked = time.monotonic()
-    second = run_once(tts.synthesize("Second one.", "longxiaochun_v2", "en-US"))
-    third = run_once(tts.synthesize("And a third.", "longxiaochun_v2", "en-US"))
+
+    async def together() -> list[bytes]:
+        texts = ("Second one.", "And a third.")
+        return await asyncio.gather(*(tts.synthesize(t, "longxiaochun_v2", "en-US") for t in texts))
+
+    second, third = on_loop(together())
     assert len(second) > 0 and len(third) > len(second)
     _, *later = sorted(dashscope.of("tts"), key=lambda task: task.started_at or 0)
-    assert [task.texts for task in later] == [["Second one."], ["And a third."]]
-    # Both later tasks ran on sockets whose handshake was over before they were asked for.
-    assert all(task.opened_at < asked < task.started_at for task in later)
-    assert all(task.payload["parameters"]["voice"] == "longxiaochun_v2" for task in later)
+    assert sorted(task.texts for task in later) == [["And a third."], ["Second one."]]
+    # Both ran at once, each on a socket whose handshake was over before it was asked for.
+    assert len({task.connection for task in later}) == 2
+    assert all(task.opened_at < asked < (task.started_at or 0) for task in later)
     assert all(task.authorization == f"Bearer {dashscope.api_key}" for task in later)
-    # Spent sockets are replaced in the background.
-    assert wait_for(lambda: dashscope.idle_connections == 2, 5), "condition not reached in time"
 
 
-def test_tts_a_sentence_on_a_socket_opened_ahead_keeps_no_thread_waiting(
-    dashscope: DashScopeServer, settings: Any, monkeypatch: pytest.MonkeyPatch
+def test_tts_sentences_start_no_thread(
+    dashscope: DashScopeServer,
+    settings: Any,
+    on_loop: Callable[..., Any],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """A sentence on a socket opened ahead sends run-task from the loop, and its text and
-    finish-task from the socket's own thread as soon as task-started comes: no worker thread
-    is started for it, or blocked through the round trips (on a busy machine every hand-over
+    """The text goes out and the audio comes back on the event loop: a sentence, on a new
+    connection or on one that waited, starts no thread (on a busy machine every hand-over
     between threads waits for the GIL)."""
-    tts = _preconnected_tts(settings, dashscope)
-    sent_on: list[tuple[str, str]] = []
-    send = websocket.WebSocketApp.send
+    started: list[str] = []
+    start = threading.Thread.start
 
-    def recording_send(app: websocket.WebSocketApp, data: Any, *args: Any) -> Any:
-        action = json.loads(data)["header"]["action"] if isinstance(data, str) else "?"
-        sent_on.append((threading.current_thread().name, action))
-        return send(app, data, *args)
+    def recording_start(thread: threading.Thread) -> None:
+        started.append(thread.name)
+        start(thread)
 
-    spawned: list[str] = []
-    spawn = dashscope_tts.spawn
-
-    def recording_spawn(target: Any, *args: Any, name: str) -> Any:
-        spawned.append(name)
-        return spawn(target, *args, name=name)
-
-    monkeypatch.setattr(websocket.WebSocketApp, "send", recording_send)
-    monkeypatch.setattr(dashscope_tts, "spawn", recording_spawn)
-    loop_thread = threading.current_thread().name
-    audio = run_once(tts.synthesize("Second one.", "longxiaochun_v2", "en-US"))
-    assert len(audio) > 0
-    (first_thread, first), *rest = sent_on
-    assert (first_thread, first) == (loop_thread, "run-task")
-    assert [action for _, action in rest] == ["continue-task", "finish-task"]
-    assert all(thread.startswith("dashscope-tts-ws") for thread, _ in rest), sent_on
-    assert "dashscope-tts" not in spawned, spawned
-    assert ["Second one."] in [task.texts for task in dashscope.of("tts")]
+    settings.DASHSCOPE_TTS_PRECONNECT = 0
+    tts = get_tts()
+    monkeypatch.setattr(threading.Thread, "start", recording_start)
+    for text in ("On a new connection.", "On the same one."):
+        assert len(on_loop(tts.synthesize(text, "longxiaochun_v2", "en-US"))) > 0
+    monkeypatch.undo()
+    assert started == []
+    tasks = dashscope.of("tts")
+    assert [task.actions for task in tasks] == [["run-task", "continue-task", "finish-task"]] * 2
 
 
 def test_tts_connections_the_service_closed_are_not_used(
-    dashscope: DashScopeServer, settings: Any
+    dashscope: DashScopeServer, settings: Any, on_loop: Callable[..., Any]
 ) -> None:
-    tts = _preconnected_tts(settings, dashscope)
+    tts = _tts_after_one_sentence(settings, dashscope, on_loop, size=2)
     dashscope.close_idle()
     asked = time.monotonic()
-    assert run_once(tts.synthesize("Still here.", "longxiaochun_v2", "en-US"))
+    assert on_loop(tts.synthesize("Still here.", "longxiaochun_v2", "en-US"))
     assert dashscope.of("tts")[-1].texts == ["Still here."]
     assert dashscope.of("tts")[-1].opened_at > asked  # a new connection, not a closed one
 
 
-def test_tts_another_voice_does_not_take_a_connection_opened_for_the_first(
-    dashscope: DashScopeServer, settings: Any
+def test_tts_waiting_connections_are_renewed_and_kept_while_the_service_is_used(
+    dashscope: DashScopeServer,
+    settings: Any,
+    on_loop: Callable[..., Any],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    tts = _preconnected_tts(settings, dashscope, size=1)
-    asked = time.monotonic()
-    assert run_once(tts.synthesize("Hello.", "longwan_v2", "zh-CN"))
-    task = dashscope.of("tts")[-1]
-    assert task.payload["parameters"]["voice"] == "longwan_v2"
-    assert task.payload["parameters"]["language_hints"] == ["zh"]
-    assert task.opened_at > asked
+    monkeypatch.setattr(dashscope_tts, "RENEW_AFTER_S", 0.5)
+    monkeypatch.setattr(dashscope_tts, "MAINTAIN_EVERY_S", 0.1)
+    tts = _tts_after_one_sentence(settings, dashscope, on_loop, size=1)
+    first = dashscope.connections
+    # A socket that waited longer than RENEW_AFTER_S is closed and another opened instead.
+    assert wait_for(lambda: dashscope.connections > first, 5), "no socket renewed"
+    assert wait_for(lambda: on_loop(_ready(tts)) == dashscope.idle_connections == 1, 5)
+    monkeypatch.setattr(dashscope_tts, "KEEP_FOR_S", 0.0)
+    # A service not used for KEEP_FOR_S gets nothing opened ahead: the last socket goes.
+    assert wait_for(lambda: dashscope.idle_connections == 0, 5), "sockets kept for nothing"
+    assert on_loop(tts.synthesize("Later.", "longxiaochun_v2", "en-US"))
 
 
 def test_tts_closing_the_provider_closes_its_waiting_connections(
-    dashscope: DashScopeServer, settings: Any
+    dashscope: DashScopeServer, settings: Any, on_loop: Callable[..., Any]
 ) -> None:
-    _preconnected_tts(settings, dashscope)
+    _tts_after_one_sentence(settings, dashscope, on_loop, size=2)
     reset_providers()
     assert wait_for(lambda: dashscope.idle_connections == 0, 5), "condition not reached in time"
 
 
-def test_tts_without_preconnecting_opens_one_connection_per_sentence(
+def test_tts_a_loop_that_ends_closes_its_connections(
     dashscope: DashScopeServer, settings: Any
 ) -> None:
+    """A command or a test runs its sentences on a loop of its own (`run_once`, or
+    `asyncio.run`): its sockets end with it, without an error."""
+    settings.DASHSCOPE_TTS_PRECONNECT = 2
+    assert run_once(get_tts().synthesize("One.", "longxiaochun_v2", "en-US"))
+    assert asyncio.run(get_tts().synthesize("Two.", "longxiaochun_v2", "en-US"))
+    assert wait_for(lambda: dashscope.idle_connections == 0, 5), "sockets left open"
+    assert [task.texts for task in dashscope.of("tts")] == [["One."], ["Two."]]
+
+
+def test_tts_a_sentence_given_up_closes_its_connection(
+    dashscope: DashScopeServer, settings: Any, on_loop: Callable[..., Any]
+) -> None:
+    """A sentence abandoned mid-audio (a barge-in) is not waited for: its socket is closed, and
+    the next sentence takes another."""
     settings.DASHSCOPE_TTS_PRECONNECT = 0
-    for text in ("One.", "Two."):
-        assert run_once(get_tts().synthesize(text, "longxiaochun_v2", "en-US"))
-    time.sleep(0.2)
-    assert dashscope.idle_connections == 0
-    assert len(dashscope.of("ws")) == 0 and len(dashscope.of("tts")) == 2
+    dashscope.behaviour.tts_chunk_delay = 0.05
+    tts = get_tts()
+
+    async def first_chunk() -> bytes:
+        stream = tts.stream("A long sentence that would take a while to say.", "", "en-US")
+        async for chunk in stream:
+            await stream.aclose()  # type: ignore[attr-defined]
+            return chunk
+        return b""
+
+    assert on_loop(first_chunk())
+    assert wait_for(lambda: dashscope.idle_connections == 0, 5), "the socket was kept"
+    dashscope.behaviour.tts_chunk_delay = 0.0
+    assert on_loop(tts.synthesize("Next.", "", "en-US"))
+    given_up, spoken = dashscope.of("tts")
+    assert given_up.texts and spoken.texts == ["Next."]
+    assert (given_up.connection, spoken.connection) == (1, 2)
 
 
 # --- CosyVoice over TLS ----------------------------------------------------------------------
@@ -704,7 +758,10 @@ def tls_tts(
 
 
 def test_tts_over_tls_loads_the_ca_certificates_once_for_every_socket(
-    tls_tts: tuple[DashScopeServer, Path], settings: Any, monkeypatch: pytest.MonkeyPatch
+    tls_tts: tuple[DashScopeServer, Path],
+    settings: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    on_loop: Callable[..., Any],
 ) -> None:
     server, ca = tls_tts
     monkeypatch.setenv("WEBSOCKET_CLIENT_CA_BUNDLE", str(ca))
@@ -719,13 +776,16 @@ def test_tts_over_tls_loads_the_ca_certificates_once_for_every_socket(
     settings.DASHSCOPE_TTS_PRECONNECT = 2
     tts = get_tts()
     texts = ["First one.", "Second one.", "And a third."]
-    for text in texts:
-        assert len(run_once(tts.synthesize(text, "longxiaochun_v2", "en-US"))) > 0
-    tasks = sorted(server.of("tts"), key=lambda task: task.started_at or 0)
-    assert [task.texts for task in tasks] == [[text] for text in texts]
-    assert wait_for(lambda: server.idle_connections == 2, 5), "spent sockets not replaced"
-    # five sockets or more (three sentences, two opened ahead), one loading of the CA file
-    assert len(loads) == 1
+
+    async def together() -> list[bytes]:
+        return await asyncio.gather(*(tts.synthesize(t, "longxiaochun_v2", "en-US") for t in texts))
+
+    assert all(len(audio) > 0 for audio in on_loop(together()))
+    assert sorted(task.texts for task in server.of("tts")) == sorted([text] for text in texts)
+    assert wait_for(lambda: server.idle_connections >= 3, 5), "the sockets were not kept"
+    # three sockets or more (three sentences at once, and those opened ahead), one loading of
+    # the CA file
+    assert server.connections >= 3 and len(loads) == 1
 
 
 def test_tts_over_tls_refuses_a_server_its_ca_bundle_does_not_trust(

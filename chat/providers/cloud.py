@@ -103,6 +103,27 @@ def dashscope_http_session() -> Any:
     return session
 
 
+# The asyncio session of each event loop for CosyVoice's websockets.
+_websocket_sessions: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def dashscope_websocket_session() -> Any:
+    """The running loop's `aiohttp.ClientSession` for CosyVoice's websockets, with no limit
+    on connections (aiohttp's default of 100 would count every open websocket). Like the HTTP
+    session it lives as long as the loop, and is closed with it (`close_dashscope_http_session`,
+    or at exit)."""
+    import aiohttp
+
+    loop = asyncio.get_running_loop()
+    session = _websocket_sessions.get(loop)
+    if session is None or session.closed:
+        session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+        _websocket_sessions[loop] = session
+    return session
+
+
 _tls_lock = threading.Lock()
 _tls_context: ssl.SSLContext | None = None
 
@@ -133,16 +154,19 @@ def forget_websocket_tls_context() -> None:
 
 
 async def close_dashscope_http_session() -> None:
-    """Close the running loop's session (a loop that ends before the process does)."""
-    session = _http_sessions.pop(asyncio.get_running_loop(), None)
-    if session is not None:
-        await session.close()
+    """Close the running loop's sessions (a loop that ends before the process does)."""
+    loop = asyncio.get_running_loop()
+    for sessions in (_http_sessions, _websocket_sessions):
+        session = sessions.pop(loop, None)
+        if session is not None:
+            await session.close()
 
 
 @atexit.register
 def _close_http_sessions() -> None:
     """At exit: close the sessions left open (the web process's, a worker's)."""
-    for loop, session in list(_http_sessions.items()):
+    left = [*_http_sessions.items(), *_websocket_sessions.items()]
+    for loop, session in left:
         if session.closed:
             continue
         with contextlib.suppress(Exception):
@@ -153,6 +177,7 @@ def _close_http_sessions() -> None:
             else:  # its sockets went with their loop
                 session.detach()
     _http_sessions.clear()
+    _websocket_sessions.clear()
 
 
 def run_once(coro: Coroutine[Any, Any, R]) -> R:

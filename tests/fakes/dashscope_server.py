@@ -101,6 +101,7 @@ class Received:
     started_at: float | None = None  # websocket: when the first message (run-task) came
     close_code: int | None = None  # ASR websocket: how the client closed it (1000: cleanly)
     abandoned: bool = False  # LLM stream: the client went away before its last piece
+    connection: int = 0  # websocket: which connection (1, 2, ...) the task ran on
 
 
 @dataclass
@@ -222,7 +223,8 @@ class DashScopeServer(LoopbackServer):
         self.api_key = api_key
         self.behaviour = Behaviour()
         self.received: list[Received] = []
-        self._idle: set[web.WebSocketResponse] = set()  # open, no task asked for yet
+        self._idle: set[web.WebSocketResponse] = set()  # open, waiting for a run-task
+        self.connections = 0  # websockets accepted so far
         self.voices: dict[str, ClonedVoice] = {}  # cloned voices by id (survive reset())
         self.deleted_voices: list[str] = []
 
@@ -237,6 +239,7 @@ class DashScopeServer(LoopbackServer):
     def reset(self) -> None:
         self.behaviour = Behaviour()
         self.received.clear()
+        self.connections = 0
 
     def forget_voices(self) -> None:
         """Drop every cloned voice, as if deleted at the service (not recorded as deleted)."""
@@ -248,7 +251,7 @@ class DashScopeServer(LoopbackServer):
 
     @property
     def idle_connections(self) -> int:
-        """Websockets open with no task asked for yet (connected ahead of use)."""
+        """Websockets open and waiting for a run-task (opened ahead, or done with a task)."""
         return len(self._idle)
 
     def close_idle(self) -> None:
@@ -594,15 +597,37 @@ class DashScopeServer(LoopbackServer):
             return self._error(Fault("http", status, "ServiceUnavailable", "handshake refused"))
         ws = web.WebSocketResponse(autoping=True)
         await ws.prepare(request)
-        self._idle.add(ws)
-        try:
-            first = await ws.receive()
-        finally:
-            self._idle.discard(ws)
+        self.connections += 1
+        item.connection = self.connections
+        # Tasks one after the other, as the service runs them: a connection whose task finished
+        # takes the next run-task (each task is recorded on its own).
+        while True:
+            self._idle.add(ws)
+            try:
+                first = await ws.receive()
+            finally:
+                self._idle.discard(ws)
+            if first.type != WSMsgType.TEXT:
+                await ws.close()
+                return ws
+            if item.started_at is not None:  # a later task on this connection
+                item = Received(
+                    service="ws",
+                    authorization=item.authorization,
+                    headers=item.headers,
+                    opened_at=item.opened_at,
+                    connection=item.connection,
+                )
+                self.received.append(item)
+            if not await self._task(request, ws, item, first):
+                return ws
+
+    async def _task(
+        self, request: web.Request, ws: web.WebSocketResponse, item: Received, first: Any
+    ) -> bool:
+        """The task `first` (its run-task) starts on `ws`; True when it finished and the
+        connection is open for another."""
         item.started_at = time.monotonic()
-        if first.type != WSMsgType.TEXT:
-            await ws.close()
-            return ws
         message = json.loads(first.data)
         header, payload = message.get("header", {}), message.get("payload", {})
         item.actions.append(header.get("action", ""))
@@ -612,23 +637,22 @@ class DashScopeServer(LoopbackServer):
         fault = self.behaviour.asr_fault if item.service == "asr" else self.behaviour.tts_fault
         if fault and fault.kind == "hang":
             await self.hang()
-            return ws
+            return False
         if fault and fault.kind == "task-failed":
             await self._event(ws, task_id, "task-failed", fault=fault)
             await ws.close()
-            return ws
+            return False
         unusable = self._unusable_voice(payload) if item.service == "tts" else None
         if unusable:
             refusal = Fault("task-failed", 400, "InvalidParameter", unusable)
             await self._event(ws, task_id, "task-failed", fault=refusal)
             await ws.close()
-            return ws
+            return False
         await self._event(ws, task_id, "task-started", payload={})
         if item.service == "asr":
             await self._asr(request, ws, item, task_id, fault)
-        else:
-            await self._tts(request, ws, item, task_id, fault)
-        return ws
+            return False
+        return await self._tts(request, ws, item, task_id, fault)
 
     @staticmethod
     async def _event(
@@ -709,7 +733,8 @@ class DashScopeServer(LoopbackServer):
         item: Received,
         task_id: str,
         fault: Fault | None,
-    ) -> None:
+    ) -> bool:
+        """True when the task finished (the connection may take another)."""
         sample_rate = int(item.payload.get("parameters", {}).get("sample_rate") or 22050)
         sent_any = False
         async for msg in ws:
@@ -735,7 +760,7 @@ class DashScopeServer(LoopbackServer):
                     sent_any = True
                     if fault and fault.kind == "drop":
                         self.drop(request)
-                        return
+                        return False
                 sentence = {
                     "output": {"sentence": {"words": []}},
                     "usage": {"characters": len(text)},
@@ -745,3 +770,5 @@ class DashScopeServer(LoopbackServer):
                 await self._event(
                     ws, task_id, "task-finished", payload={"output": {}, "usage": None}
                 )
+                return True
+        return False

@@ -1,15 +1,21 @@
-"""CosyVoice through DashScope: `tts_v2.SpeechSynthesizer` in streaming mode.
+"""CosyVoice through DashScope, on the event loop.
 
-One synthesizer per utterance (an instance is single-use). The SDK delivers audio on its
-websocket thread; chunks reach the loop through a `ThreadBridge`. Four SDK habits are designed
-around: it never notices a dropped connection, it waits 5 s on a refused or rejected one, it
-opens a new connection for every utterance, polling for the open socket every 100 ms, and its
-streaming calls block a thread through the task's round trips. `_Synthesizer` therefore
-overrides the websocket's close and error hooks to report both at once, waits for the
-handshake's own end, and sends a sentence's text from the socket's own thread when the task
-has started (`speak`); `_Preconnected` keeps sockets open ahead of the next sentences, so a
-sentence starts with its `run-task`, sent from the loop, instead of a handshake on a thread.
-Every wait carries a timeout from settings.
+A sentence is one CosyVoice task, written by the SDK's own `tts_v2.Request` (run-task, then
+continue-task with the text and finish-task once the task started, as `SpeechSynthesizer`
+sends them), over a websocket of aiohttp, the transport of the SDK's asyncio requests. The
+text goes out and the audio comes back on the event loop: no thread per socket, no hand-over
+between threads per chunk, every wait bounded by a timeout from settings. (The SDK's
+`SpeechSynthesizer` runs each socket's read loop on a thread of its own: at 20 talking
+sessions a process, those threads took a fifth of its CPU samples, mostly waiting for the GIL
+to hand one chunk at a time to the loop.)
+
+Connections are reused, as the SDK's `SpeechSynthesizerObjectPool` reuses them: after a task's
+task-finished its socket waits in the loop's `_Connections` for the next sentence, of any
+voice, so a sentence starts with its run-task instead of a handshake. DASHSCOPE_TTS_PRECONNECT
+sockets are also opened ahead for a service in use. A socket idle for RENEW_AFTER_S is closed
+(and replaced while the service is in use); one the service closed meanwhile is found out at
+its next run-task, and that sentence is sent again, once, on a new connection. A sentence given
+up before its end (a barge-in, a timeout, an error) closes its socket.
 
 An avatar's cloned voice is tried first; when the service refuses it (not ready, deleted, made
 for another model) before any audio came, the sentence is spoken with the avatar's preset and a
@@ -18,24 +24,25 @@ warning is logged, and the cloned voice is not tried again for UNUSABLE_FOR_S.
 
 from __future__ import annotations
 
-import functools
+import asyncio
+import contextlib
 import json
 import logging
 import re
-import threading
 import time
+import weakref
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from dataclasses import dataclass
 
-import websocket  # websocket-client, the SDK's own transport
-from dashscope.audio.tts_v2 import AudioFormat, ResultCallback, SpeechSynthesizer
-from dashscope.common.error import RequestFailure
+import aiohttp
+from dashscope.audio.tts_v2 import AudioFormat
+from dashscope.audio.tts_v2.speech_synthesizer import Request
 from django.conf import settings
 
 from chat.providers.base import TTSError, TTSProvider, Voice
-from chat.providers.bridge import ThreadBridge, spawn
 from chat.providers.cloud import (
     configure_dashscope,
+    dashscope_websocket_session,
     failure,
     timed_out,
     websocket_tls_context,
@@ -45,325 +52,165 @@ log = logging.getLogger(__name__)
 
 WHAT = "DashScope TTS"
 # CosyVoice's own rate, which the realtime speaker queues as it comes (chat/realtime/speaker.py)
-SAMPLE_RATE = 24000
 FORMAT = AudioFormat.PCM_24000HZ_MONO_16BIT
-RENEW_AFTER_S = 30.0  # a waiting socket is replaced after this (the SDK's own pool: 25-35 s)
-KEEP_FOR_S = 300.0  # sockets are kept ready for a voice used within this time
+SAMPLE_RATE = FORMAT.sample_rate
+RENEW_AFTER_S = 30.0  # an idle socket is replaced after this (the SDK's own pool: 25-35 s)
+KEEP_FOR_S = 300.0  # sockets are opened ahead for a service used within this time
 MAINTAIN_EVERY_S = 5.0
+CLOSE_WAIT_S = 2.0  # a closing socket waits this long for the service's close frame
 UNUSABLE_FOR_S = 60.0  # a cloned voice the service refused is not tried again for this long
 _ESPEAK_NAME = re.compile(r"[a-z]{2,3}(-[a-z0-9]+)*(\+.*)?")
 
-
-class _Callback(ResultCallback):
-    """SDK callbacks → bridge. The first end or error wins; later ones (the SDK's own timeout
-    after an error was reported, a close after the end) are dropped unbuilt and unlogged."""
-
-    def __init__(self, key: str, bridge: ThreadBridge[bytes] | None = None) -> None:
-        self.key, self.bridge = key, bridge
-        self.reported = threading.Event()
-        self._lock = threading.Lock()
-
-    def attach(self, bridge: ThreadBridge[bytes]) -> bool:
-        """Give a pre-connected synthesizer its consumer; False when its socket already ended
-        (then nobody was told, and it must not be used)."""
-        with self._lock:
-            if self.reported.is_set():
-                return False
-            self.bridge = bridge
-            return True
-
-    def claim(self) -> bool:
-        """True for the first caller only: it reports the outcome."""
-        with self._lock:
-            if self.reported.is_set():
-                return False
-            self.reported.set()
-            return True
-
-    def end(self) -> None:
-        if self.claim() and self.bridge is not None:
-            self.bridge.end()
-
-    def fail(self, build: Callable[[], TTSError]) -> None:
-        if self.claim() and self.bridge is not None:
-            self.bridge.fail(build())
-
-    def on_data(self, data: bytes) -> None:
-        if not self.reported.is_set() and self.bridge is not None:
-            self.bridge.put(bytes(data))
-
-    def on_complete(self) -> None:
-        self.end()
-
-    def on_error(self, message: str) -> None:
-        try:
-            header = json.loads(message)["header"]
-            code, text = header.get("error_code"), header.get("error_message", message)
-        except (ValueError, KeyError, TypeError):
-            code, text = None, message
-        self.fail(lambda: failure(TTSError, WHAT, code=code, message=text, secrets=(self.key,)))
+# websocket URL and API key: what a connection is opened with (a task names model and voice)
+_Service = tuple[str, str]
 
 
-class _SocketApp(websocket.WebSocketApp):
-    """websocket-client's app with a read loop of its own: the same callbacks for what the
-    SDK uses (open, text and binary messages, error, close), without reconnects or pings.
+@dataclass(eq=False)
+class _Socket:
+    service: _Service
+    ws: aiohttp.ClientWebSocketResponse
+    opened_at: float
+    idle_since: float
+    lost: bool = False  # the connection went away under a task
 
-    websocket-client's `run_forever` makes local functions that refer to each other and to
-    the app: every socket (one per sentence) left a reference cycle of ~75 objects, with the
-    synthesizer, its events and buffers attached, for the cyclic collector. At 20 talking
-    sessions a process its passes freed ~25 000 such objects at a time and held the event
-    loop, and every session's audio, for 40-80 ms. Here nothing refers back: the socket, its
-    buffers and (once the app lets go of its callbacks, at the end) the synthesizer are freed
-    as soon as the sentence is done. Over TLS every socket shares the process's one context
-    (`websocket_tls_context`) instead of websocket-client's new one, with the CA certificates
-    loaded again, per socket."""
-
-    _CALLBACKS = ("on_open", "on_message", "on_data", "on_error", "on_close")
-
-    def run_forever(self, *args: Any, **kwargs: Any) -> bool:  # noqa: ARG002 - none used
-        self.keep_running = True
-        self.has_errored = False
-        tls = {"context": websocket_tls_context()} if self.url.startswith("wss:") else None
-        sock = self.sock = websocket.WebSocket(
-            get_mask_key=self.get_mask_key, sslopt=tls, enable_multithread=True
-        )
-        close_frame = None
-        try:
-            sock.settimeout(websocket.getdefaulttimeout())
-            header = self.header() if callable(self.header) else self.header
-            sock.connect(self.url, header=header, cookie=self.cookie)
-            self._callback(self.on_open)
-            while self.keep_running:
-                opcode, frame = sock.recv_data_frame(True)  # answers pings itself
-                if opcode == websocket.ABNF.OPCODE_CLOSE:
-                    close_frame = frame
-                    break
-                if opcode in (websocket.ABNF.OPCODE_TEXT, websocket.ABNF.OPCODE_BINARY):
-                    data = frame.data
-                    if opcode == websocket.ABNF.OPCODE_TEXT:
-                        data = data.decode("utf-8")
-                    self._callback(self.on_data, data, opcode, True)
-                    self._callback(self.on_message, data)
-        except Exception as exc:  # noqa: BLE001 - reported through on_error, as the app does
-            if self.keep_running:  # not our own close()
-                self.has_errored = True
-                self._callback(self.on_error, exc)
-        finally:
-            self.keep_running = False
-            self.sock = None
-            sock.close(timeout=0)
-            sock.frame_buffer.recv = None  # a bound method of the socket: a cycle of its own
-            code, reason = self._get_close_args(close_frame)
-            self._callback(self.on_close, code, reason)
-            for name in self._CALLBACKS:  # the synthesizer is free to go
-                setattr(self, name, None)
-        return self.has_errored
+    def usable(self, now: float) -> bool:
+        return not (self.lost or self.ws.closed) and now - self.idle_since < RENEW_AFTER_S
 
 
-class _Synthesizer(SpeechSynthesizer):
-    """Reports refused, rejected and dropped connections at once instead of timing out, and
-    connects without the SDK's 100 ms polling."""
+def _proxy_for(url: str) -> str | None:
+    """The proxy of the environment for this websocket URL (`HTTPS_PROXY` for `wss://`, as
+    websocket-client reads it; `NO_PROXY` honoured)."""
+    from aiohttp.helpers import get_env_proxy_for_url
+    from yarl import URL
 
-    def __init__(
-        self, *args: Any, reporter: _Callback, connect_timeout_s: float, **kwargs: Any
-    ) -> None:
-        self._reporter = reporter
-        self._connect_timeout_s = connect_timeout_s
-        self._settled = threading.Event()  # the handshake ended: open, refused or failed
-        self.opened_at: float | None = None
-        self._sentence: str | None = None  # `speak`: the text, until task-started comes
-        super().__init__(*args, callback=reporter, **kwargs)
-
-    def connect(self) -> None:
-        """Open the websocket and wait for the handshake to end (the SDK's `__connect` sleeps
-        in 100 ms steps until it sees the socket open: a tenth of a second on every sentence).
-        A refusal has already been reported through the callback when this raises."""
-        self.ws = _SocketApp(
-            self.url,
-            header=self.request.get_websocket_headers(
-                headers=self.headers, workspace=self.workspace
-            ),
-            on_open=self._on_open,
-            on_message=self.on_message,
-            on_error=self.on_error,
-            on_close=self.on_close,
-        )
-        self.thread = spawn(self.ws.run_forever, name="dashscope-tts-ws")
-        self._settled.wait(self._connect_timeout_s)
-        if not self.is_open():
-            raise TimeoutError(f"no connection within {self._connect_timeout_s:g} s")
-
-    def speak(self, text: str) -> None:
-        """One sentence, as the SDK's `streaming_call(text)` and `streaming_complete()` send
-        it, with no thread blocked through their two round trips: run-task goes out now; the
-        text and finish-task go out from the socket's own thread as soon as task-started comes
-        (`on_message`), and the socket's read loop ends with the task."""
-        self._sentence = text
-        self._start_stream_timestamp = time.time() * 1000  # the SDK's own first-audio log
-        self._SpeechSynthesizer__send_str(self.request.get_start_request(self.additional_params))
-
-    def on_message(self, ws: Any, message: Any) -> None:
-        super().on_message(ws, message)
-        if self._sentence is not None and self.start_event.is_set():
-            text, self._sentence = self._sentence, None
-            if self._receiver_error is None:  # task-started, not task-failed
-                self._SpeechSynthesizer__send_str(self.request.get_continue_request(text))
-                self._SpeechSynthesizer__send_str(self.request.get_finish_request())
-        if self.complete_event.is_set() and self.ws is not None:
-            self.ws.keep_running = False  # the task ended: this socket's read loop too
-
-    def _on_open(self, ws: Any) -> None:
-        self.opened_at = time.monotonic()
-        self._settled.set()
-
-    def is_open(self) -> bool:
-        sock = self.ws.sock if self.ws is not None else None
-        return bool(sock is not None and sock.connected)
-
-    def close_soon(self) -> None:
-        """Close without waiting (the close handshake may take a round trip)."""
-        spawn(self.close, name="dashscope-tts-close")
-
-    def on_error(self, ws: Any, error: Any) -> None:
-        status = getattr(error, "status_code", None)
-        key = self._reporter.key
-        if status is not None:  # the handshake was answered with an HTTP error
-            message = f"websocket handshake refused ({status})"
-            self._reporter.fail(
-                lambda: failure(TTSError, WHAT, status=status, message=message, secrets=(key,))
-            )
-        else:
-            self._reporter.fail(lambda: failure(TTSError, WHAT, exc=error, secrets=(key,)))
-        self._settled.set()
-        super().on_error(ws, error)
-
-    def on_close(self, ws: Any, close_status_code: Any, close_msg: Any) -> None:
-        if not self.complete_event.is_set():
-            dropped = ConnectionError("connection closed before the audio ended")
-            key = self._reporter.key
-            self._reporter.fail(lambda: failure(TTSError, WHAT, exc=dropped, secrets=(key,)))
-            self.complete_event.set()  # release the SDK's own wait too
-        self._settled.set()
-        super().on_close(ws, close_status_code, close_msg)
+    plain = URL(url).with_scheme("https" if url.startswith("wss:") else "http")
+    with contextlib.suppress(LookupError):
+        proxy, _ = get_env_proxy_for_url(plain)
+        return str(proxy)
+    return None
 
 
-# url, API key, model, voice, language hints: what a connection and its task are opened with
-_Key = tuple[str, str, str, str, tuple[str, ...]]
+class _Connections:
+    """The CosyVoice sockets of one event loop: those waiting for a sentence, per service, and
+    a maintenance task that renews them, opens `size` ahead for a service used within
+    KEEP_FOR_S, and closes the waiting sockets when it ends (the provider's `close()`, or the
+    end of the loop: `asyncio.run` cancels it). The sockets are the loop's websocket session's
+    (`dashscope_websocket_session`), which closes whatever is left with the loop."""
 
-
-class _Preconnected:
-    """Sockets opened ahead of the next sentences, `size` per voice in use: the SDK's
-    `SpeechSynthesizerObjectPool` idea, built on `_Synthesizer` so that its hooks hold.
-
-    `take()` hands out an open one (or None: the caller connects its own) and wakes the
-    maintenance thread to open a replacement; that thread also renews sockets older than
-    RENEW_AFTER_S, drops those the service closed, and stops keeping any for a voice unused for
-    KEEP_FOR_S. A failed pre-connect stops pre-connecting for that voice until its next use, so
-    a refusing service is not called in a loop.
-    """
-
-    def __init__(self, size: int, build: Callable[[_Key, _Callback], _Synthesizer]) -> None:
+    def __init__(self, size: int, connect_timeout_s: float) -> None:
         self.size = size
-        self._build = build
-        self._lock = threading.Lock()
-        self._ready: dict[_Key, list[_Synthesizer]] = {}
-        self._used: dict[_Key, float] = {}
-        self._wake = threading.Event()
-        self._closed = False
-        self._thread: threading.Thread | None = None
+        self.connect_timeout_s = connect_timeout_s
+        self.closed = False
+        self._idle: dict[_Service, list[_Socket]] = {}
+        self._used: dict[_Service, float] = {}
+        self._wake = asyncio.Event()
+        self._closing: set[asyncio.Task[None]] = set()
+        self._maintainer = asyncio.get_running_loop().create_task(
+            self._maintain_until_closed(), name="dashscope-tts-connections"
+        )
 
-    def take(self, key: _Key, bridge: ThreadBridge[bytes]) -> _Synthesizer | None:
-        if self.size <= 0:
-            return None
-        found, spent = None, []
-        with self._lock:
-            if self._closed:
-                return None
-            self._used[key] = time.monotonic()
-            ready = self._ready.get(key, [])
-            while ready and found is None:
-                synthesizer = ready.pop(0)
-                if self._usable(synthesizer) and synthesizer._reporter.attach(bridge):
-                    found = synthesizer
-                else:
-                    spent.append(synthesizer)
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._run, name="dashscope-tts-preconnect", daemon=True
-                )
-                self._thread.start()
-        for synthesizer in spent:
-            synthesizer.close_soon()
-        self._wake.set()
+    def take(self, service: _Service) -> _Socket | None:
+        """An open socket for `service`, or None: the caller opens one (`open`)."""
+        now = time.monotonic()
+        self._used[service] = now
+        waiting = self._idle.get(service, [])
+        found = None
+        while waiting and found is None:
+            sock = waiting.pop()  # the one used last
+            if sock.usable(now):
+                found = sock
+            else:
+                self.discard(sock)
+        if self.size and len(waiting) < self.size:
+            self._wake.set()  # open more ahead
         return found
 
-    def ready(self, key: _Key) -> int:
-        with self._lock:
-            return sum(1 for s in self._ready.get(key, []) if self._usable(s))
+    async def open(self, service: _Service) -> _Socket:
+        url, api_key = service
+        headers = Request(api_key, "", "").get_websocket_headers(headers=None, workspace=None)
+        async with asyncio.timeout(self.connect_timeout_s):
+            ws = await dashscope_websocket_session().ws_connect(
+                url,
+                headers=headers,
+                proxy=_proxy_for(url),
+                ssl=websocket_tls_context() if url.startswith("wss:") else True,
+                timeout=aiohttp.ClientWSTimeout(ws_close=CLOSE_WAIT_S),
+                max_msg_size=0,
+            )
+        now = time.monotonic()
+        return _Socket(service, ws, now, now)
 
-    def close(self) -> None:
-        with self._lock:
-            self._closed = True
-            spent = [s for ready in self._ready.values() for s in ready]
-            self._ready.clear()
-        self._wake.set()
-        for synthesizer in spent:
-            synthesizer.close_soon()
+    def give_back(self, sock: _Socket) -> None:
+        """A socket whose task finished: it waits for the next sentence."""
+        if self.closed or sock.ws.closed:
+            self.discard(sock)
+            return
+        sock.idle_since = time.monotonic()
+        self._idle.setdefault(sock.service, []).append(sock)
 
-    @staticmethod
-    def _usable(synthesizer: _Synthesizer) -> bool:
-        opened = synthesizer.opened_at
-        return (
-            synthesizer.is_open()
-            and not synthesizer._reporter.reported.is_set()
-            and opened is not None
-            and time.monotonic() - opened < RENEW_AFTER_S
-        )
+    def discard(self, sock: _Socket) -> None:
+        """Close without waiting (the close handshake may take a round trip)."""
+        if sock.ws.closed:
+            return
+        try:
+            closing = asyncio.get_running_loop().create_task(sock.ws.close())
+        except RuntimeError:  # no loop left (a sentence abandoned at the loop's end)
+            return
+        self._closing.add(closing)
+        closing.add_done_callback(self._closing.discard)
 
-    def _run(self) -> None:
-        while not self._closed:
-            self._wake.wait(MAINTAIN_EVERY_S)
-            self._wake.clear()
-            if self._closed:
-                return
+    def ready(self, service: _Service) -> int:
+        now = time.monotonic()
+        return sum(1 for sock in self._idle.get(service, []) if sock.usable(now))
+
+    async def close(self) -> None:
+        self._maintainer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._maintainer
+
+    async def _maintain_until_closed(self) -> None:
+        try:
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(MAINTAIN_EVERY_S):
+                        await self._wake.wait()
+                self._wake.clear()
+                try:
+                    await self._maintain()
+                except Exception:  # noqa: BLE001 - the next round tries again
+                    log.exception("keeping DashScope TTS sockets failed")
+        finally:
+            self.closed = True
+            for waiting in self._idle.values():
+                for sock in waiting:
+                    self.discard(sock)
+            self._idle.clear()
+            if self._closing:
+                await asyncio.wait(set(self._closing), timeout=CLOSE_WAIT_S)
+
+    async def _maintain(self) -> None:
+        now = time.monotonic()
+        wanted: list[_Service] = []
+        for service in set(self._idle) | set(self._used):
+            waiting = self._idle.pop(service, [])
+            keep = [sock for sock in waiting if sock.usable(now)]
+            for sock in waiting:
+                if sock not in keep:
+                    self.discard(sock)
+            if keep:
+                self._idle[service] = keep
+            if service in self._used and now - self._used[service] >= KEEP_FOR_S:
+                del self._used[service]  # the service went quiet: open nothing ahead for it
+            elif service in self._used:
+                wanted += [service] * (self.size - len(keep))
+        for service in wanted:
             try:
-                self._maintain()
-            except Exception:  # noqa: BLE001 - the next round tries again
-                log.exception("pre-connecting DashScope TTS sockets failed")
-
-    def _maintain(self) -> None:
-        now, spent, wanted = time.monotonic(), [], []
-        with self._lock:
-            for key, used in list(self._used.items()):
-                ready = self._ready.pop(key, [])
-                if now - used >= KEEP_FOR_S:  # the voice went quiet: keep nothing for it
-                    del self._used[key]
-                    spent += ready
-                    continue
-                keep = [s for s in ready if self._usable(s)]
-                spent += [s for s in ready if s not in keep]
-                self._ready[key] = keep
-                wanted += [key] * (self.size - len(keep))
-        for synthesizer in spent:
-            synthesizer.close_soon()
-        for key in wanted:
-            synthesizer = None
-            try:
-                synthesizer = self._build(key, _Callback(key[1]))
-                synthesizer.connect()
+                sock = await self.open(service)
             except Exception:  # noqa: BLE001 - refused or unreachable: not until the next use
-                log.debug("pre-connecting a DashScope TTS socket failed", exc_info=True)
-                if synthesizer is not None:
-                    synthesizer.close_soon()
-                with self._lock:
-                    self._used.pop(key, None)
+                log.debug("opening a DashScope TTS socket ahead failed", exc_info=True)
+                self._used.pop(service, None)
                 continue
-            with self._lock:
-                if not self._closed and key in self._used:
-                    self._ready.setdefault(key, []).append(synthesizer)
-                    synthesizer = None
-            if synthesizer is not None:
-                synthesizer.close_soon()
+            self.give_back(sock)
 
 
 class DashScopeTTS(TTSProvider):
@@ -382,7 +229,9 @@ class DashScopeTTS(TTSProvider):
         self.default_voice = default_voice
         self.timeout_s = timeout_s
         self.connect_timeout_s = connect_timeout_s
-        self.preconnected = _Preconnected(preconnect, self._new)
+        self.preconnect = preconnect
+        self._connections: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Connections]
+        self._connections = weakref.WeakKeyDictionary()
         self._refused: dict[str, float] = {}  # cloned voice id -> when it may be tried again
 
     @classmethod
@@ -401,27 +250,30 @@ class DashScopeTTS(TTSProvider):
         )
 
     def close(self) -> None:
-        self.preconnected.close()
+        """Close every loop's sockets (from any thread; a loop's own close goes on without
+        being waited for)."""
+        for loop, connections in list(self._connections.items()):
+            if loop.is_closed():
+                continue
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                asyncio.run_coroutine_threadsafe(connections.close(), loop)
+        self._connections.clear()
 
-    def _new(self, key: _Key, callback: _Callback) -> _Synthesizer:
-        url, _, model, voice, hints = key
-        return _Synthesizer(
-            model=model,
-            voice=voice,
-            format=FORMAT,
-            language_hints=list(hints) or None,
-            url=url,
-            reporter=callback,
-            connect_timeout_s=self.connect_timeout_s,
-        )
+    def connections(self) -> _Connections:
+        """The running loop's sockets."""
+        loop = asyncio.get_running_loop()
+        connections = self._connections.get(loop)
+        if connections is None or connections.closed:
+            connections = _Connections(self.preconnect, self.connect_timeout_s)
+            self._connections[loop] = connections
+        return connections
 
-    def key(self, voice: str, language: str) -> _Key:
-        """What a connection for this voice is opened with (configures the SDK first)."""
+    def service(self) -> _Service:
+        """What a connection is opened with (configures the SDK first)."""
         import dashscope
 
         api_key = configure_dashscope()
-        hints = (language.split("-")[0].lower(),) if language else ()
-        return (dashscope.base_websocket_api_url, api_key, self.model, self._voice(voice), hints)
+        return (dashscope.base_websocket_api_url, api_key)
 
     def _voice(self, voice: str) -> str:
         """CosyVoice ids look like "longxiaochun_v2"; an espeak-ng name ("en-us+f3") is not one."""
@@ -429,22 +281,18 @@ class DashScopeTTS(TTSProvider):
             return self.default_voice
         return voice
 
-    def _speak(self, synthesizer: _Synthesizer, text: str, callback: _Callback) -> None:
-        """Start the sentence (connecting first unless its socket was opened ahead); errors
-        go to the bridge. The audio, the end and the service's errors come through the
-        callback, on the socket's thread; `_run`'s deadline bounds the wait for them."""
-        try:
-            if not synthesizer.is_open():
-                synthesizer.connect()
-            synthesizer.speak(text)
-        except Exception as exc:  # noqa: BLE001 - every SDK failure becomes TTSError
-            callback.fail(functools.partial(self._error, exc, callback.key))
-
-    @staticmethod
-    def _error(exc: Exception, key: str) -> TTSError:
-        if isinstance(exc, RequestFailure):  # task-failed: classify by the service's code
-            return failure(TTSError, WHAT, code=exc.name, message=exc.message, secrets=(key,))
-        return failure(TTSError, WHAT, exc=exc, secrets=(key,))
+    def _request(self, api_key: str, voice: str, language: str) -> Request:
+        """One task's messages, as `SpeechSynthesizer` writes them."""
+        hints = [language.split("-")[0].lower()] if language else None
+        return Request(
+            apikey=api_key,
+            model=self.model,
+            voice=self._voice(voice),
+            format=FORMAT.format,
+            sample_rate=FORMAT.sample_rate,
+            bit_rate=FORMAT.bit_rate,
+            language_hints=hints,
+        )
 
     async def stream(self, text: str, voice: Voice | str, language: str) -> AsyncIterator[bytes]:
         if not text.strip():
@@ -484,45 +332,96 @@ class DashScopeTTS(TTSProvider):
         self._refused.clear()
 
     async def _stream_voice(self, text: str, voice: str, language: str) -> AsyncIterator[bytes]:
-        key = self.key(voice, language)
-        bridge: ThreadBridge[bytes] = ThreadBridge()
-        synthesizer = self.preconnected.take(key, bridge)
-        if synthesizer is None:
-            async for chunk in self._run(self._new(key, _Callback(key[1], bridge)), text, bridge):
+        service = self.service()
+        connections = self.connections()
+        waiting = connections.take(service)
+        if waiting is None:
+            sock = await self._open(connections, service)
+            async for chunk in self._task(connections, sock, text, voice, language):
                 yield chunk
             return
 
-        # A socket opened ahead may have been closed by the service an instant before it was
-        # taken (its close not yet seen here): when that socket is gone before any audio came,
-        # the sentence is tried again, once, on a fresh connection.
-        def fresh() -> AsyncIterator[bytes]:
-            again: ThreadBridge[bytes] = ThreadBridge()
-            return self._run(self._new(key, _Callback(key[1], again)), text, again)
+        # A socket that waited may have been closed by the service an instant before it was
+        # taken (its close not yet read here): when that socket is gone before any audio came,
+        # the sentence is sent again, once, on a new connection.
+        async def fresh() -> AsyncIterator[bytes]:
+            sock = await self._open(connections, service)
+            async for chunk in self._task(connections, sock, text, voice, language):
+                yield chunk
 
         chunks = _instead_before_audio(
-            self._run(synthesizer, text, bridge),
-            lambda exc: exc.retryable and not synthesizer.is_open(),
+            self._task(connections, waiting, text, voice, language),
+            lambda exc: exc.retryable and waiting.lost,
             fresh,
         )
         async for chunk in chunks:
             yield chunk
 
-    async def _run(
-        self, synthesizer: _Synthesizer, text: str, bridge: ThreadBridge[bytes]
-    ) -> AsyncIterator[bytes]:
-        callback = synthesizer._reporter
-        if synthesizer.is_open():  # opened ahead: run-task goes out from the loop, no thread
-            self._speak(synthesizer, text, callback)
-        else:  # the handshake blocks: on a thread of its own
-            spawn(self._speak, synthesizer, text, callback, name="dashscope-tts")
+    async def _open(self, connections: _Connections, service: _Service) -> _Socket:
+        api_key = service[1]
         try:
-            async for chunk in bridge.iterate(
-                self.timeout_s, lambda: timed_out(TTSError, WHAT, self.timeout_s)
-            ):
-                yield chunk
+            return await connections.open(service)
+        except aiohttp.WSServerHandshakeError as exc:  # answered with an HTTP error
+            message = f"websocket handshake refused ({exc.status})"
+            raise failure(
+                TTSError, WHAT, status=exc.status, message=message, secrets=(api_key,)
+            ) from None
+        except TimeoutError:
+            raise timed_out(TTSError, WHAT, self.connect_timeout_s) from None
+        except Exception as exc:  # noqa: BLE001 - every connection failure becomes TTSError
+            raise failure(TTSError, WHAT, exc=exc, secrets=(api_key,)) from None
+
+    async def _task(
+        self, connections: _Connections, sock: _Socket, text: str, voice: str, language: str
+    ) -> AsyncIterator[bytes]:
+        """One sentence on `sock`: its audio as it comes; the socket goes back to
+        `connections` after task-finished, and is closed on anything else."""
+        api_key = sock.service[1]
+        request = self._request(api_key, voice, language)
+        finished = False
+        try:
+            await sock.ws.send_str(request.get_start_request())
+            while True:
+                async with asyncio.timeout(self.timeout_s):
+                    message = await sock.ws.receive()
+                if message.type == aiohttp.WSMsgType.BINARY:
+                    yield message.data
+                    continue
+                if message.type != aiohttp.WSMsgType.TEXT:  # closed, or the connection failed
+                    sock.lost = True
+                    why = message.data if isinstance(message.data, BaseException) else None
+                    raise ConnectionError(
+                        f"connection closed before the audio ended{f' ({why})' if why else ''}"
+                    )
+                header = json.loads(message.data)["header"]
+                event = header.get("event")
+                if event == "task-started":
+                    await sock.ws.send_str(request.get_continue_request(text))
+                    await sock.ws.send_str(request.get_finish_request())
+                elif event == "task-finished":
+                    finished = True
+                    return
+                elif event == "task-failed":
+                    raise failure(
+                        TTSError,
+                        WHAT,
+                        code=header.get("error_code"),
+                        message=header.get("error_message", message.data),
+                        secrets=(api_key,),
+                    )
+        except TimeoutError:
+            raise timed_out(TTSError, WHAT, self.timeout_s) from None
+        except (TTSError, GeneratorExit, asyncio.CancelledError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - every transport failure becomes TTSError
+            if isinstance(exc, (ConnectionError, aiohttp.ClientError)):
+                sock.lost = True
+            raise failure(TTSError, WHAT, exc=exc, secrets=(api_key,)) from None
         finally:
-            if callback.claim():  # abandoned (barge-in) or timed out
-                synthesizer.close_soon()
+            if finished:
+                connections.give_back(sock)
+            else:  # given up, failed or lost: the service may still be speaking on it
+                connections.discard(sock)
 
 
 async def _instead_before_audio(
