@@ -33,7 +33,7 @@ from chat.providers.cloud import forget_websocket_tls_context, run_once
 from chat.providers.text import stream_sentences
 from chat.providers.tts import dashscope as dashscope_tts
 from harness.procs import ROOT, child_env, wait_for
-from tests.fakes.dashscope_server import DashScopeServer, Fault
+from tests.fakes.dashscope_server import DashScopeServer, Fault, tone
 from tests.fakes.tls import loopback_tls
 
 TURN = ChatTurn(
@@ -605,6 +605,22 @@ def test_tts_a_connection_speaks_one_sentence_after_another(
     assert tasks[-1].payload["parameters"]["language_hints"] == ["zh"]
     time.sleep(0.2)
     assert dashscope.idle_connections == 1  # waiting for the next sentence
+
+
+@pytest.mark.parametrize("stray", ["task-finished", "task-failed"])
+def test_tts_events_of_another_task_do_not_end_a_sentence(
+    dashscope: DashScopeServer, settings: Any, on_loop: Callable[..., Any], stray: str
+) -> None:
+    """A reused connection may still carry an event of its last task: a sentence reads only
+    its own task's."""
+    settings.DASHSCOPE_TTS_PRECONNECT = 0
+    tts = get_tts()
+    dashscope.behaviour.tts_stray_event = stray
+    for text in ("One.", "Two more words."):
+        audio = on_loop(tts.synthesize(text, "longxiaochun_v2", "en-US"))
+        seconds = len(text) * dashscope.behaviour.tts_seconds_per_char
+        assert audio == tone(seconds, dashscope_tts.SAMPLE_RATE)  # the whole sentence
+    assert dashscope.connections == 1
 
 
 def test_tts_sentences_start_on_connections_open_before_they_were_asked_for(

@@ -80,6 +80,8 @@ class Behaviour:
     asr_fault: Fault | None = None
     tts_fault: Fault | None = None
     ws_handshake_status: int | None = None  # refuse every websocket handshake with this status
+    # TTS: before task-started, an event of another task (a late one of the connection's last)
+    tts_stray_event: str | None = None
     voice_ready_after: float = 0.0  # voices: seconds a created voice stays DEPLOYING
     voice_rejection: str | None = None  # voices: a created voice ends UNDEPLOYED with this
     voice_fault: Fault | None = None  # voices: "http" or "hang" on every customization call
@@ -648,6 +650,9 @@ class DashScopeServer(LoopbackServer):
             await self._event(ws, task_id, "task-failed", fault=refusal)
             await ws.close()
             return False
+        if item.service == "tts" and self.behaviour.tts_stray_event:
+            stray = self.behaviour.tts_stray_event
+            await self._event(ws, uuid.uuid4().hex, stray, payload={"output": {}, "usage": None})
         await self._event(ws, task_id, "task-started", payload={})
         if item.service == "asr":
             await self._asr(request, ws, item, task_id, fault)

@@ -395,6 +395,8 @@ class DashScopeTTS(TTSProvider):
                     )
                 header = json.loads(message.data)["header"]
                 event = header.get("event")
+                if header.get("task_id") != request.task_id:
+                    continue  # not this task's (a reused connection's earlier task)
                 if event == "task-started":
                     await sock.ws.send_str(request.get_continue_request(text))
                     await sock.ws.send_str(request.get_finish_request())
