@@ -94,7 +94,7 @@ async def speaking(runs: int, preconnect: int) -> list[tuple[str, str, str]]:
                 await asyncio.sleep(0.3)  # let the sockets taken be replaced
             times[name].append(await first_chunk(tts, voice))
     tts.close()
-    label = f"{preconnect} pre-connected" if preconnect else "no pre-connected sockets"
+    label = f"{preconnect} opened ahead, connections reused"
     return [
         (f"CosyVoice first audio, {name}", median_ms(values), label)
         for name, values in times.items()
