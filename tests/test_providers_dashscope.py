@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from aiohttp import WSCloseCode
 
-from chat.providers import get_asr, get_llm, get_tts, reset_providers
+from chat.providers import dashscope_ws, get_asr, get_llm, get_tts, reset_providers
 from chat.providers.asr import dashscope as dashscope_asr
 from chat.providers.base import (
     ASRError,
@@ -567,7 +567,7 @@ def test_tts_timeout_is_bounded(dashscope: DashScopeServer, settings: Any) -> No
 # --- CosyVoice connections: reused, opened ahead, on the loop -------------------------------
 async def _ready(tts: Any) -> int:
     """Sockets waiting for a sentence on the running loop."""
-    return tts.connections().ready(tts.service())
+    return dashscope_ws.connections().ready(tts.service())
 
 
 def _tts_after_one_sentence(
@@ -687,14 +687,14 @@ def test_tts_waiting_connections_are_renewed_and_kept_while_the_service_is_used(
     on_loop: Callable[..., Any],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(dashscope_tts, "RENEW_AFTER_S", 0.5)
-    monkeypatch.setattr(dashscope_tts, "MAINTAIN_EVERY_S", 0.1)
+    monkeypatch.setattr(dashscope_ws, "RENEW_AFTER_S", 0.5)
+    monkeypatch.setattr(dashscope_ws, "MAINTAIN_EVERY_S", 0.1)
     tts = _tts_after_one_sentence(settings, dashscope, on_loop, size=1)
     first = dashscope.connections
     # A socket that waited longer than RENEW_AFTER_S is closed and another opened instead.
     assert wait_for(lambda: dashscope.connections > first, 5), "no socket renewed"
     assert wait_for(lambda: on_loop(_ready(tts)) == dashscope.idle_connections == 1, 5)
-    monkeypatch.setattr(dashscope_tts, "KEEP_FOR_S", 0.0)
+    monkeypatch.setattr(dashscope_ws, "KEEP_FOR_S", 0.0)
     # A service not used for KEEP_FOR_S gets nothing opened ahead: the last socket goes.
     assert wait_for(lambda: dashscope.idle_connections == 0, 5), "sockets kept for nothing"
     assert on_loop(tts.synthesize("Later.", "longxiaochun_v2", "en-US"))

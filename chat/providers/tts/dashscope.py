@@ -9,13 +9,13 @@ between threads per chunk, every wait bounded by a timeout from settings. (The S
 sessions a process, those threads took a fifth of its CPU samples, mostly waiting for the GIL
 to hand one chunk at a time to the loop.)
 
-Connections are reused, as the SDK's `SpeechSynthesizerObjectPool` reuses them: after a task's
-task-finished its socket waits in the loop's `_Connections` for the next sentence, of any
-voice, so a sentence starts with its run-task instead of a handshake. DASHSCOPE_TTS_PRECONNECT
-sockets are also opened ahead for a service in use. A socket idle for RENEW_AFTER_S is closed
-(and replaced while the service is in use); one the service closed meanwhile is found out at
-its next run-task, and that sentence is sent again, once, on a new connection. A sentence given
-up before its end (a barge-in, a timeout, an error) closes its socket.
+Connections are reused, as the SDK's `SpeechSynthesizerObjectPool` reuses them
+(chat/providers/dashscope_ws.py): after a task's task-finished its socket waits in the loop's
+pool for the next sentence, of any voice, so a sentence starts with its run-task instead of a
+handshake, and DASHSCOPE_TTS_PRECONNECT sockets are opened ahead while CosyVoice is in use. A
+waiting socket the service closed meanwhile is found out at the sentence's run-task, and the
+sentence is sent again, once, on a new connection. A sentence given up before its end (a
+barge-in, a timeout, an error) closes its socket.
 
 An avatar's cloned voice is tried first; when the service refuses it (not ready, deleted, made
 for another model) before any audio came, the sentence is spoken with the avatar's preset and a
@@ -25,14 +25,11 @@ warning is logged, and the cloned voice is not tried again for UNUSABLE_FOR_S.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import re
 import time
-import weakref
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 
 import aiohttp
 from dashscope.audio.tts_v2 import AudioFormat
@@ -42,11 +39,11 @@ from django.conf import settings
 from chat.providers.base import TTSError, TTSProvider, Voice
 from chat.providers.cloud import (
     configure_dashscope,
-    dashscope_websocket_session,
     failure,
     timed_out,
     websocket_tls_context,
 )
+from chat.providers.dashscope_ws import Connections, Service, Socket, close_connections, connections
 
 log = logging.getLogger(__name__)
 
@@ -54,163 +51,8 @@ WHAT = "DashScope TTS"
 # CosyVoice's own rate, which the realtime speaker queues as it comes (chat/realtime/speaker.py)
 FORMAT = AudioFormat.PCM_24000HZ_MONO_16BIT
 SAMPLE_RATE = FORMAT.sample_rate
-RENEW_AFTER_S = 30.0  # an idle socket is replaced after this (the SDK's own pool: 25-35 s)
-KEEP_FOR_S = 300.0  # sockets are opened ahead for a service used within this time
-MAINTAIN_EVERY_S = 5.0
-CLOSE_WAIT_S = 2.0  # a closing socket waits this long for the service's close frame
 UNUSABLE_FOR_S = 60.0  # a cloned voice the service refused is not tried again for this long
 _ESPEAK_NAME = re.compile(r"[a-z]{2,3}(-[a-z0-9]+)*(\+.*)?")
-
-# websocket URL and API key: what a connection is opened with (a task names model and voice)
-_Service = tuple[str, str]
-
-
-@dataclass(eq=False)
-class _Socket:
-    service: _Service
-    ws: aiohttp.ClientWebSocketResponse
-    opened_at: float
-    idle_since: float
-    lost: bool = False  # the connection went away under a task
-
-    def usable(self, now: float) -> bool:
-        return not (self.lost or self.ws.closed) and now - self.idle_since < RENEW_AFTER_S
-
-
-def _proxy_for(url: str) -> str | None:
-    """The proxy of the environment for this websocket URL (`HTTPS_PROXY` for `wss://`, as
-    websocket-client reads it; `NO_PROXY` honoured)."""
-    from aiohttp.helpers import get_env_proxy_for_url
-    from yarl import URL
-
-    plain = URL(url).with_scheme("https" if url.startswith("wss:") else "http")
-    with contextlib.suppress(LookupError):
-        proxy, _ = get_env_proxy_for_url(plain)
-        return str(proxy)
-    return None
-
-
-class _Connections:
-    """The CosyVoice sockets of one event loop: those waiting for a sentence, per service, and
-    a maintenance task that renews them, opens `size` ahead for a service used within
-    KEEP_FOR_S, and closes the waiting sockets when it ends (the provider's `close()`, or the
-    end of the loop: `asyncio.run` cancels it). The sockets are the loop's websocket session's
-    (`dashscope_websocket_session`), which closes whatever is left with the loop."""
-
-    def __init__(self, size: int, connect_timeout_s: float) -> None:
-        self.size = size
-        self.connect_timeout_s = connect_timeout_s
-        self.closed = False
-        self._idle: dict[_Service, list[_Socket]] = {}
-        self._used: dict[_Service, float] = {}
-        self._wake = asyncio.Event()
-        self._closing: set[asyncio.Task[None]] = set()
-        self._maintainer = asyncio.get_running_loop().create_task(
-            self._maintain_until_closed(), name="dashscope-tts-connections"
-        )
-
-    def take(self, service: _Service) -> _Socket | None:
-        """An open socket for `service`, or None: the caller opens one (`open`)."""
-        now = time.monotonic()
-        self._used[service] = now
-        waiting = self._idle.get(service, [])
-        found = None
-        while waiting and found is None:
-            sock = waiting.pop()  # the one used last
-            if sock.usable(now):
-                found = sock
-            else:
-                self.discard(sock)
-        if self.size and len(waiting) < self.size:
-            self._wake.set()  # open more ahead
-        return found
-
-    async def open(self, service: _Service) -> _Socket:
-        url, api_key = service
-        headers = Request(api_key, "", "").get_websocket_headers(headers=None, workspace=None)
-        async with asyncio.timeout(self.connect_timeout_s):
-            ws = await dashscope_websocket_session().ws_connect(
-                url,
-                headers=headers,
-                proxy=_proxy_for(url),
-                ssl=websocket_tls_context() if url.startswith("wss:") else True,
-                timeout=aiohttp.ClientWSTimeout(ws_close=CLOSE_WAIT_S),
-                max_msg_size=0,
-            )
-        now = time.monotonic()
-        return _Socket(service, ws, now, now)
-
-    def give_back(self, sock: _Socket) -> None:
-        """A socket whose task finished: it waits for the next sentence."""
-        if self.closed or sock.ws.closed:
-            self.discard(sock)
-            return
-        sock.idle_since = time.monotonic()
-        self._idle.setdefault(sock.service, []).append(sock)
-
-    def discard(self, sock: _Socket) -> None:
-        """Close without waiting (the close handshake may take a round trip)."""
-        if sock.ws.closed:
-            return
-        try:
-            closing = asyncio.get_running_loop().create_task(sock.ws.close())
-        except RuntimeError:  # no loop left (a sentence abandoned at the loop's end)
-            return
-        self._closing.add(closing)
-        closing.add_done_callback(self._closing.discard)
-
-    def ready(self, service: _Service) -> int:
-        now = time.monotonic()
-        return sum(1 for sock in self._idle.get(service, []) if sock.usable(now))
-
-    async def close(self) -> None:
-        self._maintainer.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._maintainer
-
-    async def _maintain_until_closed(self) -> None:
-        try:
-            while True:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(MAINTAIN_EVERY_S):
-                        await self._wake.wait()
-                self._wake.clear()
-                try:
-                    await self._maintain()
-                except Exception:  # noqa: BLE001 - the next round tries again
-                    log.exception("keeping DashScope TTS sockets failed")
-        finally:
-            self.closed = True
-            for waiting in self._idle.values():
-                for sock in waiting:
-                    self.discard(sock)
-            self._idle.clear()
-            if self._closing:
-                await asyncio.wait(set(self._closing), timeout=CLOSE_WAIT_S)
-
-    async def _maintain(self) -> None:
-        now = time.monotonic()
-        wanted: list[_Service] = []
-        for service in set(self._idle) | set(self._used):
-            waiting = self._idle.pop(service, [])
-            keep = [sock for sock in waiting if sock.usable(now)]
-            for sock in waiting:
-                if sock not in keep:
-                    self.discard(sock)
-            if keep:
-                self._idle[service] = keep
-            if service in self._used and now - self._used[service] >= KEEP_FOR_S:
-                del self._used[service]  # the service went quiet: open nothing ahead for it
-            elif service in self._used:
-                wanted += [service] * (self.size - len(keep))
-        for service in wanted:
-            try:
-                sock = await self.open(service)
-            except Exception:  # noqa: BLE001 - refused or unreachable: not until the next use
-                log.debug("opening a DashScope TTS socket ahead failed", exc_info=True)
-                self._used.pop(service, None)
-                continue
-            self.give_back(sock)
 
 
 class DashScopeTTS(TTSProvider):
@@ -230,8 +72,6 @@ class DashScopeTTS(TTSProvider):
         self.timeout_s = timeout_s
         self.connect_timeout_s = connect_timeout_s
         self.preconnect = preconnect
-        self._connections: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Connections]
-        self._connections = weakref.WeakKeyDictionary()
         self._refused: dict[str, float] = {}  # cloned voice id -> when it may be tried again
 
     @classmethod
@@ -250,30 +90,14 @@ class DashScopeTTS(TTSProvider):
         )
 
     def close(self) -> None:
-        """Close every loop's sockets (from any thread; a loop's own close goes on without
-        being waited for)."""
-        for loop, connections in list(self._connections.items()):
-            if loop.is_closed():
-                continue
-            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-                asyncio.run_coroutine_threadsafe(connections.close(), loop)
-        self._connections.clear()
+        close_connections()
 
-    def connections(self) -> _Connections:
-        """The running loop's sockets."""
-        loop = asyncio.get_running_loop()
-        connections = self._connections.get(loop)
-        if connections is None or connections.closed:
-            connections = _Connections(self.preconnect, self.connect_timeout_s)
-            self._connections[loop] = connections
-        return connections
-
-    def service(self) -> _Service:
+    def service(self) -> Service:
         """What a connection is opened with (configures the SDK first)."""
         import dashscope
 
         api_key = configure_dashscope()
-        return (dashscope.base_websocket_api_url, api_key)
+        return (dashscope.base_websocket_api_url, api_key, "tts")
 
     def _voice(self, voice: str) -> str:
         """CosyVoice ids look like "longxiaochun_v2"; an espeak-ng name ("en-us+f3") is not one."""
@@ -333,11 +157,11 @@ class DashScopeTTS(TTSProvider):
 
     async def _stream_voice(self, text: str, voice: str, language: str) -> AsyncIterator[bytes]:
         service = self.service()
-        connections = self.connections()
-        waiting = connections.take(service)
+        pool = connections()
+        waiting = pool.take(service, self.preconnect, self.connect_timeout_s)
         if waiting is None:
-            sock = await self._open(connections, service)
-            async for chunk in self._task(connections, sock, text, voice, language):
+            sock = await self._open(pool, service)
+            async for chunk in self._task(pool, sock, text, voice, language):
                 yield chunk
             return
 
@@ -345,22 +169,22 @@ class DashScopeTTS(TTSProvider):
         # taken (its close not yet read here): when that socket is gone before any audio came,
         # the sentence is sent again, once, on a new connection.
         async def fresh() -> AsyncIterator[bytes]:
-            sock = await self._open(connections, service)
-            async for chunk in self._task(connections, sock, text, voice, language):
+            sock = await self._open(pool, service)
+            async for chunk in self._task(pool, sock, text, voice, language):
                 yield chunk
 
         chunks = _instead_before_audio(
-            self._task(connections, waiting, text, voice, language),
+            self._task(pool, waiting, text, voice, language),
             lambda exc: exc.retryable and waiting.lost,
             fresh,
         )
         async for chunk in chunks:
             yield chunk
 
-    async def _open(self, connections: _Connections, service: _Service) -> _Socket:
+    async def _open(self, pool: Connections, service: Service) -> Socket:
         api_key = service[1]
         try:
-            return await connections.open(service)
+            return await pool.open(service, self.connect_timeout_s)
         except aiohttp.WSServerHandshakeError as exc:  # answered with an HTTP error
             message = f"websocket handshake refused ({exc.status})"
             raise failure(
@@ -372,10 +196,10 @@ class DashScopeTTS(TTSProvider):
             raise failure(TTSError, WHAT, exc=exc, secrets=(api_key,)) from None
 
     async def _task(
-        self, connections: _Connections, sock: _Socket, text: str, voice: str, language: str
+        self, pool: Connections, sock: Socket, text: str, voice: str, language: str
     ) -> AsyncIterator[bytes]:
-        """One sentence on `sock`: its audio as it comes; the socket goes back to
-        `connections` after task-finished, and is closed on anything else."""
+        """One sentence on `sock`: its audio as it comes; the socket goes back to `pool`
+        after task-finished, and is closed on anything else."""
         api_key = sock.service[1]
         request = self._request(api_key, voice, language)
         finished = False
@@ -421,9 +245,9 @@ class DashScopeTTS(TTSProvider):
             raise failure(TTSError, WHAT, exc=exc, secrets=(api_key,)) from None
         finally:
             if finished:
-                connections.give_back(sock)
+                pool.give_back(sock)
             else:  # given up, failed or lost: the service may still be speaking on it
-                connections.discard(sock)
+                pool.discard(sock)
 
 
 async def _instead_before_audio(
