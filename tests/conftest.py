@@ -86,9 +86,17 @@ def on_loop() -> Iterator[Callable[[Coroutine[Any, Any, T]], T]]:
     def run(coro: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coro, loop).result(20)
 
+    async def finish() -> None:
+        """As `asyncio.run` ends: the loop's clients closed, its tasks cancelled and done."""
+        await close_dashscope_http_session()
+        left = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+        for task in left:
+            task.cancel()
+        await asyncio.gather(*left, return_exceptions=True)
+
     yield run
     reset_providers()
-    run(close_dashscope_http_session())
+    run(finish())
     loop.call_soon_threadsafe(loop.stop)
     thread.join(5)
     loop.close()

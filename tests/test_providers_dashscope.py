@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import WSCloseCode
 
 from chat.providers import dashscope_ws, get_asr, get_llm, get_tts, reset_providers
 from chat.providers.asr import dashscope as dashscope_asr
@@ -51,6 +50,12 @@ SILENCE_100MS = b"\x00\x00" * 1600
 
 async def _collect(items: AsyncIterator[Any]) -> list[Any]:
     return [item async for item in items]
+
+
+async def _first(items: AsyncIterator[Any]) -> Any:
+    async for item in items:
+        return item
+    return None
 
 
 async def _recognise(asr: ASRProvider, chunks: int, sample_rate: int = 16000) -> list[Hypothesis]:
@@ -322,30 +327,58 @@ def test_asr_stream_results_arrive_while_the_speaker_pauses(dashscope: DashScope
     assert total > len(heard)  # the final came after finish()
 
 
-def test_asr_stream_final_text_does_not_wait_for_the_socket_close(
-    dashscope: DashScopeServer,
+def test_asr_streams_of_a_loop_take_turns_on_one_connection(
+    dashscope: DashScopeServer, on_loop: Callable[..., Any]
 ) -> None:
-    """The results end at the service's task-finished, so the final text is not held back by
-    the close handshake that follows (one more round trip to the service); the socket is then
-    still closed cleanly."""
-    held = threading.Event()
-    dashscope.behaviour.asr_close_held = held
+    """After task-finished the socket waits for the loop's next utterance: the results end
+    there (no close handshake after them), and the next stream starts with its run-task, no
+    handshake."""
+    asr = get_asr()
+    for _ in range(3):
+        results = on_loop(_recognise(asr, chunks=3))
+        assert results[-1].final and results[-1].text == "hello world how are you"
+    tasks = dashscope.of("asr")
+    assert len(tasks) == 3 and {task.connection for task in tasks} == {1}
+    assert dashscope.connections == 1
+    assert all(
+        task.actions[0] == "run-task" and task.actions[-1] == "finish-task" for task in tasks
+    )
+    assert wait_for(lambda: dashscope.idle_connections == 1, 5), "the socket was not kept"
 
-    async def run() -> list[Hypothesis]:
-        stream = get_asr().stream("en-US", 16000)
-        try:
-            await stream.feed(SILENCE_100MS)
-            await stream.finish()
-            return await asyncio.wait_for(_collect(stream.results()), 5)  # close still held
-        finally:
-            held.set()
-            await stream.close()
 
-    results = run_once(run())
+def test_asr_a_waiting_connection_the_service_closed_is_not_used(
+    dashscope: DashScopeServer, on_loop: Callable[..., Any]
+) -> None:
+    asr = get_asr()
+    assert on_loop(_recognise(asr, chunks=3))[-1].final
+    assert wait_for(lambda: dashscope.idle_connections == 1, 5), "the socket was not kept"
+    assert dashscope.close_idle() == {1}
+    results = on_loop(_recognise(asr, chunks=3))
     assert results[-1].final and results[-1].text == "hello world how are you"
-    (task,) = dashscope.of("asr")
-    assert wait_for(lambda: task.close_code is not None, 5)
-    assert task.close_code == WSCloseCode.OK
+    first, second = dashscope.of("asr")
+    assert (first.connection, second.connection) == (1, 2)
+    assert second.audio_bytes == 3 * len(SILENCE_100MS)  # all of it, on the new connection
+
+
+def test_asr_a_stream_closed_before_its_end_closes_its_connection(
+    dashscope: DashScopeServer, on_loop: Callable[..., Any]
+) -> None:
+    """A stream closed mid-utterance (a barge-in's recogniser, a session that ends) does not
+    leave its socket for the next utterance: the service is still at its task."""
+    asr = get_asr()
+
+    async def cut_short() -> None:
+        stream = asr.stream("en-US", 16000)
+        await stream.feed(SILENCE_100MS)
+        assert await asyncio.wait_for(_first(stream.results()), 5)
+        await stream.close()
+
+    dashscope.behaviour.asr_interim_every_bytes = len(SILENCE_100MS)
+    on_loop(cut_short())
+    assert wait_for(lambda: dashscope.of("asr")[0].close_code is not None, 5), "still open"
+    assert dashscope.idle_connections == 0
+    assert on_loop(_recognise(asr, chunks=3))[-1].final
+    assert [task.connection for task in dashscope.of("asr")] == [1, 2]
 
 
 def test_asr_stream_ends_itself_after_the_silence_timeout(
@@ -674,11 +707,12 @@ def test_tts_connections_the_service_closed_are_not_used(
     dashscope: DashScopeServer, settings: Any, on_loop: Callable[..., Any]
 ) -> None:
     tts = _tts_after_one_sentence(settings, dashscope, on_loop, size=2)
-    dashscope.close_idle()
-    asked = time.monotonic()
+    closed = dashscope.close_idle()
+    assert len(closed) >= 2
     assert on_loop(tts.synthesize("Still here.", "longxiaochun_v2", "en-US"))
-    assert dashscope.of("tts")[-1].texts == ["Still here."]
-    assert dashscope.of("tts")[-1].opened_at > asked  # a new connection, not a closed one
+    last = dashscope.of("tts")[-1]
+    assert last.texts == ["Still here."]
+    assert last.connection not in closed  # spoken on a connection still open
 
 
 def test_tts_waiting_connections_are_renewed_and_kept_while_the_service_is_used(

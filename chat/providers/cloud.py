@@ -15,7 +15,7 @@ import os
 import ssl
 import threading
 import weakref
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from http import HTTPStatus
 from typing import Any, TypeVar
 
@@ -153,8 +153,24 @@ def forget_websocket_tls_context() -> None:
         _tls_context = None
 
 
+# What else a loop's DashScope clients hold, closed before its sessions (the websockets that
+# wait for their next task: chat/providers/dashscope_ws.py registers itself here).
+_before_sessions_close: list[Callable[[], Awaitable[None]]] = []
+
+
+def close_before_sessions(closer: Callable[[], Awaitable[None]]) -> None:
+    """Have `close_dashscope_http_session` await `closer()` (on the loop) first."""
+    if closer not in _before_sessions_close:
+        _before_sessions_close.append(closer)
+
+
 async def close_dashscope_http_session() -> None:
     """Close the running loop's sessions (a loop that ends before the process does)."""
+    for closer in _before_sessions_close:
+        try:
+            await closer()
+        except Exception:  # noqa: BLE001 - the sessions are closed all the same
+            logger.debug("closing a loop's DashScope connections failed", exc_info=True)
     loop = asyncio.get_running_loop()
     for sessions in (_http_sessions, _websocket_sessions):
         session = sessions.pop(loop, None)

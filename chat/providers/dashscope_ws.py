@@ -27,7 +27,11 @@ from dataclasses import dataclass
 import aiohttp
 from dashscope.audio.tts_v2.speech_synthesizer import Request
 
-from chat.providers.cloud import dashscope_websocket_session, websocket_tls_context
+from chat.providers.cloud import (
+    close_before_sessions,
+    dashscope_websocket_session,
+    websocket_tls_context,
+)
 
 log = logging.getLogger(__name__)
 
@@ -102,10 +106,14 @@ class Connections:
             self._wake.set()  # open more ahead
         return found
 
-    async def open(self, service: Service, connect_timeout_s: float) -> Socket:
-        """A new socket for `service` (raises aiohttp's errors, or TimeoutError)."""
+    async def open(
+        self, service: Service, connect_timeout_s: float, headers: dict[str, str] | None = None
+    ) -> Socket:
+        """A new socket for `service` (raises aiohttp's errors, or TimeoutError), opened with
+        `headers` (by default those the SDK's CosyVoice request opens its sockets with)."""
         url, api_key, _ = service
-        headers = Request(api_key, "", "").get_websocket_headers(headers=None, workspace=None)
+        if headers is None:
+            headers = Request(api_key, "", "").get_websocket_headers(headers=None, workspace=None)
         async with asyncio.timeout(connect_timeout_s):
             ws = await dashscope_websocket_session().ws_connect(
                 url,
@@ -157,14 +165,15 @@ class Connections:
                     await self._maintain()
                 except Exception:  # noqa: BLE001 - the next round tries again
                     log.exception("keeping DashScope sockets failed")
-        finally:
+        except BaseException as exc:  # cancelled (closed), or its loop is gone
             self.closed = True
             for waiting in self._idle.values():
                 for sock in waiting:
                     self.discard(sock)
             self._idle.clear()
-            if self._closing:
+            if self._closing and not isinstance(exc, GeneratorExit):  # a loop to wait on
                 await asyncio.wait(set(self._closing), timeout=CLOSE_WAIT_S)
+            raise
 
     async def _maintain(self) -> None:
         now = time.monotonic()
@@ -215,3 +224,15 @@ def close_connections() -> None:
         with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
             asyncio.run_coroutine_threadsafe(found.close(), loop)
     _connections.clear()
+
+
+async def close_running() -> None:
+    """Close the running loop's waiting sockets, and wait for them to close (a loop that ends:
+    `chat.providers.cloud.close_dashscope_http_session` calls this before closing the loop's
+    sessions, which would cut them)."""
+    found = _connections.pop(asyncio.get_running_loop(), None)
+    if found is not None:
+        await found.close()
+
+
+close_before_sessions(close_running)

@@ -70,8 +70,6 @@ class Behaviour:
     token_delay: float = 0.0  # LLM: seconds between pieces
     asr_result_delay: float = 0.0  # ASR: seconds before each result message
     asr_interim_every_bytes: int = 6400  # ASR: an interim result per this much audio
-    # ASR: after task-finished, the client's close is not answered until this is set
-    asr_close_held: threading.Event | None = None
     tts_first_chunk_delay: float = 0.0  # TTS: seconds before the first audio chunk
     tts_chunk_delay: float = 0.0  # TTS: seconds between chunks
     tts_seconds_per_char: float = 0.06  # TTS: audio length per character of text
@@ -225,7 +223,8 @@ class DashScopeServer(LoopbackServer):
         self.api_key = api_key
         self.behaviour = Behaviour()
         self.received: list[Received] = []
-        self._idle: set[web.WebSocketResponse] = set()  # open, waiting for a run-task
+        # open and waiting for a run-task, with their connection numbers
+        self._idle: dict[web.WebSocketResponse, int] = {}
         self.connections = 0  # websockets accepted so far
         self.voices: dict[str, ClonedVoice] = {}  # cloned voices by id (survive reset())
         self.deleted_voices: list[str] = []
@@ -256,15 +255,19 @@ class DashScopeServer(LoopbackServer):
         """Websockets open and waiting for a run-task (opened ahead, or done with a task)."""
         return len(self._idle)
 
-    def close_idle(self) -> None:
-        """Close every idle websocket, as the service does with connections left unused."""
+    def close_idle(self) -> set[int]:
+        """Close every idle websocket, as the service does with connections left unused; the
+        numbers of the connections closed."""
         assert self._loop
 
-        async def close() -> None:
-            for ws in list(self._idle):
+        async def close() -> set[int]:
+            closed = set()
+            for ws, connection in list(self._idle.items()):
+                closed.add(connection)
                 await ws.close()
+            return closed
 
-        asyncio.run_coroutine_threadsafe(close(), self._loop).result(5)
+        return asyncio.run_coroutine_threadsafe(close(), self._loop).result(5)
 
     def routes(self, app: web.Application) -> None:
         app.router.add_post("/api/v1/services/aigc/text-generation/generation", self.generation)
@@ -604,11 +607,11 @@ class DashScopeServer(LoopbackServer):
         # Tasks one after the other, as the service runs them: a connection whose task finished
         # takes the next run-task (each task is recorded on its own).
         while True:
-            self._idle.add(ws)
+            self._idle[ws] = item.connection
             try:
                 first = await ws.receive()
             finally:
-                self._idle.discard(ws)
+                self._idle.pop(ws, None)
             if first.type != WSMsgType.TEXT:
                 await ws.close()
                 return ws
@@ -655,8 +658,7 @@ class DashScopeServer(LoopbackServer):
             await self._event(ws, uuid.uuid4().hex, stray, payload={"output": {}, "usage": None})
         await self._event(ws, task_id, "task-started", payload={})
         if item.service == "asr":
-            await self._asr(request, ws, item, task_id, fault)
-            return False
+            return await self._asr(request, ws, item, task_id, fault)
         return await self._tts(request, ws, item, task_id, fault)
 
     @staticmethod
@@ -696,7 +698,8 @@ class DashScopeServer(LoopbackServer):
         item: Received,
         task_id: str,
         fault: Fault | None,
-    ) -> None:
+    ) -> bool:
+        """True when the task finished (the connection may take another)."""
         total_words = len(self.behaviour.transcript.split())
         next_interim = self.behaviour.asr_interim_every_bytes
         interims = 0
@@ -706,7 +709,7 @@ class DashScopeServer(LoopbackServer):
                 item.audio_frames += 1
                 if fault and fault.kind == "drop":
                     self.drop(request)
-                    return
+                    return False
                 while item.audio_bytes >= next_interim:
                     next_interim += self.behaviour.asr_interim_every_bytes
                     interims += 1
@@ -725,11 +728,11 @@ class DashScopeServer(LoopbackServer):
                     await self._event(
                         ws, task_id, "task-finished", payload={"output": {}, "usage": None}
                     )
-                    if (held := self.behaviour.asr_close_held) is not None:
-                        await asyncio.to_thread(held.wait, 30)  # the close frame waits unread
+                    return True
             else:
                 break
         item.close_code = ws.close_code
+        return False
 
     async def _tts(
         self,

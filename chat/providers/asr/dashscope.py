@@ -1,15 +1,18 @@
 """DashScope recognition: Paraformer realtime for streams, Qwen ASR for uploaded files.
 
 A stream is the SDK's duplex websocket request (the one `Recognition.start()` makes), run on
-the event loop through the SDK's asyncio client: the audio goes out from an asyncio queue and
-the results come back on the loop, with no thread, no event loop of its own and no hand-over
-between threads per stream. (The SDK's `Recognition` runs each stream on two threads of its
-own and a private event loop: the final text crossed three threads on its way to the session,
-each crossing a wait for the GIL on a busy machine, and every stream left a reference cycle
-of ~80 objects for the cyclic collector.) The results end at the service's task-finished: the
-socket's close handshake, one more round trip to the service, follows off the turn's path.
-File recognition needs the file's public URL: the service cannot reach local paths or private
-hosts.
+the event loop with the SDK's own steps (run-task, the wait for task-started, the results until
+task-finished, finish-task): the audio goes out from an asyncio queue and the results come back
+on the loop, with no thread, no event loop of its own and no hand-over between threads per
+stream. (The SDK's `Recognition` runs each stream on two threads of its own and a private event
+loop: the final text crossed three threads on its way to the session, each crossing a wait for
+the GIL on a busy machine, and every stream left a reference cycle of ~80 objects for the cyclic
+collector.) The task runs on one of the loop's reusable DashScope connections
+(chat/providers/dashscope_ws.py) instead of a connection, and an aiohttp session, of its own:
+after task-finished the socket waits for the next utterance, so an utterance costs no handshake
+(and over TLS no TLS handshake). A waiting socket the service closed meanwhile is found out
+before any audio went out, and the utterance starts again, once, on a new connection. File
+recognition needs the file's public URL: the service cannot reach local paths or private hosts.
 """
 
 from __future__ import annotations
@@ -20,11 +23,13 @@ from collections.abc import AsyncIterator
 from http import HTTPStatus
 from typing import Any
 
+import aiohttp
 from dashscope import MultiModalConversation
 from dashscope.api_entities.api_request_factory import _build_api_request
 from dashscope.audio.asr import Recognition
 from dashscope.client.base_api import get_api_module
 from dashscope.common.constants import ApiProtocol
+from dashscope.common.error import RequestFailure, UnexpectedMessageReceived
 from dashscope.common.utils import _get_task_group_and_task
 from dashscope.protocol.websocket import WebsocketStreamingMode
 from django.conf import settings
@@ -32,6 +37,7 @@ from django.conf import settings
 from chat.providers.base import SPEECH_RATE, ASRError, ASRProvider, ASRStream, Hypothesis
 from chat.providers.bridge import ThreadBridge, run_in_daemon
 from chat.providers.cloud import configure_dashscope, failure, timed_out
+from chat.providers.dashscope_ws import Connections, Service, Socket, connections
 
 WHAT = "DashScope ASR"
 # The SDK's websocket session has only a total timeout: the longest stream we allow.
@@ -43,8 +49,6 @@ CHUNK_MS = 100
 # A stream no audio comes to for this long ends itself, as the SDK's silence timer ends it.
 SILENCE_TIMEOUT_S = float(Recognition.SILENCE_TIMEOUT_S)
 _END = None  # queued after the last audio
-# After task-finished, how long a closing stream waits for the socket's close handshake.
-CLOSE_WAIT_S = 2.0
 
 
 def _language_code(language: str) -> str:
@@ -84,13 +88,7 @@ class _DashScopeStream(ASRStream):
         self._held = bytearray()
         self._audio: asyncio.Queue[bytes | None] = asyncio.Queue()
         self._request = _recognition_request(provider.model, language, sample_rate, self._key)
-        # The SDK's sender iterates its input synchronously (it would block the loop while
-        # it waits for audio): this stream's own sender takes its place.
-        self._request._send_continue_task_data = self._send
-        # The SDK reads results until task-finished, then closes the socket (a round trip to
-        # the service) before its iteration ends: the results end at task-finished instead.
-        self._sdk_receive = self._request._receive_streaming_data_task
-        self._request._receive_streaming_data_task = self._receive
+        self._connect_timeout_s = provider.connect_timeout_s
         self._complete = False  # task-finished came: every result is in
         self._task: asyncio.Task[None] | None = None
 
@@ -112,33 +110,68 @@ class _DashScopeStream(ASRStream):
             await ws.send_bytes(chunk)
         await self._request._send_finished_task(ws)
 
-    async def _receive(self, ws: Any) -> AsyncIterator[tuple[bool, Any]]:
-        async for message in self._sdk_receive(ws):
-            yield message
-        self._complete = True
-        self._bridge.end()
+    async def _started(self, pool: Connections, service: Service) -> Socket:
+        """A socket whose task (this stream's) has started: one that waited, else a new one;
+        a waiting one found closed before the task started is replaced, once."""
+        sock = pool.take(service)
+        reused = sock is not None
+        while True:
+            if sock is None:
+                sock = await pool.open(service, self._connect_timeout_s, self._request.headers)
+            try:
+                await self._request._start_task(sock.ws)
+                await self._request._wait_for_task_started(sock.ws)
+                return sock
+            except BaseException as exc:
+                pool.discard(sock)  # refused (task-failed), lost, or given up
+                lost = isinstance(exc, (UnexpectedMessageReceived, aiohttp.ClientError, OSError))
+                if not (reused and lost):
+                    raise
+                reused, sock = False, None
 
     async def _run(self) -> None:
+        url, pool = self._request.url, connections()
+        service: Service = (url, self._key, "asr")
+        sock: Socket | None = None
         try:
-            responses = await self._request.aio_call()
-            async for part in responses:
-                if self._complete:
-                    continue  # the socket's close went wrong after the task had finished
-                if part.status_code != HTTPStatus.OK:
-                    self._fail(status=part.status_code, code=part.code, message=part.message)
-                    return
-                sentence = (part.output or {}).get("sentence")
-                if isinstance(sentence, dict) and sentence.get("text"):
-                    final = (
-                        bool(sentence.get("sentence_end")) or sentence.get("end_time") is not None
-                    )
-                    self._bridge.put(Hypothesis(sentence["text"], final=final))
-        except Exception as exc:  # noqa: BLE001 - every SDK failure becomes ASRError
-            if not self._complete:
-                self._fail(exc=exc)
-            return
-        if not self._complete:
+            async with asyncio.timeout(MAX_STREAM_S):
+                sock = await self._started(pool, service)
+                task_id = self._request.task_headers["task_id"]
+                sender = asyncio.create_task(self._send(sock.ws), name="dashscope-asr-audio")
+                try:
+                    async for is_binary, payload in self._request._receive_streaming_data_task(
+                        sock.ws
+                    ):
+                        part = self._request._to_DashScopeAPIResponse(task_id, is_binary, payload)
+                        sentence = (part.output or {}).get("sentence")
+                        if isinstance(sentence, dict) and sentence.get("text"):
+                            final = (
+                                bool(sentence.get("sentence_end"))
+                                or sentence.get("end_time") is not None
+                            )
+                            self._bridge.put(Hypothesis(sentence["text"], final=final))
+                    await sender
+                finally:
+                    if not sender.done():
+                        sender.cancel()
+                        await asyncio.gather(sender, return_exceptions=True)
+            self._complete = True
             self._bridge.end()
+        except RequestFailure as exc:  # task-failed
+            self._fail(status=exc.http_code, code=exc.name, message=exc.message)
+        except UnexpectedMessageReceived as exc:  # the connection closed or failed under it
+            self._fail(exc=exc, retryable=True)
+        except aiohttp.WSServerHandshakeError as exc:  # answered with an HTTP error
+            message = f"websocket handshake refused ({exc.status})"
+            self._fail(status=exc.status, message=message)
+        except Exception as exc:  # noqa: BLE001 - every SDK failure becomes ASRError
+            self._fail(exc=exc)
+        finally:
+            if sock is not None:
+                if self._complete:
+                    pool.give_back(sock)
+                else:  # failed, cancelled or closed early: the service may still be at it
+                    pool.discard(sock)
 
     def _fail(self, **why: Any) -> None:
         self.error = failure(ASRError, WHAT, secrets=(self._key,), **why)
@@ -177,13 +210,8 @@ class _DashScopeStream(ASRStream):
         self._bridge.abandon()
         self._finished = True
         task, self._task = self._task, None
-        if task is None or task.done():
-            return
-        if self._complete:  # only the socket's close is left: let it end cleanly
-            with contextlib.suppress(Exception):  # TimeoutError included
-                await asyncio.wait_for(asyncio.shield(task), CLOSE_WAIT_S)
-        if not task.done():
-            task.cancel()  # closes the websocket
+        if task is not None and not task.done():
+            task.cancel()  # its socket is closed, unless its task had finished
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
 
