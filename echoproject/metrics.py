@@ -100,6 +100,12 @@ AUDIO_LATE_FRAMES = Counter(
     "Reply speech frames a WebRTC track sent more than 20 ms after their real-time instant (the "
     "web process's event loop was too busy to keep the pace)",
 )
+DASHSCOPE_CONNECTIONS = Counter(
+    "echo_dashscope_connections",
+    "Websockets opened to DashScope by kind of task (asr, tts): each one a handshake, over TLS a "
+    "TLS one; tasks reuse them, so this grows far slower than the tasks",
+    ["kind"],
+)
 LLM_ASKED_AGAIN = Counter(
     "echo_llm_asked_again",
     "Turns whose LLM request, sent while the turn's messages were being stored, was abandoned "
@@ -165,6 +171,10 @@ def audio_late_frame() -> None:
 
 def llm_asked_again() -> None:
     LLM_ASKED_AGAIN.inc()
+
+
+def dashscope_connection_opened(kind: str) -> None:
+    DASHSCOPE_CONNECTIONS.labels(kind=kind).inc()
 
 
 # --- export ------------------------------------------------------------------------------------

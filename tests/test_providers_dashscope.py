@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from chat.providers import dashscope_ws, get_asr, get_llm, get_tts, reset_providers
 from chat.providers.asr import dashscope as dashscope_asr
@@ -31,6 +32,7 @@ from chat.providers.base import (
 from chat.providers.cloud import forget_websocket_tls_context, run_once
 from chat.providers.text import stream_sentences
 from chat.providers.tts import dashscope as dashscope_tts
+from echoproject import metrics
 from harness.procs import ROOT, child_env, wait_for
 from tests.fakes.dashscope_server import DashScopeServer, Fault, tone
 from tests.fakes.tls import loopback_tls
@@ -50,6 +52,17 @@ SILENCE_100MS = b"\x00\x00" * 1600
 
 async def _collect(items: AsyncIterator[Any]) -> list[Any]:
     return [item async for item in items]
+
+
+def _connections_opened(kind: str) -> float:
+    """echo_dashscope_connections_total{kind} as this process exports it."""
+    for family in text_string_to_metric_families(metrics.exposition().decode()):
+        for sample in family.samples:
+            if sample.name == "echo_dashscope_connections_total" and sample.labels == {
+                "kind": kind
+            }:
+                return sample.value
+    return 0.0
 
 
 async def _first(items: AsyncIterator[Any]) -> Any:
@@ -334,12 +347,13 @@ def test_asr_streams_of_a_loop_take_turns_on_one_connection(
     there (no close handshake after them), and the next stream starts with its run-task, no
     handshake."""
     asr = get_asr()
+    opened = _connections_opened("asr")
     for _ in range(3):
         results = on_loop(_recognise(asr, chunks=3))
         assert results[-1].final and results[-1].text == "hello world how are you"
     tasks = dashscope.of("asr")
     assert len(tasks) == 3 and {task.connection for task in tasks} == {1}
-    assert dashscope.connections == 1
+    assert dashscope.connections == 1 and _connections_opened("asr") == opened + 1
     assert all(
         task.actions[0] == "run-task" and task.actions[-1] == "finish-task" for task in tasks
     )
@@ -624,6 +638,7 @@ def test_tts_a_connection_speaks_one_sentence_after_another(
     after the previous one's task finished, whatever its voice, with no handshake."""
     settings.DASHSCOPE_TTS_PRECONNECT = 0
     tts = get_tts()
+    opened = _connections_opened("tts")
     spoken = [
         ("One.", "longxiaochun_v2", "en-US"),
         ("Two more.", "longxiaochun_v2", "en-US"),
@@ -638,6 +653,7 @@ def test_tts_a_connection_speaks_one_sentence_after_another(
     assert tasks[-1].payload["parameters"]["language_hints"] == ["zh"]
     time.sleep(0.2)
     assert dashscope.idle_connections == 1  # waiting for the next sentence
+    assert _connections_opened("tts") == opened + 1  # what operators see of it
 
 
 @pytest.mark.parametrize("stray", ["task-finished", "task-failed"])

@@ -32,6 +32,7 @@ from chat.providers.cloud import (
     dashscope_websocket_session,
     websocket_tls_context,
 )
+from echoproject import metrics
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +124,7 @@ class Connections:
                 timeout=aiohttp.ClientWSTimeout(ws_close=CLOSE_WAIT_S),
                 max_msg_size=0,
             )
+        metrics.dashscope_connection_opened(service[2])
         now = time.monotonic()
         return Socket(service, ws, now, now)
 
