@@ -15,9 +15,9 @@ import httpx
 import pytest
 import websockets
 from django.core.management import call_command
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.audio import speak
+from tests.exported import sample_value
 from tests.fixtures_sessions import Client, daphne_with, run
 from tests.test_access import login
 
@@ -35,11 +35,7 @@ def refusals(ws_url: str, limit: str) -> float:
     """echo_limit_refusals_total{limit} as the web process at `ws_url` exports it."""
     base = ws_url.replace("ws://", "http://").split("/ws/")[0]
     text = httpx.get(f"{base}/metrics", timeout=15).text
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == "echo_limit_refusals_total" and sample.labels == {"limit": limit}:
-                return sample.value
-    return 0.0
+    return sample_value(text, "echo_limit_refusals_total", limit=limit)
 
 
 @pytest.fixture(autouse=True)

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from chat.providers import dashscope_ws, get_asr, get_llm, get_tts, reset_providers
 from chat.providers.asr import dashscope as dashscope_asr
@@ -32,8 +31,8 @@ from chat.providers.base import (
 from chat.providers.cloud import forget_websocket_tls_context, run_once
 from chat.providers.text import stream_sentences
 from chat.providers.tts import dashscope as dashscope_tts
-from echoproject import metrics
 from harness.procs import ROOT, child_env, wait_for
+from tests.exported import this_process
 from tests.fakes.dashscope_server import DashScopeServer, Fault, tone
 from tests.fakes.tls import loopback_tls
 
@@ -56,13 +55,7 @@ async def _collect(items: AsyncIterator[Any]) -> list[Any]:
 
 def _connections_opened(kind: str) -> float:
     """echo_dashscope_connections_total{kind} as this process exports it."""
-    for family in text_string_to_metric_families(metrics.exposition().decode()):
-        for sample in family.samples:
-            if sample.name == "echo_dashscope_connections_total" and sample.labels == {
-                "kind": kind
-            }:
-                return sample.value
-    return 0.0
+    return this_process("echo_dashscope_connections_total", kind=kind)
 
 
 async def _first(items: AsyncIterator[Any]) -> Any:
@@ -358,6 +351,16 @@ def test_asr_streams_of_a_loop_take_turns_on_one_connection(
         task.actions[0] == "run-task" and task.actions[-1] == "finish-task" for task in tasks
     )
     assert wait_for(lambda: dashscope.idle_connections == 1, 5), "the socket was not kept"
+
+
+def test_asr_closing_the_provider_closes_its_waiting_connection(
+    dashscope: DashScopeServer, settings: Any, on_loop: Callable[..., Any]
+) -> None:
+    settings.TTS_BACKEND = "espeak"  # the recogniser alone holds DashScope sockets
+    assert on_loop(_recognise(get_asr(), chunks=3))[-1].final
+    assert wait_for(lambda: dashscope.idle_connections == 1, 5), "the socket was not kept"
+    reset_providers()
+    assert wait_for(lambda: dashscope.idle_connections == 0, 5), "the socket was left open"
 
 
 def test_asr_a_waiting_connection_the_service_closed_is_not_used(

@@ -11,14 +11,13 @@ from typing import Any
 import pytest
 from channels.db import database_sync_to_async
 from django.db.backends.utils import CursorWrapper
-from prometheus_client.parser import text_string_to_metric_families
 
 from avatars.models import Avatar
 from chat import sessions
 from chat.models import Message
 from chat.providers.cloud import run_once
 from chat.turns import SessionTurns
-from echoproject import metrics
+from tests.exported import this_process
 from tests.fakes.dashscope_server import DashScopeServer, Fault
 from tests.fixtures_realtime import wait_until
 
@@ -161,11 +160,7 @@ def test_a_reply_whose_session_is_erased_while_it_runs_ends_quietly(
 
 def _asked_again() -> float:
     """echo_llm_asked_again_total as this process exports it."""
-    for family in text_string_to_metric_families(metrics.exposition().decode()):
-        for sample in family.samples:
-            if sample.name == "echo_llm_asked_again_total":
-                return sample.value
-    return 0.0
+    return this_process("echo_llm_asked_again_total")
 
 
 def _said(messages: list[dict[str, str]]) -> list[dict[str, str]]:

@@ -103,14 +103,14 @@ def dashscope_http_session() -> Any:
     return session
 
 
-# The asyncio session of each event loop for CosyVoice's websockets.
+# The asyncio session of each event loop for DashScope's websockets.
 _websocket_sessions: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = (
     weakref.WeakKeyDictionary()
 )
 
 
 def dashscope_websocket_session() -> Any:
-    """The running loop's `aiohttp.ClientSession` for CosyVoice's websockets, with no limit
+    """The running loop's `aiohttp.ClientSession` for DashScope's websockets, with no limit
     on connections (aiohttp's default of 100 would count every open websocket). Like the HTTP
     session it lives as long as the loop, and is closed with it (`close_dashscope_http_session`,
     or at exit)."""
@@ -129,13 +129,12 @@ _tls_context: ssl.SSLContext | None = None
 
 
 def websocket_tls_context() -> ssl.SSLContext:
-    """The TLS context of every websocket-client connection (CosyVoice's `wss://` sockets).
-
-    Left to itself, websocket-client builds a new context for each connection and loads the
-    CA certificates into it: ~50 ms of CPU per socket, one socket per sentence. This is the
-    context it would build, once per process (sockets open on several threads at once):
-    certificates and host names verified against the system's CAs, or the file or folder
-    in WEBSOCKET_CLIENT_CA_BUNDLE, as websocket-client reads it (SSLKEYLOGFILE honoured too)."""
+    """The TLS context of DashScope's `wss://` sockets (Paraformer's and CosyVoice's,
+    chat/providers/dashscope_ws.py), built once per process (sockets open on several loops'
+    threads at once): certificates and host names verified against the system's CAs, or the
+    file or folder in WEBSOCKET_CLIENT_CA_BUNDLE, the variable the SDK's own transport
+    (websocket-client) reads (SSLKEYLOGFILE honoured too). Loading the CA certificates costs
+    ~50 ms of CPU: websocket-client, left to itself, did it for every socket."""
     global _tls_context
     with _tls_lock:
         if _tls_context is None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 import weakref
@@ -57,9 +58,11 @@ class Socket:
         return not (self.lost or self.ws.closed) and now - self.idle_since < RENEW_AFTER_S
 
 
+@functools.lru_cache(maxsize=8)
 def _proxy_for(url: str) -> str | None:
     """The proxy of the environment for this websocket URL (`HTTPS_PROXY` for `wss://`, as
-    websocket-client reads it; `NO_PROXY` honoured)."""
+    websocket-client reads it; `NO_PROXY` honoured), read once per process (it reads
+    `~/.netrc` too: not on the loop at every connection)."""
     from aiohttp.helpers import get_env_proxy_for_url
     from yarl import URL
 

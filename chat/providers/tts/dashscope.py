@@ -90,6 +90,7 @@ class DashScopeTTS(TTSProvider):
         )
 
     def close(self) -> None:
+        """Close the DashScope sockets waiting in every loop (recognition's too: one pool)."""
         close_connections()
 
     def service(self) -> Service:
